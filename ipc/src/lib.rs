@@ -1,0 +1,20 @@
+//! What netmon and the agent share: the event and request types of PROTOCOL.md,
+//! the JSON-lines codec with its line-length limit, and a reconnecting client.
+
+pub mod client;
+pub mod codec;
+pub mod event;
+pub mod request;
+
+pub use client::{Client, ClientConfig, ClientError, ClientEvent, Connection};
+pub use codec::{CodecError, JsonLines, MAX_LINE_LEN, RawLine};
+pub use event::{
+    Discovery, Event, EventKind, Interface, Ipv4Address, Ipv6Address, LinkType, PROTOCOL_VERSION,
+    Status,
+};
+pub use request::{Reply, Request, ServerMessage};
+
+/// RFC 3339 UTC with microseconds, the form the Python sidecar used.
+pub fn timestamp_now() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
