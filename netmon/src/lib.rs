@@ -1,1 +1,4 @@
-
+pub mod dump;
+pub mod filter;
+pub mod model;
+pub mod netlink;

@@ -1,0 +1,359 @@
+//! netlink-packet-route messages -> our model and event hints. The only place that
+//! reads the library's message types.
+
+use std::net::IpAddr;
+
+use rtnetlink::packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
+    link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
+};
+
+use super::KernelEvent;
+use crate::model::{Addr4, Addr6, Link, Route4};
+
+fn operstate_word(state: &State) -> String {
+    match state {
+        State::Up => "UP".into(),
+        State::Down => "DOWN".into(),
+        State::Unknown => "UNKNOWN".into(),
+        State::LowerLayerDown => "LOWERLAYERDOWN".into(),
+        State::NotPresent => "NOTPRESENT".into(),
+        State::Testing => "TESTING".into(),
+        State::Dormant => "DORMANT".into(),
+        // iproute2 prints unknown values as their number too.
+        State::Other(n) => n.to_string(),
+        _ => "UNKNOWN".into(),
+    }
+}
+
+/// Lowercase, colon-separated, as `ip link` prints an Ethernet address.
+fn format_mac(bytes: &[u8]) -> Option<String> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Some(parts.join(":"))
+}
+
+pub(crate) fn link(msg: &LinkMessage) -> Option<Link> {
+    let mut name = None;
+    // IFLA_OPERSTATE is always sent by current kernels; UNKNOWN is what an absent one means.
+    let mut operstate = "UNKNOWN".to_string();
+    let mut kind = None;
+    let mut mac = None;
+    let mut mtu = None;
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::OperState(s) => operstate = operstate_word(s),
+            LinkAttribute::Address(a) => mac = format_mac(a),
+            LinkAttribute::Mtu(m) => mtu = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(k) = info {
+                        kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Link {
+        index: msg.header.index,
+        name: name?,
+        operstate,
+        flags_up: msg.header.flags.contains(LinkFlags::Up),
+        flags_lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
+        kind,
+        mac,
+        mtu,
+    })
+}
+
+/// IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on
+/// point-to-point links and equals IFA_LOCAL elsewhere.
+fn local_address(msg: &AddressMessage) -> Option<IpAddr> {
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => return Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    address
+}
+
+fn is_secondary(msg: &AddressMessage) -> bool {
+    // IFA_FLAGS (32 bits) supersedes the 8-bit header flags when present.
+    for attr in &msg.attributes {
+        if let AddressAttribute::Flags(f) = attr {
+            return f.contains(rtnetlink::packet_route::address::AddressFlags::Secondary);
+        }
+    }
+    msg.header.flags.contains(AddressHeaderFlags::Secondary)
+}
+
+fn scope_word(scope: AddressScope) -> String {
+    match scope {
+        AddressScope::Universe => "global".into(),
+        AddressScope::Site => "site".into(),
+        AddressScope::Link => "link".into(),
+        AddressScope::Host => "host".into(),
+        AddressScope::Nowhere => "nowhere".into(),
+        AddressScope::Other(n) => n.to_string(),
+        _ => u8::from(scope).to_string(),
+    }
+}
+
+pub(crate) enum Addr {
+    V4(Addr4),
+    V6(Addr6),
+}
+
+pub(crate) fn address(msg: &AddressMessage) -> Option<Addr> {
+    let index = msg.header.index;
+    let prefixlen = msg.header.prefix_len;
+    match local_address(msg)? {
+        IpAddr::V4(address) => Some(Addr::V4(Addr4 {
+            index,
+            address,
+            prefixlen,
+            secondary: is_secondary(msg),
+        })),
+        IpAddr::V6(address) => Some(Addr::V6(Addr6 {
+            index,
+            address,
+            prefixlen,
+            scope: scope_word(msg.header.scope),
+        })),
+    }
+}
+
+/// The table a route is in: RTA_TABLE when present (tables above 255 only appear
+/// there), else the header's 8-bit field.
+fn route_table(msg: &RouteMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table))
+}
+
+fn is_main_v4_default(msg: &RouteMessage) -> bool {
+    msg.header.address_family == AddressFamily::Inet
+        && msg.header.destination_prefix_length == 0
+        && msg.header.kind == RouteType::Unicast
+        && route_table(msg) == u32::from(RouteHeader::RT_TABLE_MAIN)
+}
+
+fn gateway_v4(attrs: &[RouteAttribute]) -> Option<std::net::Ipv4Addr> {
+    attrs.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+        _ => None,
+    })
+}
+
+/// The gateways of a main-table IPv4 default route: one entry, or one per nexthop
+/// for a multipath route. Empty for every other route.
+pub(crate) fn default_routes(msg: &RouteMessage) -> Vec<Route4> {
+    if !is_main_v4_default(msg) {
+        return Vec::new();
+    }
+    let mut metric = 0;
+    let mut oif = None;
+    let mut nexthops = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::Oif(o) => oif = Some(*o),
+            RouteAttribute::MultiPath(hops) => nexthops = Some(hops),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let (Some(oif), Some(gateway)) = (oif, gateway_v4(&msg.attributes)) {
+        out.push(Route4 {
+            oif,
+            gateway,
+            metric,
+        });
+    }
+    for hop in nexthops.into_iter().flatten() {
+        if let Some(gateway) = gateway_v4(&hop.attributes) {
+            out.push(Route4 {
+                oif: hop.interface_index,
+                gateway,
+                metric,
+            });
+        }
+    }
+    out
+}
+
+/// Whether a link message itself says the link is not usable (or gone).
+fn link_went_down(msg: &LinkMessage) -> bool {
+    let flags = msg.header.flags;
+    if !flags.contains(LinkFlags::Up) || !flags.contains(LinkFlags::LowerUp) {
+        return true;
+    }
+    msg.attributes.iter().any(|a| {
+        matches!(
+            a,
+            LinkAttribute::OperState(
+                State::Down
+                    | State::LowerLayerDown
+                    | State::NotPresent
+                    | State::Dormant
+                    | State::Testing
+            )
+        )
+    })
+}
+
+/// The hints one multicast message gives, appended to `out`.
+pub(crate) fn hints(msg: &RouteNetlinkMessage, out: &mut Vec<KernelEvent>) {
+    match msg {
+        RouteNetlinkMessage::NewLink(l) => out.push(KernelEvent::Hint {
+            ifindex: l.header.index,
+            urgent: link_went_down(l),
+        }),
+        RouteNetlinkMessage::DelLink(l) => out.push(KernelEvent::Hint {
+            ifindex: l.header.index,
+            urgent: true,
+        }),
+        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+            if matches!(a.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
+                out.push(KernelEvent::Hint {
+                    ifindex: a.header.index,
+                    urgent: false,
+                });
+            }
+        }
+        RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+            for route in default_routes(r) {
+                out.push(KernelEvent::Hint {
+                    ifindex: route.oif,
+                    urgent: false,
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::route::RouteNextHop;
+
+    fn default_route(table_hdr: u8, table_attr: Option<u32>) -> RouteMessage {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.table = table_hdr;
+        m.header.kind = RouteType::Unicast;
+        m.attributes.push(RouteAttribute::Oif(7));
+        m.attributes.push(RouteAttribute::Priority(100));
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(
+                "10.1.1.1".parse().unwrap(),
+            )));
+        if let Some(t) = table_attr {
+            m.attributes.push(RouteAttribute::Table(t));
+        }
+        m
+    }
+
+    #[test]
+    fn only_main_table_v4_defaults() {
+        let r = default_routes(&default_route(254, None));
+        assert_eq!(
+            r,
+            [Route4 {
+                oif: 7,
+                gateway: "10.1.1.1".parse().unwrap(),
+                metric: 100
+            }]
+        );
+        assert_eq!(default_routes(&default_route(254, Some(254))).len(), 1);
+        assert!(default_routes(&default_route(100, None)).is_empty());
+        // Table 1000 is announced as RT_TABLE_COMPAT in the header.
+        assert!(default_routes(&default_route(252, Some(1000))).is_empty());
+        let mut not_default = default_route(254, None);
+        not_default.header.destination_prefix_length = 24;
+        assert!(default_routes(&not_default).is_empty());
+        let mut v6 = default_route(254, None);
+        v6.header.address_family = AddressFamily::Inet6;
+        assert!(default_routes(&v6).is_empty());
+    }
+
+    #[test]
+    fn multipath_gives_each_nexthop() {
+        let mut m = default_route(254, None);
+        m.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Oif(_) | RouteAttribute::Gateway(_)));
+        let hops = [(3, "10.0.0.1"), (4, "10.0.1.1")]
+            .into_iter()
+            .map(|(ifindex, gw)| {
+                let mut hop = RouteNextHop::default();
+                hop.interface_index = ifindex;
+                hop.attributes
+                    .push(RouteAttribute::Gateway(RouteAddress::Inet(
+                        gw.parse().unwrap(),
+                    )));
+                hop
+            })
+            .collect();
+        m.attributes.push(RouteAttribute::MultiPath(hops));
+        let r = default_routes(&m);
+        assert_eq!(r.iter().map(|r| r.oif).collect::<Vec<_>>(), [3, 4]);
+        assert!(r.iter().all(|r| r.metric == 100));
+        let mut out = Vec::new();
+        hints(&RouteNetlinkMessage::DelRoute(m), &mut out);
+        let ifs: Vec<u32> = out
+            .iter()
+            .map(|e| match e {
+                KernelEvent::Hint { ifindex, .. } => *ifindex,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(ifs, [3, 4]);
+    }
+
+    #[test]
+    fn link_down_is_urgent() {
+        let mut l = LinkMessage::default();
+        l.header.index = 5;
+        l.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
+        l.attributes.push(LinkAttribute::OperState(State::Up));
+        let mut out = Vec::new();
+        hints(&RouteNetlinkMessage::NewLink(l.clone()), &mut out);
+        l.header.flags = LinkFlags::Up;
+        hints(&RouteNetlinkMessage::NewLink(l.clone()), &mut out);
+        l.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
+        l.attributes = vec![LinkAttribute::OperState(State::LowerLayerDown)];
+        hints(&RouteNetlinkMessage::NewLink(l.clone()), &mut out);
+        hints(&RouteNetlinkMessage::DelLink(l), &mut out);
+        let urgent: Vec<bool> = out
+            .iter()
+            .map(|e| match e {
+                KernelEvent::Hint { ifindex: 5, urgent } => *urgent,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(urgent, [false, true, true, true]);
+    }
+
+    #[test]
+    fn mac_format() {
+        assert_eq!(
+            format_mac(&[0x02, 0xAB, 0, 1, 0xff, 0x10]).as_deref(),
+            Some("02:ab:00:01:ff:10")
+        );
+        assert_eq!(format_mac(&[]), None);
+    }
+}
