@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod kernel;
 pub mod netmon;
 
 pub use netmon::NetmonProc;
@@ -224,4 +225,3 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-pub mod kernel;

@@ -75,6 +75,9 @@ impl Default for KernelOptions {
 pub struct Kernel {
     handle: Handle,
     connection: JoinHandle<()>,
+    /// The kernel runs one dump per socket at a time and refuses a second with EBUSY:
+    /// callers sharing a `Kernel` take turns instead.
+    dump_lock: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Kernel {
@@ -107,13 +110,18 @@ impl Kernel {
         let (conn, handle, _unsolicited) =
             rtnetlink::new_connection().map_err(NetlinkError::DumpConnection)?;
         let connection = tokio::spawn(conn);
-        Ok(Kernel { handle, connection })
+        Ok(Kernel {
+            handle,
+            connection,
+            dump_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Full dump of links, addresses (v4, v6) and main-table IPv4 default routes.
     /// The three dumps run one after the other: the kernel allows one dump in flight
     /// per socket.
     pub async fn dump(&self) -> Result<Snapshot, NetlinkError> {
+        let _turn = self.dump_lock.lock().await;
         let mut snap = Snapshot::default();
 
         let mut links = self.handle.link().get().execute();
