@@ -4,7 +4,7 @@
 //! netlink-packet-route. [`build`] turns a [`Snapshot`] into the protocol's
 //! [`ipc::Interface`] records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -87,6 +87,24 @@ pub fn build(
     filter: &Filter,
     is_wireless: &dyn Fn(&str) -> bool,
 ) -> BTreeMap<u32, Interface> {
+    // Grouped by ifindex once, so building is linear in the snapshot's size even
+    // with thousands of links.
+    let mut addrs4: HashMap<u32, Vec<&Addr4>> = HashMap::new();
+    for a in &snapshot.addrs4 {
+        addrs4.entry(a.index).or_default().push(a);
+    }
+    let mut addrs6: HashMap<u32, Vec<&Addr6>> = HashMap::new();
+    for a in &snapshot.addrs6 {
+        addrs6.entry(a.index).or_default().push(a);
+    }
+    let mut gateways: HashMap<u32, &Route4> = HashMap::new();
+    for r in &snapshot.routes {
+        let best = gateways.entry(r.oif).or_insert(r);
+        if r.metric < best.metric {
+            *best = r;
+        }
+    }
+
     let mut out = BTreeMap::new();
     for link in snapshot.links.iter().filter(|l| filter.allows(&l.name)) {
         let up = link.is_up();
@@ -103,28 +121,29 @@ pub fn build(
         iface.mac = link.mac.clone();
         iface.mtu = link.mtu;
         if up {
-            let mine = || snapshot.addrs4.iter().filter(|a| a.index == link.index);
+            let mine = addrs4
+                .get(&link.index)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             // Primaries first, each group in kernel order: consumers take the first
             // address as "the" address of the interface.
-            iface.ipv4_addresses = mine()
+            iface.ipv4_addresses = mine
+                .iter()
                 .filter(|a| !a.secondary)
-                .chain(mine().filter(|a| a.secondary))
+                .chain(mine.iter().filter(|a| a.secondary))
                 .filter_map(|a| Ipv4Address::new(a.address, a.prefixlen))
                 .collect();
             // The gateway is kept only while the link is up, like the IPv4 addresses: a
             // consumer must not route through a link that is down, and the kernel keeps
-            // "linkdown" routes around after a carrier loss.
-            iface.gateway = snapshot
-                .routes
-                .iter()
-                .filter(|r| r.oif == link.index)
-                .min_by_key(|r| r.metric)
-                .map(|r| r.gateway);
+            // "linkdown" routes around after a carrier loss. Equal metrics: the first in
+            // kernel order wins, as the kernel's own route lookup does.
+            iface.gateway = gateways.get(&link.index).map(|r| r.gateway);
         }
-        iface.ipv6_addresses = snapshot
-            .addrs6
+        iface.ipv6_addresses = addrs6
+            .get(&link.index)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
             .iter()
-            .filter(|a| a.index == link.index)
             .map(|a| Ipv6Address {
                 address: a.address,
                 prefixlen: a.prefixlen,
