@@ -159,3 +159,63 @@ fn parse_datagram(mut data: &[u8], out: &mut Vec<KernelEvent>) {
         data = data.get(next..).unwrap_or(&[]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::address::AddressMessage;
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+
+    fn encode(msg: RouteNetlinkMessage) -> Vec<u8> {
+        let mut nl = NetlinkMessage::from(msg);
+        nl.finalize();
+        let mut buf = vec![0; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn every_message_of_a_datagram_is_read() {
+        let mut addr = AddressMessage::default();
+        addr.header.family = rtnetlink::packet_route::AddressFamily::Inet;
+        addr.header.index = 3;
+        let mut link = LinkMessage::default();
+        link.header.index = 4;
+        link.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
+        link.attributes.push(LinkAttribute::IfName("ethA".into()));
+        let mut datagram = encode(RouteNetlinkMessage::NewAddress(addr));
+        // Pad to the 4-byte alignment the kernel uses between messages.
+        while datagram.len() % 4 != 0 {
+            datagram.push(0);
+        }
+        datagram.extend(encode(RouteNetlinkMessage::DelLink(link)));
+        let mut out = Vec::new();
+        parse_datagram(&datagram, &mut out);
+        assert_eq!(
+            out,
+            [
+                KernelEvent::Hint {
+                    ifindex: 3,
+                    urgent: false
+                },
+                KernelEvent::Hint {
+                    ifindex: 4,
+                    urgent: true
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn undecodable_data_asks_for_a_full_read() {
+        let mut out = Vec::new();
+        parse_datagram(&[1, 2, 3, 4, 5], &mut out);
+        assert_eq!(out, [KernelEvent::Overrun]);
+        // A header claiming more bytes than the datagram holds.
+        let mut lying = encode(RouteNetlinkMessage::NewAddress(AddressMessage::default()));
+        lying[0] = 200;
+        out.clear();
+        parse_datagram(&lying, &mut out);
+        assert_eq!(out, [KernelEvent::Overrun]);
+    }
+}
