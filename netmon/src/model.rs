@@ -157,12 +157,18 @@ pub fn build(
 
 /// PROTOCOL.md's `type`: wireless when sysfs shows `wireless` or `phy80211` for the link.
 pub fn sysfs_is_wireless(name: &str) -> bool {
+    is_wireless_under(Path::new("/sys/class/net"), name)
+}
+
+fn is_wireless_under(class_net: &Path, name: &str) -> bool {
     // A name with a slash or a dot-dot would escape /sys/class/net; the kernel never
     // produces one, but the name comes from outside the process.
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return false;
     }
-    let dir = Path::new("/sys/class/net").join(name);
+    let dir = class_net.join(name);
+    // `wireless` exists for cfg80211 and wext drivers, `phy80211` (a symlink) for
+    // mac80211 ones; either alone is enough.
     dir.join("wireless").exists() || dir.join("phy80211").exists()
 }
 
@@ -342,6 +348,29 @@ mod tests {
         assert_eq!(got.keys().copied().collect::<Vec<_>>(), [2, 5]);
         let f = Filter::new(&["eth1*".into()], &["eth10".into()]).unwrap();
         assert!(build(&snap, &f, &never).is_empty());
+    }
+
+    #[test]
+    fn wireless_from_either_sysfs_entry() {
+        let root = std::env::temp_dir().join(format!("netmon-sysfs-{}", std::process::id()));
+        for (name, entry) in [
+            ("wlan0", Some("wireless")),
+            ("wlp2s0", Some("phy80211")),
+            ("eth0", None),
+        ] {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            if let Some(e) = entry {
+                std::fs::create_dir_all(root.join(name).join(e)).unwrap();
+            }
+        }
+        let got = [
+            is_wireless_under(&root, "wlan0"),
+            is_wireless_under(&root, "wlp2s0"),
+            is_wireless_under(&root, "eth0"),
+            is_wireless_under(&root, "missing0"),
+        ];
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(got, [true, true, false, false]);
     }
 
     #[test]
