@@ -183,3 +183,39 @@ fn overflowing_the_event_socket_yields_overrun() {
         sync_on(&mut rx, "ethB", 1).await;
     });
 }
+
+/// A burst with the default buffer: every notification arrives (one hint per address
+/// added, no overrun), because the reader drains the socket on every wake-up.
+#[test]
+fn a_burst_is_delivered_completely() {
+    private_netns();
+    disable_ipv6_autoconf();
+    veth("ethA", "ethB");
+    let dir = e2e::TempDir::new("kb");
+    let path = dir.join("batch");
+    let batch: String = (0..300)
+        .map(|i| format!("addr add 10.8.{}.{}/32 dev ethA\n", i / 200, i % 200 + 1))
+        .collect();
+    std::fs::write(&path, batch).expect("write batch file");
+
+    runtime().block_on(async {
+        let (_kernel, mut rx) = Kernel::open().await.expect("open kernel");
+        let a = ifindex("ethA");
+        must(&format!("ip -batch {}", path.display()));
+        let before = sync_on(&mut rx, "ethB", 1).await;
+        assert!(
+            !before.contains(&KernelEvent::Overrun),
+            "no overrun with the default buffer"
+        );
+        let hints = before
+            .iter()
+            .filter(|e| {
+                **e == KernelEvent::Hint {
+                    ifindex: a,
+                    urgent: false,
+                }
+            })
+            .count();
+        assert_eq!(hints, 300, "one hint per address added: {before:?}");
+    });
+}

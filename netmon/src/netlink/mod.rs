@@ -93,7 +93,8 @@ impl Kernel {
     /// address), then opens the dump connection: a change made between the two is then
     /// both announced and in the first dump, never in neither. Events flow into the
     /// returned receiver from a task that drains every message available on each
-    /// wake-up. The receiver is closed if the event socket dies.
+    /// wake-up. The receiver is closed if the event socket dies. Call it inside a tokio
+    /// runtime: the event reader and the dump connection are tasks of it.
     pub async fn open() -> Result<(Kernel, mpsc::Receiver<KernelEvent>), NetlinkError> {
         Self::open_with(KernelOptions::default()).await
     }
@@ -107,7 +108,8 @@ impl Kernel {
         Ok((kernel, events))
     }
 
-    /// Only the dump connection, for one-shot reads (`netmon dump`).
+    /// Only the dump connection, for one-shot reads (`netmon dump`). Call it inside a
+    /// tokio runtime.
     pub fn open_dump_only() -> Result<Kernel, NetlinkError> {
         let (conn, handle, _unsolicited) =
             rtnetlink::new_connection().map_err(NetlinkError::DumpConnection)?;
