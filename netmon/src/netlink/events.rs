@@ -36,7 +36,7 @@ fn open_socket(options: &KernelOptions) -> Result<Socket, NetlinkError> {
     for group in GROUPS {
         let group = group as u32;
         sock.add_membership(group)
-            .map_err(|source| NetlinkError::Subscribe { group, source })?;
+            .map_err(|error| NetlinkError::Subscribe { group, error })?;
     }
     sock.set_non_blocking(true)
         .map_err(NetlinkError::EventSocket)?;

@@ -32,24 +32,22 @@ pub enum KernelEvent {
     Overrun,
 }
 
+/// The inner error is part of each message (not a `source`), so a `{:#}` chain does
+/// not print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("open netlink event socket: {0}")]
-    EventSocket(#[source] std::io::Error),
-    #[error("subscribe to netlink group {group}: {source}")]
-    Subscribe {
-        group: u32,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("open netlink dump connection: {0}")]
-    DumpConnection(#[source] std::io::Error),
+    #[error("open netlink event socket (AF_NETLINK must be allowed): {0}")]
+    EventSocket(std::io::Error),
+    #[error("subscribe to netlink multicast group {group}: {error}")]
+    Subscribe { group: u32, error: std::io::Error },
+    #[error("open netlink dump connection (AF_NETLINK must be allowed): {0}")]
+    DumpConnection(std::io::Error),
     #[error("dump links: {0}")]
-    DumpLinks(#[source] rtnetlink::Error),
+    DumpLinks(rtnetlink::Error),
     #[error("dump addresses: {0}")]
-    DumpAddresses(#[source] rtnetlink::Error),
+    DumpAddresses(rtnetlink::Error),
     #[error("dump routes: {0}")]
-    DumpRoutes(#[source] rtnetlink::Error),
+    DumpRoutes(rtnetlink::Error),
 }
 
 /// Tunables of [`Kernel::open_with`]; the defaults are what netmon uses.
