@@ -72,6 +72,7 @@ impl Default for KernelOptions {
 }
 
 /// The dump connection; the event socket lives in its own task.
+#[derive(Debug)]
 pub struct Kernel {
     handle: Handle,
     connection: JoinHandle<()>,
