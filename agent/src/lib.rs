@@ -1,1 +1,16 @@
+//! The agent: follows netmon, keeps the vNIC store, and reconciles runtime
+//! containers onto the right MACVLAN networks of a Docker engine.
 
+pub mod apply;
+pub mod cache;
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod engine;
+pub mod netmon_link;
+pub mod netns;
+pub mod plan;
+pub mod reconcile;
+pub mod runtime;
+pub mod status;
+pub mod vnics;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod agent;
 pub mod kernel;
 pub mod netmon;
 

@@ -1,0 +1,359 @@
+//! The command line: `agent run` (the daemon) and the commands that talk to a
+//! running agent over its control socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use ipc::{Connection, Reply, Request};
+use serde_json::Value;
+
+use crate::daemon::Config;
+use crate::runtime::{CreateRequest, parse_vnic};
+use crate::status::{self, StatusView};
+
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/agent/agent.sock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "agent",
+    version,
+    about = "Keeps runtime containers on the right MACVLAN networks as the host's LAN changes"
+)]
+pub struct Cli {
+    /// The agent's control socket.
+    #[arg(long, global = true, env = "AGENT_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Log format: text, json or journald.
+    #[arg(long, global = true, env = "AGENT_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Log level or filter (tracing env-filter syntax).
+    #[arg(long, global = true, env = "AGENT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent daemon.
+    Run(RunArgs),
+    /// Reconcile now and print the steps planned or taken (exit 1 when one failed).
+    Reconcile {
+        /// Plan only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Links, interfaces, runtimes and their vNICs, store faults, last reconcile.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when netmon and the engine are reachable and the store is sound.
+    Health,
+    /// Runtime containers and their vNICs.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
+    /// The vNIC store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// netmon's socket.
+    #[arg(
+        long,
+        env = "AGENT_NETMON_SOCKET",
+        default_value = "/run/netmon/netmon.sock"
+    )]
+    pub netmon_socket: PathBuf,
+    /// Where runtime_vnics.json lives.
+    #[arg(long, env = "AGENT_STATE_DIR", default_value = "/var/lib/agent")]
+    pub state_dir: PathBuf,
+    /// Group allowed on the control socket besides root.
+    #[arg(long, env = "AGENT_CONTROL_GROUP")]
+    pub control_group: Option<String>,
+    /// Engine address (unix:///path); default DOCKER_HOST, else the local socket.
+    #[arg(long, env = "AGENT_DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// Slow periodic reconcile, e.g. 5m.
+    #[arg(long, env = "AGENT_RECONCILE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub reconcile_interval: Duration,
+    /// Containers handled in parallel.
+    #[arg(long, env = "AGENT_PARALLELISM", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallelism: u16,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RuntimeCommand {
+    /// Create a runtime container with its vNICs, start it and attach it.
+    Create {
+        name: String,
+        #[arg(long)]
+        image: String,
+        /// name=eth0,parent=ens37,mode=dhcp or
+        /// name=eth1,parent=ens38,mode=static,ip=10.0.0.100,subnet=10.0.0.0/24,gateway=10.0.0.1[,mac=..]
+        #[arg(long = "vnic", required = true)]
+        vnics: Vec<String>,
+        /// The container's command (everything after --cmd).
+        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+        cmd: Option<Vec<String>>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the container, its internal network and its vNIC records.
+    Delete {
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    Restart {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Re-read runtime_vnics.json (after an operator repaired it).
+    Reload,
+    /// Start from an empty store (the faulted file stays moved aside).
+    Reset,
+}
+
+impl RunArgs {
+    pub fn config(&self, control_socket: &Path) -> Config {
+        Config {
+            netmon_socket: self.netmon_socket.clone(),
+            state_dir: self.state_dir.clone(),
+            control_socket: control_socket.to_path_buf(),
+            control_group: self.control_group.clone(),
+            docker_host: self.docker_host.clone(),
+            reconcile_interval: self.reconcile_interval,
+            parallelism: usize::from(self.parallelism),
+        }
+    }
+}
+
+/// Sends one request and returns the reply; a refused or failed request is an error
+/// with the agent's reason.
+async fn call(socket: &Path, req: Request) -> Result<Reply> {
+    let mut conn = Connection::connect(socket).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the agent at {}: is `agent run` running? ({e})",
+            socket.display()
+        )
+    })?;
+    let reply = conn
+        .request(req)
+        .await
+        .with_context(|| format!("talking to the agent at {}", socket.display()))?;
+    if !reply.success {
+        bail!(
+            "{}",
+            reply
+                .error
+                .unwrap_or_else(|| "the agent refused the request".into())
+        );
+    }
+    Ok(reply)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn client(socket: &Path, command: Command) -> Result<i32> {
+    match command {
+        Command::Run(_) => bail!("`agent run` is the daemon, not a client command"),
+        Command::Reconcile { dry_run, json } => {
+            let reply = call(
+                socket,
+                Request::new("reconcile").with_arg("dry_run", dry_run),
+            )
+            .await?;
+            let report = reply.extra.get("report").cloned().unwrap_or(Value::Null);
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", status::render_report(&report));
+            }
+            let failed = reply.extra.get("failed") == Some(&Value::Bool(true));
+            Ok(i32::from(failed))
+        }
+        Command::Status { json } => {
+            let reply = call(socket, Request::new("status")).await?;
+            let v = reply.extra.get("status").cloned().unwrap_or(Value::Null);
+            if json {
+                print_json(&v)?;
+            } else {
+                let s: StatusView =
+                    serde_json::from_value(v).context("the agent's status reply")?;
+                print!("{}", status::render(&s));
+            }
+            Ok(0)
+        }
+        Command::Health => {
+            let reply = match call(socket, Request::new("health")).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("unhealthy: {e:#}");
+                    return Ok(1);
+                }
+            };
+            let problems: Vec<String> = reply
+                .extra
+                .get("problems")
+                .and_then(|p| serde_json::from_value(p.clone()).ok())
+                .unwrap_or_default();
+            if problems.is_empty() {
+                println!("healthy");
+                Ok(0)
+            } else {
+                for p in &problems {
+                    eprintln!("unhealthy: {p}");
+                }
+                Ok(1)
+            }
+        }
+        Command::Runtime(r) => runtime(socket, r).await,
+        Command::Store(s) => {
+            let cmd = match s {
+                StoreCommand::Reload => "store_reload",
+                StoreCommand::Reset => "store_reset",
+            };
+            let reply = call(socket, Request::new(cmd)).await?;
+            println!(
+                "store {}: {} runtimes",
+                if cmd == "store_reload" {
+                    "reloaded"
+                } else {
+                    "reset"
+                },
+                reply.extra.get("runtimes").cloned().unwrap_or(Value::Null)
+            );
+            Ok(0)
+        }
+    }
+}
+
+async fn runtime(socket: &Path, r: RuntimeCommand) -> Result<i32> {
+    match r {
+        RuntimeCommand::Create {
+            name,
+            image,
+            vnics,
+            cmd,
+            json,
+        } => {
+            let vnics = vnics
+                .iter()
+                .map(|s| parse_vnic(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let req = CreateRequest {
+                name: name.clone(),
+                image,
+                cmd,
+                vnics,
+            };
+            let Value::Object(args) = serde_json::to_value(&req)? else {
+                bail!("internal: a create request is an object");
+            };
+            let mut request = Request::new("runtime_create");
+            request.args = args;
+            let reply = call(socket, request).await?;
+            let report = reply.extra.get("report").cloned().unwrap_or(Value::Null);
+            if json {
+                print_json(&reply.extra)?;
+            } else {
+                println!("runtime {name} created");
+                if let Some(Value::Object(v)) = reply.extra.get("vnics")
+                    && let Some(Value::Array(list)) = v.get(&name)
+                {
+                    for n in list {
+                        println!(
+                            "  {} on {} mac {}",
+                            n.get("name").and_then(Value::as_str).unwrap_or("?"),
+                            n.get("parent").and_then(Value::as_str).unwrap_or("?"),
+                            n.get("mac").and_then(Value::as_str).unwrap_or("?"),
+                        );
+                    }
+                }
+                print!("{}", status::render_report(&report));
+            }
+            Ok(i32::from(
+                reply.extra.get("failed") == Some(&Value::Bool(true)),
+            ))
+        }
+        RuntimeCommand::Delete { name } => {
+            let reply = call(
+                socket,
+                Request::new("runtime_delete").with_arg("name", name.clone()),
+            )
+            .await?;
+            println!("runtime {name} deleted");
+            if let Some(Value::Array(nets)) = reply.extra.get("removed_networks") {
+                for n in nets {
+                    println!("  removed network {}", n.as_str().unwrap_or("?"));
+                }
+            }
+            Ok(0)
+        }
+        RuntimeCommand::List { json } => {
+            let reply = call(socket, Request::new("runtime_list")).await?;
+            let v = reply.extra.get("runtimes").cloned().unwrap_or(Value::Null);
+            if json {
+                print_json(&v)?;
+            } else {
+                let s = StatusView {
+                    runtimes: serde_json::from_value(v).context("the agent's list reply")?,
+                    ..Default::default()
+                };
+                for (name, vnics) in &s.runtimes {
+                    println!("{name}");
+                    for v in vnics {
+                        println!(
+                            "  {:<6} parent {:<12} net {:<32} mac {}",
+                            v.name,
+                            v.parent,
+                            v.network.as_deref().unwrap_or("-"),
+                            v.mac.as_deref().unwrap_or("-")
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        RuntimeCommand::Start { name } => lifecycle(socket, "start", name).await,
+        RuntimeCommand::Stop { name } => lifecycle(socket, "stop", name).await,
+        RuntimeCommand::Restart { name } => lifecycle(socket, "restart", name).await,
+    }
+}
+
+async fn lifecycle(socket: &Path, verb: &str, name: String) -> Result<i32> {
+    let reply = call(
+        socket,
+        Request::new(format!("runtime_{verb}")).with_arg("name", name.clone()),
+    )
+    .await?;
+    println!("runtime {name}: {verb} done");
+    if let Some(report) = reply.extra.get("report") {
+        print!("{}", status::render_report(report));
+    }
+    Ok(i32::from(
+        reply.extra.get("failed") == Some(&Value::Bool(true)),
+    ))
+}

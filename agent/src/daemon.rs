@@ -1,0 +1,865 @@
+//! `agent run`: one task owns the state (vNIC store, interface cache, links, the
+//! last report); netmon, the engine watch, the control socket and the reconcile
+//! runs talk to it over bounded channels.
+//!
+//! A reconcile run is a future the state task polls next to its channels, so
+//! status, health and list are answered while it works: the store is lent to the
+//! run and comes back with its report.
+//! Commands that write the store wait for it to come back (seconds at most);
+//! commands that need the engine while it is unreachable fail at once with the
+//! reason instead of stalling.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ipc::{ClientEvent, EventKind, Reply, Request};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::cache::InterfaceCache;
+use crate::control::{self, Access, Call};
+use crate::engine::{Docker, EngineError, EngineEvent, EngineVersion};
+use crate::netmon_link;
+use crate::reconcile::{ReconcileOptions, ReconcileReport, reconcile};
+use crate::runtime::{self, CreateRequest};
+use crate::status::{self, StatusView};
+use crate::vnics::{Runtimes, VnicStore};
+
+/// Everything `agent run` is configured with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub netmon_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub control_group: Option<String>,
+    /// `None`: `DOCKER_HOST`, else the local socket.
+    pub docker_host: Option<String>,
+    pub reconcile_interval: Duration,
+    pub parallelism: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Messages to the state task.
+enum Msg {
+    Netmon(ClientEvent),
+    EngineUp(EngineVersion),
+    EngineDown(String),
+    Engine(EngineEvent),
+    /// A reconcile whose report goes to a waiting request.
+    Reconcile(Waiter),
+    /// The engine part of `runtime_create` finished.
+    Created {
+        req: CreateRequest,
+        result: Result<(), String>,
+        waiter: Waiter,
+    },
+}
+
+/// What a reconcile run hands back: the store it borrowed and its report.
+struct RunOutcome {
+    store: VnicStore,
+    dry_run: bool,
+    result: Result<ReconcileReport, String>,
+}
+
+/// A reconcile run, polled by the state task itself: the engine adapter's futures
+/// need not be `Send`, and the run still never blocks message handling.
+type RunFuture = Pin<Box<dyn Future<Output = RunOutcome>>>;
+
+/// A control request waiting for a reply after something else finished.
+struct Waiter {
+    id: Option<Value>,
+    tx: oneshot::Sender<Reply>,
+    /// Fields to add to the reply next to the report.
+    extra: Vec<(String, Value)>,
+}
+
+impl Waiter {
+    fn new(id: Option<Value>, tx: oneshot::Sender<Reply>) -> Self {
+        Self {
+            id,
+            tx,
+            extra: Vec::new(),
+        }
+    }
+
+    fn answer(self, mut reply: Reply) {
+        for (k, v) in self.extra {
+            reply.extra.insert(k, v);
+        }
+        let _ = self.tx.send(reply);
+    }
+
+    fn fail(self, msg: impl Into<String>) {
+        let id = self.id.clone();
+        self.answer(Reply::err(id, msg));
+    }
+}
+
+/// Reconcile scheduling: at most one run at a time; requests during a run are
+/// folded into exactly one run after it.
+#[derive(Default)]
+struct Runs {
+    running: Option<bool>,
+    /// Waiters of the run in progress.
+    current: Vec<Waiter>,
+    /// A real run is owed after the current one.
+    pending: bool,
+    next: Vec<Waiter>,
+    /// Dry runs asked for; one dry run answers them all.
+    pending_dry: Vec<Waiter>,
+    count: u64,
+}
+
+struct State {
+    config: Config,
+    docker: Docker,
+    docker_host: String,
+    /// `None` while lent to a reconcile run.
+    store: Option<VnicStore>,
+    /// What the store held when last seen, for status while it is lent out.
+    runtimes_view: Runtimes,
+    fault_view: Option<Value>,
+    store_path: String,
+    cache: InterfaceCache,
+    view: StatusView,
+    runs: Runs,
+    /// Store-writing requests that arrived while the store was lent out.
+    deferred: VecDeque<Call>,
+    started: Instant,
+    tx: mpsc::Sender<Msg>,
+    /// A run `start_run` prepared, for the loop to pick up.
+    launch: Option<RunFuture>,
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| DaemonError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let access = Access::new(config.control_group.as_deref())?;
+    let listener = control::bind(&config.control_socket, &access).await?;
+    let docker = Docker::new(config.docker_host.as_deref())?;
+    let docker_host = config
+        .docker_host
+        .clone()
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+
+    let store = VnicStore::open(&config.state_dir);
+    if let Some(f) = store.fault() {
+        error!(fault = ?f, "the vNIC store is faulted: writes are refused until an operator acts");
+    }
+    let (tx, mut rx) = mpsc::channel::<Msg>(256);
+    let (call_tx, mut call_rx) = mpsc::channel::<Call>(64);
+    let tasks = shutdown.child_token();
+
+    tokio::spawn(control::serve(
+        listener,
+        config.control_socket.clone(),
+        access,
+        call_tx,
+        tasks.clone(),
+    ));
+    netmon_link::spawn(
+        config.netmon_socket.clone(),
+        tx.clone(),
+        Msg::Netmon,
+        tasks.clone(),
+    );
+    tokio::spawn(engine_watch(docker.clone(), tx.clone(), tasks.clone()));
+
+    let mut state = State {
+        view: StatusView::default(),
+        docker,
+        docker_host,
+        runtimes_view: store.runtimes().clone(),
+        fault_view: store.fault().and_then(|f| serde_json::to_value(f).ok()),
+        store_path: store.path().display().to_string(),
+        store: Some(store),
+        cache: InterfaceCache::default(),
+        runs: Runs::default(),
+        deferred: VecDeque::new(),
+        started: Instant::now(),
+        tx,
+        launch: None,
+        config,
+    };
+    state.init_view();
+    systemd::ready();
+    info!(
+        control = %state.config.control_socket.display(),
+        netmon = %state.config.netmon_socket.display(),
+        engine = %state.docker_host,
+        "agent running"
+    );
+
+    let mut timer = tokio::time::interval(state.config.reconcile_interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer.tick().await;
+    let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
+    let mut running: Option<RunFuture> = None;
+
+    loop {
+        if running.is_none() {
+            running = state.launch.take();
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            out = async { match running.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
+                running = None;
+                state.run_done(out);
+            }
+            Some(msg) = rx.recv() => state.on_msg(msg),
+            Some(call) = call_rx.recv() => state.on_call(call),
+            _ = timer.tick() => {
+                debug!("periodic reconcile");
+                state.trigger(None);
+            }
+            _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
+                systemd::watchdog();
+            }
+        }
+    }
+    systemd::stopping();
+    tasks.cancel();
+    // Let the control server remove its socket file.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if state.config.control_socket.exists() {
+        let _ = std::fs::remove_file(&state.config.control_socket);
+    }
+    info!("agent stopped");
+    Ok(())
+}
+
+/// Follows the engine: subscribe to events first, then report it up (which makes
+/// the state task reconcile = list); on any failure report it down and retry with
+/// capped jittered backoff. Never gives up.
+async fn engine_watch(docker: Docker, tx: mpsc::Sender<Msg>, shutdown: CancellationToken) {
+    let min = Duration::from_millis(250);
+    let max = Duration::from_secs(5);
+    let mut backoff = min;
+    loop {
+        let reason = match docker.version().await {
+            Err(e) => e.to_string(),
+            Ok(version) => {
+                backoff = min;
+                let events = docker.events();
+                tokio::pin!(events);
+                // The subscription is sent on the first poll: give it a moment so the
+                // listing that follows cannot miss a change made in between.
+                let first = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+                let mut early = None;
+                let mut ended = None;
+                match first {
+                    Ok(Some(Ok(ev))) => early = Some(ev),
+                    Ok(Some(Err(e))) => ended = Some(e.to_string()),
+                    Ok(None) => ended = Some("event stream ended".into()),
+                    Err(_) => {}
+                }
+                if let Some(r) = ended {
+                    r
+                } else {
+                    if tx.send(Msg::EngineUp(version)).await.is_err() {
+                        return;
+                    }
+                    if let Some(ev) = early
+                        && tx.send(Msg::Engine(ev)).await.is_err()
+                    {
+                        return;
+                    }
+                    loop {
+                        let next = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            n = events.next() => n,
+                        };
+                        match next {
+                            Some(Ok(EngineEvent::Other)) => {}
+                            Some(Ok(ev)) => {
+                                if tx.send(Msg::Engine(ev)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Err(e)) => break e.to_string(),
+                            None => break "event stream ended".into(),
+                        }
+                    }
+                }
+            }
+        };
+        if tx.send(Msg::EngineDown(reason)).await.is_err() {
+            return;
+        }
+        let ms = backoff.as_millis() as u64;
+        let delay = Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2));
+        backoff = (backoff * 2).min(max);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Commands that write the store.
+fn writes_store(command: &str) -> bool {
+    matches!(
+        command,
+        "runtime_create" | "runtime_delete" | "store_reload" | "store_reset"
+    )
+}
+
+impl State {
+    fn init_view(&mut self) {
+        let v = &mut self.view;
+        v.agent.version = env!("CARGO_PKG_VERSION").into();
+        v.agent.pid = std::process::id();
+        v.agent.state_dir = self.config.state_dir.display().to_string();
+        v.agent.control_socket = self.config.control_socket.display().to_string();
+        v.netmon.socket = self.config.netmon_socket.display().to_string();
+        v.engine.host = self.docker_host.clone();
+        v.store.path = self.store_path.clone();
+    }
+
+    fn status(&self) -> StatusView {
+        let mut v = self.view.clone();
+        v.agent.uptime_s = self.started.elapsed().as_secs();
+        v.interfaces = status::interfaces(&self.cache);
+        v.runtimes = status::runtimes(&self.runtimes_view);
+        v.store.fault = self.fault_view.clone();
+        v.reconcile.running = self.runs.running.is_some();
+        v.reconcile.runs = self.runs.count;
+        v.notes = v
+            .reconcile
+            .last
+            .as_ref()
+            .and_then(|r| r.get("notes"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        v
+    }
+
+    fn refresh_store_view(&mut self) {
+        if let Some(s) = &self.store {
+            self.runtimes_view = s.runtimes().clone();
+            self.fault_view = s.fault().and_then(|f| serde_json::to_value(f).ok());
+        }
+    }
+
+    fn uses_parent(&self, name: &str) -> bool {
+        self.runtimes_view
+            .values()
+            .flatten()
+            .any(|v| v.parent_interface == name)
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Netmon(ClientEvent::Connected) => {
+                info!("connected to netmon");
+                self.view.netmon.connected = true;
+                self.view.netmon.last_error = None;
+            }
+            Msg::Netmon(ClientEvent::Disconnected { reason }) => {
+                warn!(%reason, "lost netmon; the client reconnects");
+                self.view.netmon.connected = false;
+                self.view.netmon.last_error = Some(reason);
+            }
+            Msg::Netmon(ClientEvent::Event(ev)) => {
+                self.view.netmon.events += 1;
+                if ev.instance.is_some() {
+                    self.view.netmon.instance = ev.instance.clone();
+                }
+                let changed = self.cache.apply(&ev);
+                match &ev.kind {
+                    EventKind::NetworkDiscovery(d) => {
+                        self.view.netmon.discoveries += 1;
+                        info!(interfaces = d.interfaces.len(), "netmon discovery");
+                        self.trigger(None);
+                    }
+                    EventKind::NetworkChange(_) => {
+                        let relevant: Vec<&String> =
+                            changed.iter().filter(|n| self.uses_parent(n)).collect();
+                        if !relevant.is_empty() {
+                            info!(parents = ?relevant, "a vNIC parent changed");
+                            self.trigger(None);
+                        }
+                    }
+                    EventKind::Other(..) => {}
+                }
+            }
+            Msg::EngineUp(v) => {
+                info!(version = %v.version, api = %v.api_version, "engine reachable");
+                self.view.engine.reachable = true;
+                self.view.engine.version = Some(v.version);
+                self.view.engine.api_version = Some(v.api_version);
+                self.view.engine.last_error = None;
+                self.view.engine.connects += 1;
+                // A (re)connected engine may have lost or changed anything.
+                self.trigger(None);
+            }
+            Msg::EngineDown(reason) => {
+                if self.view.engine.reachable || self.view.engine.last_error.is_none() {
+                    warn!(%reason, "engine unreachable; retrying");
+                }
+                self.view.engine.reachable = false;
+                self.view.engine.last_error = Some(reason);
+            }
+            Msg::Engine(EngineEvent::ContainerStarted { name }) => {
+                if self.runtimes_view.contains_key(&name) {
+                    info!(container = %name, "runtime started; verifying its vNICs");
+                    self.trigger(None);
+                }
+            }
+            Msg::Engine(EngineEvent::NetworkGone { name, id }) => {
+                info!(network = %name, %id, "a network disappeared");
+                self.trigger(None);
+            }
+            Msg::Engine(EngineEvent::ContainerGone { name }) => {
+                debug!(container = %name, "container gone");
+            }
+            Msg::Engine(EngineEvent::Other) => {}
+            Msg::Reconcile(w) => self.trigger(Some(w)),
+            Msg::Created {
+                req,
+                result,
+                mut waiter,
+            } => match result {
+                Ok(()) => {
+                    waiter
+                        .extra
+                        .push(("runtime".into(), Value::from(req.name.clone())));
+                    self.trigger(Some(waiter));
+                }
+                Err(e) => {
+                    // Forget the records so the same command can be retried.
+                    let name = req.name.clone();
+                    let forget = Call {
+                        request: Request::new("runtime_forget").with_arg("name", name),
+                        reply: {
+                            let (tx, _rx) = oneshot::channel();
+                            tx
+                        },
+                    };
+                    self.deferred.push_back(forget);
+                    self.drain_deferred();
+                    waiter.fail(format!("runtime {}: {e}", req.name));
+                }
+            },
+        }
+    }
+
+    /// Asks for a reconcile; `waiter` gets the report of a run that starts after now.
+    fn trigger(&mut self, waiter: Option<Waiter>) {
+        if self.runs.running.is_some() {
+            self.runs.pending = true;
+            self.runs.next.extend(waiter);
+            return;
+        }
+        self.runs.current.extend(waiter);
+        self.start_run(false);
+    }
+
+    fn start_run(&mut self, dry_run: bool) {
+        if !self.view.engine.reachable {
+            // Answered now rather than stalled; the engine watch reconciles on return.
+            let why = format!(
+                "the container engine is unreachable at {}: {}; the agent reconciles as soon as it is back",
+                self.docker_host,
+                self.view
+                    .engine
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("not connected yet")
+            );
+            for w in self.runs.current.drain(..) {
+                w.fail(why.clone());
+            }
+            if dry_run {
+                for w in self.runs.pending_dry.drain(..) {
+                    w.fail(why.clone());
+                }
+            }
+            return;
+        }
+        let Some(store) = self.store.take() else {
+            // The store is out with a create/delete; it comes back through run_done
+            // only for runs, so this cannot happen: keep the request for later.
+            self.runs.pending = true;
+            return;
+        };
+        self.runs.running = Some(dry_run);
+        self.runs.count += 1;
+        let docker = self.docker.clone();
+        let cache = self.cache.clone();
+        let opts = ReconcileOptions {
+            dry_run,
+            parallelism: self.config.parallelism,
+        };
+        self.launch = Some(Box::pin(async move {
+            let mut store = store;
+            let result = reconcile(&docker, &mut store, &cache, &opts)
+                .await
+                .map_err(|e| e.to_string());
+            RunOutcome {
+                store,
+                dry_run,
+                result,
+            }
+        }));
+    }
+
+    fn run_done(&mut self, out: RunOutcome) {
+        let RunOutcome {
+            store,
+            dry_run,
+            result,
+        } = out;
+        self.store = Some(store);
+        self.refresh_store_view();
+        self.runs.running = None;
+        let waiters: Vec<Waiter> = if dry_run {
+            std::mem::take(&mut self.runs.pending_dry)
+        } else {
+            std::mem::take(&mut self.runs.current)
+        };
+        match result {
+            Ok(report) => {
+                let failed = report.failed();
+                let value = serde_json::to_value(&report).unwrap_or(Value::Null);
+                if failed {
+                    warn!(
+                        steps = report.steps.len(),
+                        "reconcile finished with failed steps"
+                    );
+                } else {
+                    info!(
+                        steps = report.steps.len(),
+                        duration_ms = report.duration_ms,
+                        dry_run,
+                        "reconcile done"
+                    );
+                }
+                if !dry_run {
+                    self.view.reconcile.last = Some(value.clone());
+                    self.view.reconcile.last_error = None;
+                }
+                for w in waiters {
+                    let id = w.id.clone();
+                    w.answer(
+                        Reply::ok(id)
+                            .with("failed", failed)
+                            .with("report", value.clone()),
+                    );
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "reconcile could not run");
+                if !dry_run {
+                    self.view.reconcile.last_error = Some(e.clone());
+                }
+                for w in waiters {
+                    w.fail(format!("reconcile: {e}"));
+                }
+            }
+        }
+        self.drain_deferred();
+        if self.runs.running.is_some() {
+            return;
+        }
+        if self.runs.pending {
+            self.runs.pending = false;
+            self.runs.current = std::mem::take(&mut self.runs.next);
+            self.start_run(false);
+        } else if !self.runs.pending_dry.is_empty() {
+            self.start_run(true);
+        }
+    }
+
+    fn drain_deferred(&mut self) {
+        while self.store.is_some() {
+            let Some(call) = self.deferred.pop_front() else {
+                return;
+            };
+            self.on_call(call);
+        }
+    }
+
+    fn needs_engine(&self, id: &Option<Value>, what: &str) -> Option<Reply> {
+        if self.view.engine.reachable {
+            return None;
+        }
+        Some(Reply::err(
+            id.clone(),
+            format!(
+                "{what} needs the container engine, which is unreachable at {}: {}",
+                self.docker_host,
+                self.view
+                    .engine
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("not connected yet")
+            ),
+        ))
+    }
+
+    fn on_call(&mut self, call: Call) {
+        let Call { request, reply } = call;
+        let id = request.id.clone();
+        let cmd = request.command.clone();
+        debug!(command = %cmd, "control request");
+        if (writes_store(&cmd) || cmd == "runtime_forget") && self.store.is_none() {
+            self.deferred.push_back(Call { request, reply });
+            return;
+        }
+        let arg_name = || {
+            request
+                .args
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        macro_rules! answer {
+            ($r:expr $(,)?) => {{
+                let _ = reply.send($r);
+            }};
+        }
+        match cmd.as_str() {
+            "status" => answer!(Reply::ok(id).with("status", self.status())),
+            "health" => {
+                let s = self.status();
+                let problems = status::health_problems(&s);
+                answer!(
+                    Reply::ok(id)
+                        .with("healthy", problems.is_empty())
+                        .with("problems", problems),
+                )
+            }
+            "ping" => answer!(Reply::ok(id)),
+            "reconcile" => {
+                let dry = request.args.get("dry_run").and_then(Value::as_bool) == Some(true);
+                if let Some(r) = self.needs_engine(&id, "reconcile") {
+                    return answer!(r);
+                }
+                let w = Waiter::new(id, reply);
+                if dry {
+                    self.runs.pending_dry.push(w);
+                    if self.runs.running.is_none() {
+                        self.start_run(true);
+                    }
+                } else {
+                    self.trigger(Some(w));
+                }
+            }
+            "runtime_list" => {
+                answer!(Reply::ok(id).with("runtimes", status::runtimes(&self.runtimes_view)),)
+            }
+            "runtime_create" => {
+                let req: CreateRequest =
+                    match serde_json::from_value(Value::Object(request.args.clone())) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return answer!(Reply::err(id, format!("runtime_create: {e}")));
+                        }
+                    };
+                if let Some(r) = self.needs_engine(&id, "runtime create") {
+                    return answer!(r);
+                }
+                let Some(store) = self.store.as_mut() else {
+                    return;
+                };
+                let vnics = match runtime::validate(&req, store.runtimes()) {
+                    Ok(v) => v,
+                    Err(e) => return answer!(Reply::err(id, e.to_string())),
+                };
+                let stored = store.update(|r| {
+                    r.insert(req.name.clone(), vnics.clone());
+                });
+                self.refresh_store_view();
+                if let Err(e) = stored {
+                    return answer!(Reply::err(id, format!("store: {e}")));
+                }
+                info!(runtime = %req.name, vnics = vnics.len(), "runtime stored; creating it");
+                let docker = self.docker.clone();
+                let tx = self.tx.clone();
+                let mut waiter = Waiter::new(id, reply);
+                waiter.extra.push((
+                    "vnics".into(),
+                    serde_json::to_value(status::runtimes(&Runtimes::from([(
+                        req.name.clone(),
+                        vnics,
+                    )])))
+                    .unwrap_or(Value::Null),
+                ));
+                tokio::spawn(async move {
+                    let result = runtime::create_in_engine(&docker, &req)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = tx
+                        .send(Msg::Created {
+                            req,
+                            result,
+                            waiter,
+                        })
+                        .await;
+                });
+            }
+            "runtime_forget" => {
+                if let (Some(name), Some(store)) = (arg_name(), self.store.as_mut()) {
+                    if let Err(e) = store.update(|r| r.remove(&name)) {
+                        warn!(runtime = %name, error = %e, "could not forget a failed runtime");
+                    }
+                    self.refresh_store_view();
+                }
+                answer!(Reply::ok(id));
+            }
+            "runtime_delete" => {
+                let Some(name) = arg_name() else {
+                    return answer!(Reply::err(id, "runtime_delete needs \"name\""));
+                };
+                if let Some(r) = self.needs_engine(&id, "runtime delete") {
+                    return answer!(r);
+                }
+                let Some(store) = self.store.as_mut() else {
+                    return;
+                };
+                let Some(vnics) = store.runtimes().get(&name).cloned() else {
+                    return answer!(Reply::err(
+                        id,
+                        runtime::RuntimeError::NoSuchRuntime(name).to_string(),
+                    ));
+                };
+                if let Err(e) = store.update(|r| r.remove(&name)) {
+                    return answer!(Reply::err(id, format!("store: {e}")));
+                }
+                self.refresh_store_view();
+                let unused: Vec<String> = vnics
+                    .iter()
+                    .map(|v| v.parent_interface.clone())
+                    .filter(|p| !self.uses_parent(p))
+                    .collect();
+                info!(runtime = %name, "runtime forgotten; removing it from the engine");
+                let docker = self.docker.clone();
+                tokio::spawn(async move {
+                    let r = match runtime::delete_in_engine(&docker, &name, &unused).await {
+                        Ok(removed) => Reply::ok(id)
+                            .with("runtime", &name)
+                            .with("removed_networks", removed),
+                        Err(e) => Reply::err(
+                            id,
+                            format!(
+                                "runtime {name}: its vNIC records are removed but the engine said: {e}"
+                            ),
+                        ),
+                    };
+                    let _ = reply.send(r);
+                });
+            }
+            "runtime_start" | "runtime_stop" | "runtime_restart" => {
+                let Some(name) = arg_name() else {
+                    return answer!(Reply::err(id, format!("{cmd} needs \"name\"")));
+                };
+                if !self.runtimes_view.contains_key(&name) {
+                    return answer!(Reply::err(
+                        id,
+                        runtime::RuntimeError::NoSuchRuntime(name).to_string(),
+                    ));
+                }
+                if let Some(r) = self.needs_engine(&id, &cmd.replace('_', " ")) {
+                    return answer!(r);
+                }
+                let docker = self.docker.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let r = match cmd.as_str() {
+                        "runtime_start" => docker.start_container(&name).await,
+                        "runtime_stop" => docker.stop_container(&name).await,
+                        _ => docker.restart_container(&name).await,
+                    };
+                    let result = r.map_err(|e| e.to_string());
+                    if cmd == "runtime_stop" || result.is_err() {
+                        let r = match result {
+                            Ok(()) => Reply::ok(id).with("runtime", &name),
+                            Err(e) => Reply::err(id, format!("{name}: {e}")),
+                        };
+                        let _ = reply.send(r);
+                        return;
+                    }
+                    // Started: answer once its vNICs are verified, so the caller sees
+                    // the MAC back in place.
+                    let mut waiter = Waiter::new(id, reply);
+                    waiter.extra.push(("runtime".into(), Value::from(name)));
+                    let _ = tx.send(Msg::Reconcile(waiter)).await;
+                });
+            }
+            "store_reload" | "store_reset" => {
+                let Some(store) = self.store.as_mut() else {
+                    return;
+                };
+                let r = if cmd == "store_reload" {
+                    store.reload()
+                } else {
+                    store.reset()
+                };
+                self.refresh_store_view();
+                match r {
+                    Ok(()) => {
+                        info!(command = %cmd, "store reloaded");
+                        answer!(
+                            Reply::ok(id)
+                                .with("runtimes", self.runtimes_view.len())
+                                .with("fault", &self.fault_view),
+                        );
+                        self.trigger(None);
+                    }
+                    Err(e) => answer!(Reply::err(id, format!("{cmd}: {e}"))),
+                }
+            }
+            other => answer!(Reply::err(id, format!("Unknown command: {other}"))),
+        }
+    }
+}
+
+/// systemd notification (a no-op outside systemd).
+mod systemd {
+    use std::time::Duration;
+
+    use sd_notify::NotifyState;
+
+    pub fn ready() {
+        let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+    }
+
+    pub fn stopping() {
+        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    }
+
+    pub fn watchdog() {
+        let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+    }
+
+    /// Half the watchdog timeout systemd set, if it set one.
+    pub fn watchdog_interval() -> Option<Duration> {
+        let mut usec = 0u64;
+        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+    }
+}

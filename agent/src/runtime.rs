@@ -1,0 +1,546 @@
+//! Runtime containers: the `runtime_create` request, its validation against the
+//! store, MAC generation, and the engine work of create/delete/start/stop.
+//!
+//! Validation is pure (store in, vNIC records or an error out) so the daemon can do it
+//! while owning the store; the engine work runs in a task of its own afterwards.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use serde_json::Map;
+use tracing::{info, warn};
+
+use crate::engine::{ContainerSpec, Docker, EngineError, managed_labels};
+use crate::vnics::{NetworkMode, Runtimes, Vnic};
+
+/// A vNIC as asked for by `agent runtime create --vnic ...`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VnicRequest {
+    pub name: String,
+    pub parent_interface: String,
+    pub network_mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Network>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// The arguments of `runtime_create`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub name: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    pub vnics: Vec<VnicRequest>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuntimeError {
+    #[error("--vnic {spec:?}: {reason}")]
+    VnicSyntax { spec: String, reason: String },
+    #[error(
+        "invalid runtime name {0:?}: use letters, digits, '_', '.', '-', starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error("runtime {0:?} already exists: delete it first")]
+    Exists(String),
+    #[error("no runtime named {0:?}")]
+    NoSuchRuntime(String),
+    #[error("a runtime needs at least one --vnic")]
+    NoVnics,
+    #[error("vNIC {vnic}: {reason}")]
+    BadVnic { vnic: String, reason: String },
+    #[error(
+        "vNICs {a} and {b} are both on parent {parent}: they would land on the same network; use one vNIC per parent"
+    )]
+    SameNetwork {
+        a: String,
+        b: String,
+        parent: String,
+    },
+    #[error("vNIC {vnic}: MAC {mac} is already used on parent {parent} by {owner}")]
+    MacInUse {
+        vnic: String,
+        mac: String,
+        parent: String,
+        owner: String,
+    },
+}
+
+/// Parses `name=eth0,parent=ens37,mode=dhcp[,ip=..,subnet=..,gateway=..,mac=..]`.
+pub fn parse_vnic(spec: &str) -> Result<VnicRequest, RuntimeError> {
+    let err = |reason: String| RuntimeError::VnicSyntax {
+        spec: spec.to_string(),
+        reason,
+    };
+    let mut name = None;
+    let mut parent = None;
+    let mut mode = None;
+    let mut v = VnicRequest {
+        name: String::new(),
+        parent_interface: String::new(),
+        network_mode: String::new(),
+        ip: None,
+        subnet: None,
+        gateway: None,
+        mac: None,
+    };
+    for part in spec.split(',').filter(|p| !p.trim().is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| err(format!("{part:?} is not key=value")))?;
+        let (key, value) = (key.trim(), value.trim());
+        if value.is_empty() {
+            return Err(err(format!("key {key}: empty value")));
+        }
+        let bad = |what: &str| err(format!("key {key}: {value:?} is not {what}"));
+        match key {
+            "name" => name = Some(value.to_string()),
+            "parent" | "parent_interface" => parent = Some(value.to_string()),
+            "mode" | "network_mode" => mode = Some(value.to_string()),
+            "ip" => v.ip = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
+            "subnet" => {
+                v.subnet = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("an IPv4 subnet like 10.0.0.0/24"))?,
+                )
+            }
+            "gateway" => v.gateway = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
+            "mac" => v.mac = Some(value.to_string()),
+            other => {
+                return Err(err(format!(
+                    "unknown key {other:?} (known: name, parent, mode, ip, subnet, gateway, mac)"
+                )));
+            }
+        }
+    }
+    v.name = name.ok_or_else(|| err("key name is missing".into()))?;
+    v.parent_interface = parent.ok_or_else(|| err("key parent is missing".into()))?;
+    v.network_mode = mode.ok_or_else(|| err("key mode is missing (dhcp or static)".into()))?;
+    Ok(v)
+}
+
+/// Docker's container name rule.
+fn valid_container_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Interface names: at most 15 bytes, no '/', whitespace or ':'.
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '/' && c != ':')
+}
+
+/// Normalises a MAC to lower-case `aa:bb:cc:dd:ee:ff`; `None` when it is not one.
+pub fn normalize_mac(mac: &str) -> Option<String> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = parts
+        .iter()
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
+    let bytes = bytes?;
+    Some(format_mac(&bytes))
+}
+
+fn format_mac(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A random locally administered unicast MAC (`02:` first octet keeps both bits right).
+fn random_mac() -> String {
+    let mut b = [0u8; 6];
+    b[0] = 0x02;
+    for x in &mut b[1..] {
+        *x = fastrand::u8(..);
+    }
+    format_mac(&b)
+}
+
+/// Every MAC stored on a parent, with its owner (`runtime/vnic`).
+fn macs_on_parent(runtimes: &Runtimes, parent: &str) -> Vec<(String, String)> {
+    runtimes
+        .iter()
+        .flat_map(|(rt, vnics)| {
+            vnics
+                .iter()
+                .filter(move |v| v.parent_interface == parent)
+                .filter_map(move |v| {
+                    let mac = v.stored_mac().and_then(normalize_mac)?;
+                    Some((mac, format!("{rt}/{}", v.name)))
+                })
+        })
+        .collect()
+}
+
+/// Checks a create request against the store and returns the vNIC records to store.
+pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, RuntimeError> {
+    if !valid_container_name(&req.name) {
+        return Err(RuntimeError::BadName(req.name.clone()));
+    }
+    if runtimes.contains_key(&req.name) {
+        return Err(RuntimeError::Exists(req.name.clone()));
+    }
+    if req.vnics.is_empty() {
+        return Err(RuntimeError::NoVnics);
+    }
+    let mut names = BTreeSet::new();
+    let mut new_macs: Vec<(String, String, String)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, r) in req.vnics.iter().enumerate() {
+        let bad = |reason: String| RuntimeError::BadVnic {
+            vnic: r.name.clone(),
+            reason,
+        };
+        if !valid_ifname(&r.name) {
+            return Err(bad(
+                "name must be an interface name of 1 to 15 characters".into()
+            ));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(bad("the name is used twice".into()));
+        }
+        if !valid_ifname(&r.parent_interface) {
+            return Err(bad(format!(
+                "parent {:?} is not an interface name",
+                r.parent_interface
+            )));
+        }
+        if let Some(other) = req.vnics[..i]
+            .iter()
+            .find(|o| o.parent_interface == r.parent_interface)
+        {
+            return Err(RuntimeError::SameNetwork {
+                a: other.name.clone(),
+                b: r.name.clone(),
+                parent: r.parent_interface.clone(),
+            });
+        }
+        let mode = match r.network_mode.as_str() {
+            "dhcp" => NetworkMode::Dhcp,
+            "static" => NetworkMode::Static,
+            other => return Err(bad(format!("mode {other:?}: use dhcp or static"))),
+        };
+        if matches!(mode, NetworkMode::Static) {
+            let (Some(ip), Some(subnet)) = (r.ip, r.subnet) else {
+                return Err(bad("mode static needs ip and subnet".into()));
+            };
+            if subnet.ip() != subnet.network() {
+                return Err(bad(format!(
+                    "subnet {subnet}: write the network address ({}/{})",
+                    subnet.network(),
+                    subnet.prefix()
+                )));
+            }
+            if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() {
+                return Err(bad(format!(
+                    "ip {ip} is not a host address of subnet {subnet}"
+                )));
+            }
+            if let Some(gw) = r.gateway {
+                if !subnet.contains(gw) {
+                    return Err(bad(format!("gateway {gw} is not in subnet {subnet}")));
+                }
+                if gw == ip {
+                    return Err(bad(format!("ip {ip} is the gateway")));
+                }
+            }
+        } else if r.ip.is_some() || r.subnet.is_some() || r.gateway.is_some() {
+            return Err(bad(
+                "mode dhcp takes its address from the parent's LAN: drop ip, subnet and gateway"
+                    .into(),
+            ));
+        }
+        let taken: Vec<(String, String)> = macs_on_parent(runtimes, &r.parent_interface)
+            .into_iter()
+            .chain(
+                new_macs
+                    .iter()
+                    .filter(|(_, p, _)| *p == r.parent_interface)
+                    .map(|(m, _, o)| (m.clone(), o.clone())),
+            )
+            .collect();
+        let mac = match &r.mac {
+            Some(m) => {
+                let mac = normalize_mac(m)
+                    .ok_or_else(|| bad(format!("mac {m:?} is not like 02:aa:bb:cc:dd:ee")))?;
+                let first = u8::from_str_radix(&mac[..2], 16).unwrap_or(1);
+                if first & 1 == 1 {
+                    return Err(bad(format!("mac {mac} is multicast; use a unicast MAC")));
+                }
+                if mac == "00:00:00:00:00:00" {
+                    return Err(bad("mac 00:00:00:00:00:00 is not usable".into()));
+                }
+                if let Some((_, owner)) = taken.iter().find(|(t, _)| *t == mac) {
+                    return Err(RuntimeError::MacInUse {
+                        vnic: r.name.clone(),
+                        mac,
+                        parent: r.parent_interface.clone(),
+                        owner: owner.clone(),
+                    });
+                }
+                mac
+            }
+            None => loop {
+                let m = random_mac();
+                if !taken.iter().any(|(t, _)| *t == m) {
+                    break m;
+                }
+            },
+        };
+        new_macs.push((
+            mac.clone(),
+            r.parent_interface.clone(),
+            format!("{}/{}", req.name, r.name),
+        ));
+        out.push(Vnic {
+            name: r.name.clone(),
+            parent_interface: r.parent_interface.clone(),
+            network_mode: mode,
+            ip: r.ip,
+            subnet: r.subnet,
+            gateway: r.gateway,
+            dns: None,
+            mac: Some(mac),
+            mac_address: None,
+            docker_network_name: None,
+            mac_applied: None,
+            extra: Map::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// The internal bridge network of a runtime.
+pub fn internal_network(runtime: &str) -> String {
+    format!("{runtime}_internal")
+}
+
+/// The container the agent itself runs in, if any: `AGENT_CONTAINER`, else the
+/// hostname when `/.dockerenv` exists (the engine sets the hostname to the short id).
+pub fn own_container() -> Option<String> {
+    if let Ok(c) = std::env::var("AGENT_CONTAINER")
+        && !c.trim().is_empty()
+    {
+        return Some(c.trim().to_string());
+    }
+    if std::path::Path::new("/.dockerenv").exists() {
+        return std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty());
+    }
+    None
+}
+
+/// Creates the internal network and the container, starts it, and connects the
+/// agent's own container to the internal network. On failure, whatever was created
+/// is removed again so a retry starts clean.
+pub async fn create_in_engine(docker: &Docker, req: &CreateRequest) -> Result<(), EngineError> {
+    let internal = internal_network(&req.name);
+    let result = async {
+        docker
+            .create_internal_network(&internal, &managed_labels())
+            .await?;
+        let spec = ContainerSpec {
+            name: req.name.clone(),
+            image: req.image.clone(),
+            cmd: req.cmd.clone(),
+            env: Vec::new(),
+            network: Some(internal.clone()),
+            labels: managed_labels(),
+            // The MAC is set from the agent's side of the namespace; the runtime
+            // itself needs no extra privilege.
+            cap_add: Vec::new(),
+        };
+        docker.create_container(&spec).await?;
+        docker.start_container(&req.name).await?;
+        if let Some(me) = own_container() {
+            docker.connect(&me, &internal, None, None).await?;
+            info!(container = %me, network = %internal, "connected the agent's container");
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        warn!(runtime = %req.name, error = %e, "runtime create failed; removing what was created");
+        let _ = docker.remove_container(&req.name).await;
+        let _ = docker.remove_network(&internal).await;
+    }
+    result
+}
+
+/// Removes the container, its internal network (after disconnecting the agent's own
+/// container), and each managed macvlan network on `unused_parents` that nothing
+/// uses anymore. "Not found" counts as done.
+pub async fn delete_in_engine(
+    docker: &Docker,
+    name: &str,
+    unused_parents: &[String],
+) -> Result<Vec<String>, EngineError> {
+    let mut removed = Vec::new();
+    ok_if_gone(docker.remove_container(name).await)?;
+    let internal = internal_network(name);
+    if let Some(me) = own_container() {
+        ok_if_gone(docker.disconnect(&me, &internal).await)?;
+    }
+    ok_if_gone(docker.remove_network(&internal).await)?;
+    if !unused_parents.is_empty() {
+        for net in docker.list_networks().await? {
+            let managed = crate::engine::is_managed(&net.labels);
+            let on_parent = net
+                .parent
+                .as_ref()
+                .is_some_and(|p| unused_parents.contains(p));
+            if net.driver == "macvlan" && managed && on_parent {
+                ok_if_gone(docker.remove_network(&net.name).await)?;
+                removed.push(net.name);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn ok_if_gone(r: Result<(), EngineError>) -> Result<(), EngineError> {
+    match r {
+        Err(EngineError::NotFound(_)) => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(vnics: &[&str]) -> CreateRequest {
+        CreateRequest {
+            name: "rt1".into(),
+            image: "img".into(),
+            cmd: None,
+            vnics: vnics.iter().map(|s| parse_vnic(s).unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_key() {
+        let e = parse_vnic("name=eth0,parent=ens37,mode=static,ip=10.0.0.300").unwrap_err();
+        assert!(e.to_string().contains("key ip"), "{e}");
+        let e = parse_vnic("name=eth0,parent=ens37,mode=static,subnet=10.0.0.0/33").unwrap_err();
+        assert!(e.to_string().contains("key subnet"), "{e}");
+        let e = parse_vnic("name=eth0,mode=dhcp").unwrap_err();
+        assert!(e.to_string().contains("key parent is missing"), "{e}");
+        let e = parse_vnic("name=eth0,parent=a,mode=dhcp,colour=red").unwrap_err();
+        assert!(e.to_string().contains("unknown key \"colour\""), "{e}");
+        let e = parse_vnic("name=eth0,parent").unwrap_err();
+        assert!(e.to_string().contains("not key=value"), "{e}");
+    }
+
+    #[test]
+    fn generates_unique_local_unicast_macs() {
+        let vnics = validate(
+            &req(&[
+                "name=eth0,parent=a,mode=dhcp",
+                "name=eth1,parent=b,mode=dhcp",
+            ]),
+            &Runtimes::new(),
+        )
+        .unwrap();
+        for v in &vnics {
+            let mac = v.mac.as_deref().unwrap();
+            let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+            assert_eq!(first & 0b11, 0b10, "{mac}: locally administered unicast");
+        }
+        assert_ne!(vnics[0].mac, vnics[1].mac);
+    }
+
+    #[test]
+    fn rejects_two_vnics_on_one_parent_and_reused_macs() {
+        let e = validate(
+            &req(&[
+                "name=eth0,parent=a,mode=dhcp",
+                "name=eth1,parent=a,mode=dhcp",
+            ]),
+            &Runtimes::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, RuntimeError::SameNetwork { .. }), "{e}");
+
+        let mut store = Runtimes::new();
+        store.insert(
+            "other".into(),
+            validate(
+                &req(&["name=eth0,parent=a,mode=dhcp,mac=02:00:00:00:00:01"]),
+                &Runtimes::new(),
+            )
+            .unwrap(),
+        );
+        let e = validate(
+            &req(&["name=eth0,parent=a,mode=dhcp,mac=02:00:00:00:00:01"]),
+            &store,
+        )
+        .unwrap_err();
+        assert!(matches!(e, RuntimeError::MacInUse { .. }), "{e}");
+        // The same MAC on another parent is another LAN: allowed.
+        validate(
+            &req(&["name=eth0,parent=b,mode=dhcp,mac=02:00:00:00:00:01"]),
+            &store,
+        )
+        .unwrap();
+        let e = validate(
+            &CreateRequest {
+                name: "other".into(),
+                ..req(&["name=eth0,parent=c,mode=dhcp"])
+            },
+            &store,
+        )
+        .unwrap_err();
+        assert!(matches!(e, RuntimeError::Exists(_)), "{e}");
+    }
+
+    #[test]
+    fn static_needs_a_consistent_address() {
+        let r = |s: &str| validate(&req(&[s]), &Runtimes::new());
+        assert!(r("name=eth0,parent=a,mode=static,ip=10.0.0.5").is_err());
+        assert!(r("name=eth0,parent=a,mode=static,ip=10.0.1.5,subnet=10.0.0.0/24").is_err());
+        assert!(
+            r("name=eth0,parent=a,mode=static,ip=10.0.0.5,subnet=10.0.0.0/24,gateway=10.1.0.1")
+                .is_err()
+        );
+        assert!(r("name=eth0,parent=a,mode=dhcp,ip=10.0.0.5").is_err());
+        assert!(r("name=eth0,parent=a,mode=static,ip=10.0.0.5,subnet=10.0.0.9/24").is_err());
+        assert!(r("name=eth0,parent=a,mode=bridge").is_err());
+        assert!(r("name=eth0,parent=a,mode=dhcp,mac=01:00:5e:00:00:01").is_err());
+        let v = r(
+            "name=eth0,parent=a,mode=static,ip=10.0.0.5,subnet=10.0.0.0/24,gateway=10.0.0.1,mac=02:AA:bb:cc:dd:ee",
+        )
+        .unwrap();
+        assert_eq!(v[0].mac.as_deref(), Some("02:aa:bb:cc:dd:ee"));
+        assert!(matches!(v[0].network_mode, NetworkMode::Static));
+    }
+
+    #[test]
+    fn container_names() {
+        assert!(valid_container_name("rt-1.a_b"));
+        assert!(!valid_container_name("-x"));
+        assert!(!valid_container_name("a/b"));
+        assert!(!valid_container_name(""));
+    }
+}

@@ -1,0 +1,367 @@
+//! The agent end to end: the real `netmon` (in the host namespace, because the
+//! engine's macvlan parent is a host link) and the real `agent`, a host veth whose
+//! peer sits in a gateway namespace, and helpers to look inside containers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{ChildGuard, Netns, TempDir, bin, must, sh, wait_for};
+
+/// Fails the test unless the Docker engine answers.
+pub fn require_engine() {
+    let out = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "this test needs the Docker engine at /var/run/docker.sock: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("this test needs the docker CLI and engine: {e}"),
+    }
+}
+
+/// netmon running in the host namespace, watching only the given links.
+pub struct HostNetmon {
+    pub child: ChildGuard,
+    pub socket: PathBuf,
+    args: Vec<String>,
+}
+
+impl HostNetmon {
+    pub fn start(dir: &Path, include: &[&str]) -> HostNetmon {
+        let socket = dir.join("netmon.sock");
+        let mut args = vec![
+            "--socket".to_string(),
+            socket.display().to_string(),
+            "--debounce".into(),
+            "1s".into(),
+        ];
+        for i in include {
+            args.push("--include".into());
+            args.push(i.to_string());
+        }
+        let mut n = HostNetmon {
+            child: ChildGuard(None),
+            socket,
+            args,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let child = Command::new(bin("netmon"))
+            .args(&self.args)
+            .env(
+                "NETMON_LOG_LEVEL",
+                std::env::var("NETMON_LOG_LEVEL").unwrap_or("info".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn netmon");
+        self.child = ChildGuard(Some(child));
+        let s = self.socket.clone();
+        let child = &mut self.child;
+        wait_for(Duration::from_secs(10), "netmon's socket", || {
+            if let Ok(Some(st)) = child.child().try_wait() {
+                panic!("netmon exited early: {st}");
+            }
+            s.exists().then_some(())
+        });
+    }
+
+    /// Stops netmon with SIGTERM and starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.child.signal(nix::sys::signal::Signal::SIGTERM);
+        self.child.wait_timeout(Duration::from_secs(10));
+        self.child = ChildGuard(None);
+        self.spawn();
+    }
+}
+
+/// The real `agent run`, sockets and state in a directory of the test's.
+pub struct AgentProc {
+    pub child: ChildGuard,
+    pub control: PathBuf,
+    pub state_dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl AgentProc {
+    /// Starts `agent run` and waits for its control socket. `extra` adds options
+    /// (e.g. `--docker-host`).
+    pub fn start(dir: &Path, netmon_socket: &Path, extra: &[&str]) -> AgentProc {
+        let control = dir.join("agent.sock");
+        let state_dir = dir.join("state");
+        let mut args: Vec<String> = vec![
+            "--control-socket".into(),
+            control.display().to_string(),
+            "run".into(),
+            "--netmon-socket".into(),
+            netmon_socket.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut a = AgentProc {
+            child: ChildGuard(None),
+            control,
+            state_dir,
+            args,
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(bin("agent"))
+            .args(&self.args)
+            .env(
+                "AGENT_LOG_LEVEL",
+                std::env::var("AGENT_LOG_LEVEL").unwrap_or("info".into()),
+            )
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn agent");
+        self.child = ChildGuard(Some(child));
+        let s = self.control.clone();
+        let child = &mut self.child;
+        wait_for(
+            Duration::from_secs(10),
+            "the agent's control socket",
+            || {
+                if let Ok(Some(st)) = child.child().try_wait() {
+                    panic!("agent exited early: {st}");
+                }
+                s.exists().then_some(())
+            },
+        );
+    }
+
+    /// SIGKILL (no clean-up at all), then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        self.child.signal(nix::sys::signal::Signal::SIGKILL);
+        self.child.wait_timeout(Duration::from_secs(10));
+        self.child = ChildGuard(None);
+    }
+
+    /// The CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("agent"))
+            .arg("--control-socket")
+            .arg(&self.control)
+            .args(args)
+            .output()
+            .expect("spawn agent CLI")
+    }
+
+    /// The CLI, which must succeed; its stdout.
+    pub fn must(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "agent {args:?} failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The CLI with `--json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.must(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("agent {a:?}: {e}: {out}"))
+    }
+
+    pub fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+}
+
+/// A LAN: a veth `parent` in the host namespace (the MACVLAN parent) whose peer
+/// sits in a namespace holding the gateway address. Removed on drop.
+pub struct HostLan {
+    pub parent: String,
+    pub gw_ns: Netns,
+}
+
+impl HostLan {
+    /// `parent` gets `host_cidr` (e.g. 10.61.0.2/24); the peer gets `gw` (10.61.0.1/24).
+    pub fn new(parent: &str, host_cidr: &str, gw_cidr: &str) -> HostLan {
+        let gw_ns = Netns::new();
+        let peer = format!("{parent}p");
+        let peer: String = peer.chars().take(15).collect();
+        must(&format!("ip link add {parent} type veth peer name {peer}"));
+        let lan = HostLan {
+            parent: parent.to_string(),
+            gw_ns,
+        };
+        must(&format!("ip link set {peer} netns {}", lan.gw_ns.name));
+        lan.gw_ns.must_ip(&format!("addr add {gw_cidr} dev {peer}"));
+        lan.gw_ns.must_ip(&format!("link set {peer} up"));
+        must(&format!("ip addr add {host_cidr} dev {parent}"));
+        must(&format!("ip link set {parent} up"));
+        lan
+    }
+
+    /// Moves the host's address on the parent to another subnet.
+    pub fn readdress(&self, old_cidr: &str, new_cidr: &str) {
+        must(&format!(
+            "ip addr add {new_cidr} dev {p} && ip addr del {old_cidr} dev {p}",
+            p = self.parent
+        ));
+    }
+}
+
+impl Drop for HostLan {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip link del {}", self.parent));
+    }
+}
+
+/// Containers and networks removed on drop (the test's, by name).
+#[derive(Default)]
+pub struct DockerCleanup {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    /// Remove every network on these parents (the macvlan networks the agent made).
+    pub parents: Vec<String>,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = sh(&format!("docker rm -f {c} >/dev/null 2>&1"));
+        }
+        for n in &self.networks {
+            let _ = sh(&format!("docker network rm {n} >/dev/null 2>&1"));
+        }
+        for p in &self.parents {
+            let _ = sh(&format!(
+                "for n in $(docker network ls -q --filter driver=macvlan); do \
+                 [ \"$(docker network inspect -f '{{{{index .Options \"parent\"}}}}' $n)\" = {p} ] && docker network rm $n; \
+                 done >/dev/null 2>&1"
+            ));
+        }
+    }
+}
+
+/// A container's interfaces as `ip -j addr` inside it sees them.
+pub fn container_links(container: &str) -> Result<Vec<Value>, String> {
+    let out = Command::new("docker")
+        .args(["exec", container, "ip", "-j", "addr"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        // busybox `ip` has no -j: fall back to parsing the text form.
+        let out = Command::new("docker")
+            .args(["exec", container, "ip", "-o", "addr"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let link = Command::new("docker")
+            .args(["exec", container, "ip", "-o", "link"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() || !link.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        return Ok(parse_ip_text(
+            &String::from_utf8_lossy(&link.stdout),
+            &String::from_utf8_lossy(&out.stdout),
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// `ip -o link` + `ip -o addr` text into the `ip -j addr` shape (ifname, address,
+/// addr_info[].local for IPv4).
+fn parse_ip_text(links: &str, addrs: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for l in links.lines() {
+        // "2: eth0@if5: <...> mtu 1500 ... link/ether 02:42:ac:11:00:02 brd ..."
+        let mut parts = l.split_whitespace();
+        let _idx = parts.next();
+        let Some(name) = parts.next() else { continue };
+        let name = name.trim_end_matches(':');
+        let name = name.split('@').next().unwrap_or(name).to_string();
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let mac = words
+            .iter()
+            .position(|w| *w == "link/ether")
+            .and_then(|i| words.get(i + 1))
+            .map(|s| s.to_string());
+        let ips: Vec<Value> = addrs
+            .lines()
+            .filter(|a| {
+                let w: Vec<&str> = a.split_whitespace().collect();
+                w.get(1) == Some(&name.as_str()) && w.get(2) == Some(&"inet")
+            })
+            .filter_map(|a| {
+                let w: Vec<&str> = a.split_whitespace().collect();
+                let (ip, plen) = w.get(3)?.split_once('/')?;
+                Some(serde_json::json!({"family": "inet", "local": ip, "prefixlen": plen.parse::<u32>().ok()}))
+            })
+            .collect();
+        out.push(serde_json::json!({"ifname": name, "address": mac, "addr_info": ips}));
+    }
+    out
+}
+
+/// (MAC, IPv4 addresses) of the interface inside `container` holding an address
+/// in `subnet_prefix` (e.g. "10.62.0."), or the one with `mac`.
+pub fn find_link(
+    links: &[Value],
+    pred: impl Fn(&str, &[String]) -> bool,
+) -> Option<(String, Vec<String>)> {
+    links.iter().find_map(|l| {
+        let mac = l.get("address")?.as_str()?.to_string();
+        let ips: Vec<String> = l
+            .get("addr_info")?
+            .as_array()?
+            .iter()
+            .filter(|a| a.get("family").and_then(Value::as_str) == Some("inet"))
+            .filter_map(|a| a.get("local")?.as_str().map(str::to_string))
+            .collect();
+        pred(&mac, &ips).then_some((mac, ips))
+    })
+}
+
+/// Names of the networks a container is attached to (engine's view).
+pub fn container_networks(container: &str) -> Vec<String> {
+    sh(&format!(
+        "docker inspect -f '{{{{range $k, $v := .NetworkSettings.Networks}}}}{{{{$k}}}} {{{{end}}}}' {container}"
+    ))
+    .map(|s| s.split_whitespace().map(str::to_string).collect())
+    .unwrap_or_default()
+}
+
+/// A small image with busybox (static) as `/bin/*`, built locally (no registry).
+pub fn busybox_image() -> String {
+    let name = "edgenet-agent-e2e-busybox:1".to_string();
+    if sh(&format!("docker image inspect {name} >/dev/null 2>&1")).is_ok() {
+        return name;
+    }
+    let dir = TempDir::new("img");
+    let root = dir.join("root");
+    must(&format!(
+        "mkdir -p {r}/bin {r}/sbin {r}/tmp {r}/proc {r}/sys {r}/dev {r}/etc && cp /bin/busybox {r}/bin/busybox && \
+         for a in sh ip sleep cat ls ifconfig udhcpc ping; do ln -sf busybox {r}/bin/$a; done",
+        r = root.display()
+    ));
+    // Two tests may build at once: the import is atomic per tag, the race harmless.
+    must(&format!(
+        "tar -C {} -c . | docker import -c 'CMD [\"/bin/sleep\",\"100000\"]' - {name} >/dev/null",
+        root.display()
+    ));
+    name
+}
