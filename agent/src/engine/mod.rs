@@ -1,0 +1,216 @@
+//! The container engine as the rest of the agent sees it: our own small types, and
+//! [`Docker`], the adapter over the Engine API. Only `docker.rs` names bollard; its
+//! generated models change every release and must not leak into planning.
+
+mod docker;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::Serialize;
+
+pub use docker::Docker;
+
+/// Label set to `"true"` on every network and container the agent creates.
+pub const MANAGED_LABEL: &str = "edgenet.managed";
+
+/// The labels the agent puts on what it creates.
+pub fn managed_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(MANAGED_LABEL.to_string(), "true".to_string())])
+}
+
+/// Whether a label set marks a resource as the agent's.
+pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(MANAGED_LABEL).map(String::as_str) == Some("true")
+}
+
+/// One IPAM pool of a network.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pool {
+    pub subnet: Ipv4Network,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// A macvlan network to create.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub parent: String,
+    pub pools: Vec<Pool>,
+    /// Auxiliary addresses IPAM must never hand out (the host, the gateway).
+    pub aux: Vec<(String, Ipv4Addr)>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A network as the engine reports it.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct NetworkInfo {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    /// The macvlan `parent` option, exactly as given at creation.
+    pub parent: Option<String>,
+    pub pools: Vec<Pool>,
+    pub labels: BTreeMap<String, String>,
+    /// Names of the containers attached (from the network's inspect).
+    pub containers: Vec<String>,
+}
+
+/// One attachment of a container to a network.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub network_id: String,
+    pub network_name: String,
+    pub ipv4: Option<Ipv4Addr>,
+    /// The MAC the engine believes the endpoint has (not necessarily what is inside).
+    pub mac: Option<String>,
+}
+
+/// An interface as it really is inside a container's network namespace.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct NsLink {
+    pub name: String,
+    pub mac: String,
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub endpoints: Vec<Endpoint>,
+    /// Read through the container's namespace when it is running; empty otherwise or
+    /// when the namespace could not be read (see `ns_error`).
+    pub ns_links: Vec<NsLink>,
+    pub labels: BTreeMap<String, String>,
+    /// Why `ns_links` could not be read, when it could not.
+    pub ns_error: Option<String>,
+}
+
+impl ContainerInfo {
+    /// The endpoint on a network, by id or name.
+    pub fn endpoint_on(&self, network: &NetworkInfo) -> Option<&Endpoint> {
+        self.endpoints
+            .iter()
+            .find(|e| e.network_id == network.id || e.network_name == network.name)
+    }
+
+    /// The namespace link holding an IPv4 address.
+    pub fn link_with(&self, ip: Ipv4Addr) -> Option<&NsLink> {
+        self.ns_links.iter().find(|l| l.ipv4.contains(&ip))
+    }
+}
+
+/// What the engine holds that planning needs.
+#[derive(Serialize, Default, Clone, Debug)]
+pub struct Observed {
+    /// Every macvlan network.
+    pub networks: Vec<NetworkInfo>,
+    /// The containers asked about that exist, by name.
+    pub containers: BTreeMap<String, ContainerInfo>,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct EngineVersion {
+    pub version: String,
+    pub api_version: String,
+}
+
+/// A container to create.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    /// The first network (e.g. `NAME_internal`); `None` = the engine's default.
+    pub network: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub cap_add: Vec<String>,
+}
+
+/// The engine events the agent reacts to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineEvent {
+    ContainerStarted { name: String },
+    ContainerGone { name: String },
+    NetworkGone { name: String, id: String },
+    Other,
+}
+
+/// Engine calls made, cumulative. "Changing" calls are everything but `reads`,
+/// `mac_checks`.
+#[derive(Serialize, Default, Clone, Debug, PartialEq, Eq)]
+pub struct CallCounts {
+    pub reads: u64,
+    pub network_create: u64,
+    pub network_remove: u64,
+    pub connect: u64,
+    pub disconnect: u64,
+    pub container_changes: u64,
+    pub mac_checks: u64,
+    pub mac_sets: u64,
+}
+
+impl CallCounts {
+    /// Calls that change something in the engine or a container.
+    pub fn changing(&self) -> u64 {
+        self.network_create
+            + self.network_remove
+            + self.connect
+            + self.disconnect
+            + self.container_changes
+            + self.mac_sets
+    }
+
+    /// `self - earlier`, field by field.
+    pub fn since(&self, earlier: &CallCounts) -> CallCounts {
+        CallCounts {
+            reads: self.reads.saturating_sub(earlier.reads),
+            network_create: self.network_create.saturating_sub(earlier.network_create),
+            network_remove: self.network_remove.saturating_sub(earlier.network_remove),
+            connect: self.connect.saturating_sub(earlier.connect),
+            disconnect: self.disconnect.saturating_sub(earlier.disconnect),
+            container_changes: self
+                .container_changes
+                .saturating_sub(earlier.container_changes),
+            mac_checks: self.mac_checks.saturating_sub(earlier.mac_checks),
+            mac_sets: self.mac_sets.saturating_sub(earlier.mac_sets),
+        }
+    }
+}
+
+/// Engine failures, by meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine unreachable at {host}: {reason}")]
+    Unreachable { host: String, reason: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("permission denied: {0}")]
+    Permission(String),
+    #[error("engine refused the request ({status}): {message}")]
+    Api { status: u16, message: String },
+    #[error("bad engine address {0:?}: use unix:///path/to/docker.sock")]
+    BadHost(String),
+    #[error("unexpected engine reply: {0}")]
+    Protocol(String),
+    #[error("{what}: {source}")]
+    Netns {
+        what: String,
+        #[source]
+        source: crate::netns::NetnsError,
+    },
+}
+
+impl EngineError {
+    /// Whether retrying later (engine restart, socket appearing) can help.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, EngineError::Unreachable { .. })
+    }
+}

@@ -1,0 +1,203 @@
+//! One reconcile run: observe, plan, apply, verify, record.
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+pub use crate::apply::StepResult;
+use crate::apply::{self, MacOutcome};
+use crate::cache::InterfaceCache;
+use crate::engine::{CallCounts, Docker, EngineError, Observed};
+use crate::plan::{self, Note, Step};
+use crate::vnics::{MacMethod, Runtimes, VnicStore};
+
+#[derive(Clone, Debug)]
+pub struct ReconcileOptions {
+    /// Plan only: no engine change, no store write.
+    pub dry_run: bool,
+    /// Steps in flight at once, across all parents.
+    pub parallelism: usize,
+}
+
+impl Default for ReconcileOptions {
+    fn default() -> Self {
+        ReconcileOptions {
+            dry_run: false,
+            parallelism: 16,
+        }
+    }
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct ReconcileReport {
+    /// RFC 3339 start time.
+    pub started: String,
+    pub duration_ms: u64,
+    pub dry_run: bool,
+    pub steps: Vec<StepResult>,
+    pub notes: Vec<Note>,
+    /// Engine calls made by this run.
+    pub engine_calls: CallCounts,
+    /// The store could not record what this run found (e.g. it is faulted).
+    pub store_error: Option<String>,
+    /// What the verification pass still found wrong after applying.
+    pub unconverged: Vec<Step>,
+}
+
+impl ReconcileReport {
+    pub fn failed(&self) -> bool {
+        self.steps.iter().any(|s| !s.ok) || !self.unconverged.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("observe the engine: {0}")]
+    Engine(#[from] EngineError),
+}
+
+/// observe -> plan -> apply -> verify -> record (see the module docs of `plan` and
+/// `apply`).
+pub async fn reconcile(
+    docker: &Docker,
+    store: &mut VnicStore,
+    cache: &InterfaceCache,
+    opts: &ReconcileOptions,
+) -> Result<ReconcileReport, ReconcileError> {
+    let started = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let t0 = Instant::now();
+    let before = docker.counts();
+    let desired = store.runtimes().clone();
+    let names: Vec<String> = desired.keys().cloned().collect();
+
+    let observed = docker.observe(&names).await?;
+    let planned = plan::plan(&desired, cache, &observed);
+    let mut report = ReconcileReport {
+        started,
+        duration_ms: 0,
+        dry_run: opts.dry_run,
+        steps: Vec::new(),
+        notes: planned.notes.clone(),
+        engine_calls: CallCounts::default(),
+        store_error: None,
+        unconverged: Vec::new(),
+    };
+    if opts.dry_run {
+        report.steps = planned
+            .steps
+            .into_iter()
+            .map(|step| StepResult {
+                step,
+                ok: true,
+                error: None,
+                duration_ms: 0,
+            })
+            .collect();
+        report.engine_calls = docker.counts().since(&before);
+        report.duration_ms = t0.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
+
+    let (final_observed, macs) = if planned.steps.is_empty() {
+        (observed, Vec::new())
+    } else {
+        let (results, macs) = apply::execute(docker, planned.steps, opts.parallelism).await;
+        report.steps = results;
+        let again = docker.observe(&names).await?;
+        report.unconverged = plan::plan(&desired, cache, &again).steps;
+        (again, macs)
+    };
+
+    let recorded = record(&desired, &final_observed, &macs);
+    if recorded != desired {
+        if let Err(e) = store.update(|r| {
+            // Merge per vNIC so a change made to the store during the run is not lost.
+            for (c, vnics) in r.iter_mut() {
+                let Some(new) = recorded.get(c) else { continue };
+                for v in vnics.iter_mut() {
+                    if let Some(n) = new
+                        .iter()
+                        .find(|n| n.name == v.name && n.parent_interface == v.parent_interface)
+                    {
+                        v.mac_address = n.mac_address.clone();
+                        v.docker_network_name = n.docker_network_name.clone();
+                        v.mac_applied = n.mac_applied;
+                    }
+                }
+            }
+        }) {
+            tracing::error!(error = %e, "cannot record the reconcile's results in the vNIC store");
+            report.store_error = Some(e.to_string());
+        }
+    } else if let Some(f) = store.fault() {
+        report.store_error = Some(f.message.clone());
+    }
+
+    report.engine_calls = docker.counts().since(&before);
+    report.duration_ms = t0.elapsed().as_millis() as u64;
+    tracing::info!(
+        steps = report.steps.len(),
+        failed = report.failed(),
+        changing_calls = report.engine_calls.changing(),
+        duration_ms = report.duration_ms,
+        "reconcile done"
+    );
+    Ok(report)
+}
+
+/// The store as it should read after this run: each vNIC's network, MAC and how the MAC
+/// got there, from what the engine and the namespaces now show.
+fn record(desired: &Runtimes, observed: &Observed, macs: &[MacOutcome]) -> Runtimes {
+    let applied: BTreeMap<(&str, &str), MacMethod> = macs
+        .iter()
+        .map(|m| ((m.container.as_str(), m.vnic.as_str()), m.method))
+        .collect();
+    let mut out = desired.clone();
+    for (container, vnics) in out.iter_mut() {
+        let Some(ci) = observed.containers.get(container) else {
+            continue;
+        };
+        for v in vnics.iter_mut() {
+            let Some((net, ep)) = ci.endpoints.iter().find_map(|ep| {
+                observed
+                    .networks
+                    .iter()
+                    .find(|n| {
+                        (n.id == ep.network_id || n.name == ep.network_name)
+                            && n.driver == "macvlan"
+                            && n.parent.as_deref() == Some(v.parent_interface.as_str())
+                    })
+                    .map(|n| (n, ep))
+            }) else {
+                continue;
+            };
+            v.docker_network_name = Some(net.name.clone());
+            let inside = ep
+                .ipv4
+                .and_then(|ip| ci.link_with(ip))
+                .map(|l| l.mac.clone());
+            match v.stored_mac().map(str::to_string) {
+                None => {
+                    // First connect without a MAC: the engine's becomes the identity.
+                    if let Some(m) = inside.or_else(|| ep.mac.clone()) {
+                        v.mac_address = Some(m);
+                        v.mac_applied = Some(MacMethod::Engine);
+                    }
+                }
+                Some(stored) => {
+                    if inside
+                        .as_deref()
+                        .is_some_and(|m| m.eq_ignore_ascii_case(&stored))
+                    {
+                        v.mac_address = Some(stored);
+                        if let Some(method) = applied.get(&(container.as_str(), v.name.as_str())) {
+                            v.mac_applied = Some(*method);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,552 @@
+//! The vNIC store: `runtime_vnics.json` in the state directory, the desired state.
+//!
+//! Schema-compatible with the older deployment's file (an object keyed by container
+//! name, each a list of vNIC objects); fields this version does not know are kept.
+//! The file is the only copy of every runtime's identity on the LAN (its MACs), so a
+//! file that cannot be read is never overwritten: it is moved aside and every write is
+//! refused until an operator restores it (`reload`) or starts over (`reset`).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+pub const STORE_FILE: &str = "runtime_vnics.json";
+const CORRUPT_PREFIX: &str = "runtime_vnics.json.corrupt-";
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    Dhcp,
+    Static,
+}
+
+/// How a vNIC's MAC got into its container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MacMethod {
+    /// The engine gave the endpoint the stored MAC.
+    Engine,
+    /// The agent set it through the container's network namespace.
+    Netns,
+}
+
+/// One vNIC. Field order is the older file's order, so files stay diffable.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Vnic {
+    pub name: String,
+    pub parent_interface: String,
+    pub network_mode: NetworkMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Network>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_network_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_applied: Option<MacMethod>,
+    /// Fields this version does not know, written back unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Vnic {
+    /// A DHCP-mode vNIC with nothing recorded yet.
+    pub fn dhcp(name: &str, parent: &str, mac: Option<&str>) -> Vnic {
+        Vnic {
+            name: name.to_string(),
+            parent_interface: parent.to_string(),
+            network_mode: NetworkMode::Dhcp,
+            ip: None,
+            subnet: None,
+            gateway: None,
+            dns: None,
+            mac: mac.map(str::to_string),
+            mac_address: None,
+            docker_network_name: None,
+            mac_applied: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// A static vNIC with nothing recorded yet.
+    pub fn fixed(
+        name: &str,
+        parent: &str,
+        ip: Ipv4Addr,
+        subnet: Ipv4Network,
+        gateway: Option<Ipv4Addr>,
+        mac: Option<&str>,
+    ) -> Vnic {
+        Vnic {
+            network_mode: NetworkMode::Static,
+            ip: Some(ip),
+            subnet: Some(subnet),
+            gateway,
+            ..Vnic::dhcp(name, parent, mac)
+        }
+    }
+
+    /// The MAC this vNIC must have: the recorded one, else the configured one.
+    pub fn stored_mac(&self) -> Option<&str> {
+        self.mac_address
+            .as_deref()
+            .or(self.mac.as_deref())
+            .filter(|m| !m.is_empty())
+    }
+}
+
+/// Desired state: container name -> its vNICs.
+pub type Runtimes = BTreeMap<String, Vec<Vnic>>;
+
+/// Why the store refuses writes.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct StoreFault {
+    pub message: String,
+    /// Where the unreadable file was moved.
+    pub moved_to: Option<PathBuf>,
+    /// Unix time (seconds) the fault was detected.
+    pub since: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the vNIC store is faulted ({0}); restore a good {STORE_FILE} and run reload, or reset it"
+    )]
+    Faulted(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encode the vNIC store: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The store: the file's content in memory, written through on every change.
+#[derive(Debug)]
+pub struct VnicStore {
+    dir: PathBuf,
+    runtimes: Runtimes,
+    fault: Option<StoreFault>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl VnicStore {
+    /// Opens the store in `state_dir`. Never fails: see the module comment.
+    pub fn open(state_dir: &Path) -> VnicStore {
+        let mut s = VnicStore {
+            dir: state_dir.to_path_buf(),
+            runtimes: Runtimes::new(),
+            fault: None,
+        };
+        s.load();
+        s
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STORE_FILE)
+    }
+
+    pub fn runtimes(&self) -> &Runtimes {
+        &self.runtimes
+    }
+
+    pub fn fault(&self) -> Option<&StoreFault> {
+        self.fault.as_ref()
+    }
+
+    fn load(&mut self) {
+        let path = self.path();
+        let parsed = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Runtimes>(&bytes)
+                .map_err(|e| format!("cannot parse {}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.runtimes = Runtimes::new();
+                self.fault = self.earlier_corruption();
+                return;
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        };
+        match parsed {
+            Ok(r) => {
+                self.runtimes = r;
+                self.fault = None;
+            }
+            Err(message) => {
+                let moved_to = self.move_aside();
+                tracing::error!(%message, moved_to = ?moved_to, "vNIC store unreadable; moved aside, writes refused");
+                self.runtimes = Runtimes::new();
+                self.fault = Some(StoreFault {
+                    message,
+                    moved_to,
+                    since: now_secs(),
+                });
+            }
+        }
+    }
+
+    /// Renames the store file to a `.corrupt-<time>` name that does not exist yet.
+    fn move_aside(&self) -> Option<PathBuf> {
+        let t = now_secs();
+        for n in 0..1000u32 {
+            let name = if n == 0 {
+                format!("{CORRUPT_PREFIX}{t}")
+            } else {
+                format!("{CORRUPT_PREFIX}{t}.{n}")
+            };
+            let dest = self.dir.join(name);
+            if dest.exists() {
+                continue;
+            }
+            // A hard link fails if the destination appeared meanwhile: never overwrites.
+            match fs::hard_link(self.path(), &dest) {
+                Ok(()) => {
+                    if let Err(e) = fs::remove_file(self.path()) {
+                        tracing::error!(error = %e, "cannot remove the corrupt store after copying it aside");
+                    }
+                    return Some(dest);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot move the corrupt store aside; leaving it in place");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// The fault left by an earlier run: no store file, but a corrupt copy beside it.
+    fn earlier_corruption(&self) -> Option<StoreFault> {
+        let entries = fs::read_dir(&self.dir).ok()?;
+        let newest = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(CORRUPT_PREFIX))
+            .map(|e| e.path())
+            .max()?;
+        let since = fs::metadata(&newest)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or_else(now_secs);
+        Some(StoreFault {
+            message: format!(
+                "{STORE_FILE} is missing and an unreadable copy was kept as {}",
+                newest.display()
+            ),
+            moved_to: Some(newest),
+            since,
+        })
+    }
+
+    /// Applies `f` to a copy, writes it atomically, then commits it in memory.
+    pub fn update<R>(&mut self, f: impl FnOnce(&mut Runtimes) -> R) -> Result<R, StoreError> {
+        if let Some(fault) = &self.fault {
+            return Err(StoreError::Faulted(fault.message.clone()));
+        }
+        let mut next = self.runtimes.clone();
+        let r = f(&mut next);
+        self.write(&next)?;
+        self.runtimes = next;
+        Ok(r)
+    }
+
+    /// Re-reads the file (after an operator restored it).
+    pub fn reload(&mut self) -> Result<(), StoreError> {
+        self.load();
+        match &self.fault {
+            Some(f) => Err(StoreError::Faulted(f.message.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts over with an empty store; the corrupt copies are kept.
+    pub fn reset(&mut self) -> Result<(), StoreError> {
+        let empty = Runtimes::new();
+        self.write(&empty)?;
+        self.runtimes = empty;
+        self.fault = None;
+        Ok(())
+    }
+
+    fn write(&self, runtimes: &Runtimes) -> Result<(), StoreError> {
+        let io = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { what, path, source }
+        };
+        let mut bytes = serde_json::to_vec_pretty(runtimes)?;
+        bytes.push(b'\n');
+        fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
+        let tmp = self
+            .dir
+            .join(format!(".{STORE_FILE}.tmp-{}", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io("create", &tmp))?;
+            f.write_all(&bytes).map_err(io("write", &tmp))?;
+            f.sync_all().map_err(io("fsync", &tmp))?;
+            fs::rename(&tmp, self.path()).map_err(io("rename into place", &self.path()))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("fsync directory", &self.dir))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written the way the older Python deployment writes it (json.dump, indent 2),
+    /// with a field this version does not know.
+    const PYTHON_FILE: &str = r#"{
+  "plc-gateway": [
+    {
+      "name": "eth0",
+      "parent_interface": "ens37",
+      "network_mode": "dhcp",
+      "mac": "02:11:22:33:44:55",
+      "mac_address": "02:11:22:33:44:55",
+      "docker_network_name": "macvlan_ens37_192.168.1.0_24",
+      "vlan": 12
+    },
+    {
+      "name": "eth1",
+      "parent_interface": "ens38",
+      "network_mode": "static",
+      "ip": "10.0.0.100",
+      "subnet": "10.0.0.0/24",
+      "gateway": "10.0.0.1",
+      "dns": [
+        "10.0.0.53"
+      ]
+    }
+  ]
+}
+"#;
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new() -> Dir {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!(
+                "vnics-test-{}-{n}-{}",
+                std::process::id(),
+                fastrand::u32(..)
+            ));
+            fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        fn files(&self) -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Object keys in the order the text has them (serde_json::Value would sort them).
+    fn key_order(text: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix('"').and_then(|r| r.split_once("\":")))
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn missing_file_is_an_empty_healthy_store() {
+        let d = Dir::new();
+        let s = VnicStore::open(&d.0);
+        assert!(s.runtimes().is_empty());
+        assert!(s.fault().is_none());
+        assert!(d.files().is_empty(), "opening writes nothing");
+    }
+
+    #[test]
+    fn python_file_round_trips_with_unknown_fields_and_field_order() {
+        let d = Dir::new();
+        fs::write(d.0.join(STORE_FILE), PYTHON_FILE).unwrap();
+        let mut s = VnicStore::open(&d.0);
+        assert!(s.fault().is_none());
+        let v = &s.runtimes()["plc-gateway"];
+        assert_eq!(v[0].network_mode, NetworkMode::Dhcp);
+        assert_eq!(v[0].stored_mac(), Some("02:11:22:33:44:55"));
+        assert_eq!(v[0].extra["vlan"], 12);
+        assert_eq!(v[1].ip, Some("10.0.0.100".parse().unwrap()));
+        assert_eq!(v[1].subnet.unwrap().to_string(), "10.0.0.0/24");
+        // A no-op update rewrites the file: same content, same field order.
+        s.update(|_| ()).unwrap();
+        let written = fs::read_to_string(d.0.join(STORE_FILE)).unwrap();
+        let a: serde_json::Value = serde_json::from_str(&written).unwrap();
+        let b: serde_json::Value = serde_json::from_str(PYTHON_FILE).unwrap();
+        assert_eq!(a, b, "nothing lost or added:\n{written}");
+        assert_eq!(key_order(&written), key_order(PYTHON_FILE));
+        assert_eq!(
+            written, PYTHON_FILE,
+            "byte for byte, as Python's json.dump(indent=2) writes it"
+        );
+    }
+
+    #[test]
+    fn stored_mac_prefers_the_recorded_one() {
+        let mut v = Vnic::dhcp("eth0", "p", Some("02:00:00:00:00:01"));
+        assert_eq!(v.stored_mac(), Some("02:00:00:00:00:01"));
+        v.mac_address = Some("02:00:00:00:00:02".into());
+        assert_eq!(v.stored_mac(), Some("02:00:00:00:00:02"));
+        assert_eq!(Vnic::dhcp("eth0", "p", Some("")).stored_mac(), None);
+    }
+
+    #[test]
+    fn update_is_atomic_and_leaves_no_temp_files() {
+        let d = Dir::new();
+        let mut s = VnicStore::open(&d.0);
+        for i in 0..5 {
+            s.update(|r| {
+                r.entry(format!("c{i}")).or_default().push(Vnic::dhcp(
+                    "eth0",
+                    "p1",
+                    Some("02:00:00:00:00:01"),
+                ))
+            })
+            .unwrap();
+        }
+        assert_eq!(d.files(), vec![STORE_FILE.to_string()]);
+        let reopened = VnicStore::open(&d.0);
+        assert_eq!(reopened.runtimes(), s.runtimes());
+        assert_eq!(reopened.runtimes().len(), 5);
+    }
+
+    #[test]
+    fn io_failure_leaves_memory_unchanged() {
+        let d = Dir::new();
+        let mut s = VnicStore::open(&d.0.join("sub"));
+        s.update(|r| r.insert("a".into(), vec![])).unwrap();
+        // Replace the directory by a file: the next write cannot create its temp file.
+        fs::remove_dir_all(d.0.join("sub")).unwrap();
+        fs::write(d.0.join("sub"), b"x").unwrap();
+        let e = s.update(|r| r.insert("b".into(), vec![])).unwrap_err();
+        assert!(matches!(e, StoreError::Io { .. }), "{e}");
+        assert_eq!(s.runtimes().keys().collect::<Vec<_>>(), vec!["a"]);
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_faulted_and_never_overwritten() {
+        let d = Dir::new();
+        let garbage = b"{\"c1\": [ {\"name\": \"eth0\", truncated";
+        fs::write(d.0.join(STORE_FILE), garbage).unwrap();
+        let mut s = VnicStore::open(&d.0);
+        let fault = s.fault().expect("faulted").clone();
+        let moved = fault.moved_to.clone().expect("moved aside");
+        assert!(
+            moved
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("runtime_vnics.json.corrupt-")
+        );
+        assert_eq!(fs::read(&moved).unwrap(), garbage, "kept byte for byte");
+        assert!(!d.0.join(STORE_FILE).exists());
+        // Writes are refused without running the change.
+        let mut ran = false;
+        let e = s.update(|_| ran = true).unwrap_err();
+        assert!(matches!(e, StoreError::Faulted(_)), "{e}");
+        assert!(!ran);
+        assert!(
+            !d.0.join(STORE_FILE).exists(),
+            "nothing written while faulted"
+        );
+        // A second corrupt file in the same second gets its own name.
+        fs::write(d.0.join(STORE_FILE), b"also bad").unwrap();
+        let s2 = VnicStore::open(&d.0);
+        let moved2 = s2.fault().unwrap().moved_to.clone().unwrap();
+        assert_ne!(moved, moved2);
+        assert_eq!(
+            fs::read(&moved).unwrap(),
+            garbage,
+            "first copy not overwritten"
+        );
+        assert_eq!(fs::read(&moved2).unwrap(), b"also bad");
+    }
+
+    #[test]
+    fn fault_persists_across_reopen_until_reload_or_reset() {
+        let d = Dir::new();
+        fs::write(d.0.join(STORE_FILE), b"not json").unwrap();
+        drop(VnicStore::open(&d.0));
+        let mut s = VnicStore::open(&d.0);
+        assert!(s.fault().is_some(), "still faulted after a restart");
+        assert!(s.reload().is_err(), "nothing restored yet");
+        // The operator restores a good file.
+        fs::write(d.0.join(STORE_FILE), PYTHON_FILE).unwrap();
+        s.reload().unwrap();
+        assert!(s.fault().is_none());
+        assert_eq!(s.runtimes().len(), 1);
+        s.update(|r| r.insert("x".into(), vec![])).unwrap();
+
+        // Or resets: an empty store, the corrupt copies kept.
+        let d = Dir::new();
+        fs::write(d.0.join(STORE_FILE), b"not json").unwrap();
+        let mut s = VnicStore::open(&d.0);
+        s.reset().unwrap();
+        assert!(s.fault().is_none());
+        assert!(s.runtimes().is_empty());
+        let files = d.files();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(
+            files
+                .iter()
+                .any(|f| f.starts_with("runtime_vnics.json.corrupt-"))
+        );
+        assert!(
+            VnicStore::open(&d.0).fault().is_none(),
+            "healthy after reset and reopen"
+        );
+    }
+
+    #[test]
+    fn wrong_shape_is_corrupt_too() {
+        let d = Dir::new();
+        fs::write(d.0.join(STORE_FILE), br#"{"c1": [{"name": "eth0"}]}"#).unwrap();
+        assert!(VnicStore::open(&d.0).fault().is_some());
+    }
+}
