@@ -644,7 +644,32 @@ impl State {
             }};
         }
         match cmd.as_str() {
-            "status" => answer!(Reply::ok(id).with("status", self.status())),
+            "status" => {
+                let mut view = self.status();
+                if !self.view.engine.reachable || view.runtimes.is_empty() {
+                    return answer!(Reply::ok(id).with("status", view));
+                }
+                // Addresses of DHCP-mode vNICs live only in the engine: ask it, but
+                // never let a slow engine hold the reply.
+                let docker = self.docker.clone();
+                let names: Vec<String> = view.runtimes.keys().cloned().collect();
+                tokio::spawn(async move {
+                    let look = async {
+                        let mut found = Vec::new();
+                        for n in &names {
+                            if let Ok(Some(c)) = docker.container(n).await {
+                                found.push(c);
+                            }
+                        }
+                        found
+                    };
+                    match tokio::time::timeout(Duration::from_secs(2), look).await {
+                        Ok(found) => status::fill_observed(&mut view, &found),
+                        Err(_) => debug!("engine too slow for status addresses"),
+                    }
+                    let _ = reply.send(Reply::ok(id).with("status", view));
+                });
+            }
             "health" => {
                 let s = self.status();
                 let problems = status::health_problems(&s);

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::engine::{ContainerSpec, Docker, EngineError, managed_labels};
 use crate::vnics::{NetworkMode, Runtimes, Vnic};
@@ -334,21 +334,55 @@ pub fn internal_network(runtime: &str) -> String {
     format!("{runtime}_internal")
 }
 
-/// The container the agent itself runs in, if any: `AGENT_CONTAINER`, else the
-/// hostname when `/.dockerenv` exists (the engine sets the hostname to the short id).
-pub fn own_container() -> Option<String> {
+/// The container the agent itself runs in, if any: `AGENT_CONTAINER` (explicit),
+/// else the hostname when `/.dockerenv` exists (the engine sets the hostname to the
+/// short id; a guess, since `/.dockerenv` also exists in containers of other engines).
+pub fn own_container() -> Option<OwnContainer> {
     if let Ok(c) = std::env::var("AGENT_CONTAINER")
         && !c.trim().is_empty()
     {
-        return Some(c.trim().to_string());
+        return Some(OwnContainer {
+            name: c.trim().to_string(),
+            explicit: true,
+        });
     }
     if std::path::Path::new("/.dockerenv").exists() {
         return std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty());
+            .filter(|h| !h.is_empty())
+            .map(|name| OwnContainer {
+                name,
+                explicit: false,
+            });
     }
     None
+}
+
+pub struct OwnContainer {
+    pub name: String,
+    /// Named by `AGENT_CONTAINER` rather than guessed.
+    pub explicit: bool,
+}
+
+/// Connects the agent's own container to a runtime's internal network. A guessed
+/// container the engine does not know means the agent is not one of its
+/// containers: nothing to do.
+async fn connect_self(docker: &Docker, internal: &str) -> Result<(), EngineError> {
+    let Some(me) = own_container() else {
+        return Ok(());
+    };
+    match docker.connect(&me.name, internal, None, None).await {
+        Ok(()) => {
+            info!(container = %me.name, network = %internal, "connected the agent's container");
+            Ok(())
+        }
+        Err(EngineError::NotFound(_)) if !me.explicit => {
+            debug!(guess = %me.name, "not running in a container of this engine");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Creates the internal network and the container, starts it, and connects the
@@ -373,11 +407,7 @@ pub async fn create_in_engine(docker: &Docker, req: &CreateRequest) -> Result<()
         };
         docker.create_container(&spec).await?;
         docker.start_container(&req.name).await?;
-        if let Some(me) = own_container() {
-            docker.connect(&me, &internal, None, None).await?;
-            info!(container = %me, network = %internal, "connected the agent's container");
-        }
-        Ok(())
+        connect_self(docker, &internal).await
     }
     .await;
     if let Err(e) = &result {
@@ -400,7 +430,7 @@ pub async fn delete_in_engine(
     ok_if_gone(docker.remove_container(name).await)?;
     let internal = internal_network(name);
     if let Some(me) = own_container() {
-        ok_if_gone(docker.disconnect(&me, &internal).await)?;
+        ok_if_gone(docker.disconnect(&me.name, &internal).await)?;
     }
     ok_if_gone(docker.remove_network(&internal).await)?;
     if !unused_parents.is_empty() {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cache::InterfaceCache;
+use crate::engine::ContainerInfo;
 use crate::vnics::Runtimes;
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -74,6 +75,13 @@ pub struct VnicView {
     /// How the stored MAC was applied: by the engine, or through the container's
     /// network namespace.
     pub mac_applied: Value,
+    /// Whether the engine shows the container on `network` (unknown when the
+    /// engine was not asked).
+    #[serde(default)]
+    pub attached: Option<bool>,
+    /// The MAC seen inside the container on that interface.
+    #[serde(default)]
+    pub live_mac: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -129,11 +137,36 @@ pub fn runtimes(runtimes: &Runtimes) -> BTreeMap<String, Vec<VnicView>> {
                     ipv4: v.ip.map(|i| i.to_string()),
                     subnet: v.subnet.map(|s| s.to_string()),
                     mac_applied: serde_json::to_value(v.mac_applied).unwrap_or(Value::Null),
+                    attached: None,
+                    live_mac: None,
                 })
                 .collect();
             (name.clone(), views)
         })
         .collect()
+}
+
+/// Adds what the engine reports (addresses, live MACs) to each vNIC's view.
+pub fn fill_observed(view: &mut StatusView, containers: &[ContainerInfo]) {
+    for c in containers {
+        let Some(vnics) = view.runtimes.get_mut(&c.name) else {
+            continue;
+        };
+        for v in vnics {
+            let Some(net) = &v.network else { continue };
+            if let Some(ep) = c.endpoints.iter().find(|e| &e.network_name == net) {
+                v.ipv4 = ep.ipv4.map(|i| i.to_string()).or(v.ipv4.take());
+                v.attached = Some(true);
+                if let Some(ip) = ep.ipv4
+                    && let Some(l) = c.link_with(ip)
+                {
+                    v.live_mac = Some(l.mac.clone());
+                }
+            } else {
+                v.attached = Some(false);
+            }
+        }
+    }
 }
 
 /// Why the agent is not healthy; empty when it is.
@@ -245,7 +278,7 @@ pub fn render(s: &StatusView) -> String {
         for v in vnics {
             let _ = writeln!(
                 o,
-                "    {:<6} parent {:<12} {:<7} net {:<32} mac {} ({}) ipv4 {}",
+                "    {:<6} parent {:<12} {:<7} net {:<32} mac {} ({}) ipv4 {}{}",
                 v.name,
                 v.parent,
                 v.mode.as_str().unwrap_or("?"),
@@ -253,6 +286,13 @@ pub fn render(s: &StatusView) -> String {
                 opt(&v.mac),
                 v.mac_applied.as_str().unwrap_or("not yet"),
                 opt(&v.ipv4),
+                match (v.attached, &v.live_mac) {
+                    (Some(false), _) => "  NOT ATTACHED".to_string(),
+                    (Some(true), Some(m)) if Some(m) != v.mac.as_ref() => {
+                        format!("  LIVE MAC {m}")
+                    }
+                    _ => String::new(),
+                }
             );
         }
     }

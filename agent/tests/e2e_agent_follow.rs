@@ -1,0 +1,234 @@
+//! End to end, real netmon + real agent + real engine: runtimes follow their
+//! parent's subnet change with their stored MACs, the static vNIC stays put, a
+//! restarted container gets its MAC back, a parent blinking detaches nothing, and
+//! a second reconcile changes nothing.
+
+use std::time::{Duration, Instant};
+
+use agent::plan::network_name;
+use e2e::agent::{
+    AgentProc, DockerCleanup, HostLan, HostNetmon, busybox_image, container_links,
+    container_networks, find_link, require_engine,
+};
+use e2e::{TempDir, must, unique, wait_for};
+use serde_json::Value;
+
+/// A free-looking /24 triple: 10.<a>.<b>, 10.<a>.<b+1>, 10.<a>.<b+2>.
+fn subnets() -> (String, String, String) {
+    let a = fastrand::u8(160..=250);
+    let b = fastrand::u8(0..=250);
+    (
+        format!("10.{a}.{b}"),
+        format!("10.{a}.{}", b + 1),
+        format!("10.{a}.{}", b + 2),
+    )
+}
+
+/// The stored MAC of a runtime's vNIC on `parent`, from `agent runtime list --json`.
+pub fn stored_mac(agent: &AgentProc, runtime: &str, parent: &str) -> String {
+    let list = agent.json(&["runtime", "list"]);
+    list[runtime]
+        .as_array()
+        .and_then(|v| v.iter().find(|n| n["parent"] == parent))
+        .and_then(|n| n["mac"].as_str())
+        .unwrap_or_else(|| panic!("no stored MAC for {runtime} on {parent}: {list}"))
+        .to_string()
+}
+
+/// Whether `container` has an interface with `mac` holding an address in `prefix.`.
+fn has(container: &str, mac: &str, prefix: &str) -> bool {
+    let Ok(links) = container_links(container) else {
+        return false;
+    };
+    find_link(&links, |m, ips| {
+        m.eq_ignore_ascii_case(mac) && ips.iter().any(|ip| ip.starts_with(&format!("{prefix}.")))
+    })
+    .is_some()
+}
+
+/// Whether `container` has an interface with `mac` holding exactly `ip`.
+fn has_ip(container: &str, mac: &str, ip: &str) -> bool {
+    let Ok(links) = container_links(container) else {
+        return false;
+    };
+    find_link(&links, |m, ips| {
+        m.eq_ignore_ascii_case(mac) && ips.iter().any(|i| i == ip)
+    })
+    .is_some()
+}
+
+fn changing_calls(report: &Value) -> u64 {
+    let c = &report["engine_calls"];
+    [
+        "network_create",
+        "network_remove",
+        "connect",
+        "disconnect",
+        "container_changes",
+        "mac_sets",
+    ]
+    .iter()
+    .map(|k| c[*k].as_u64().unwrap_or(0))
+    .sum()
+}
+
+#[test]
+fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
+    e2e::require_root();
+    require_engine();
+    let image = busybox_image();
+    let dir = TempDir::new("agf");
+    let (a1, a2, b) = subnets();
+    let pa = unique("ga");
+    let pb = unique("gb");
+    let lan_a = HostLan::new(&pa, &format!("{a1}.2/24"), &format!("{a1}.1/24"));
+    let _lan_b = HostLan::new(&pb, &format!("{b}.2/24"), &format!("{b}.1/24"));
+    let rt1 = unique("rt");
+    let rt2 = unique("rt");
+    let _cleanup = DockerCleanup {
+        containers: vec![rt1.clone(), rt2.clone()],
+        networks: vec![format!("{rt1}_internal"), format!("{rt2}_internal")],
+        parents: vec![pa.clone(), pb.clone()],
+    };
+    let netmon = HostNetmon::start(dir.path(), &[&pa, &pb]);
+    let agent = AgentProc::start(dir.path(), &netmon.socket, &[]);
+
+    wait_for(
+        Duration::from_secs(20),
+        "agent linked to netmon and the engine",
+        || {
+            let s = agent.status();
+            let ok = s["netmon"]["connected"] == true
+                && s["engine"]["reachable"] == true
+                && s["interfaces"]
+                    .as_array()
+                    .is_some_and(|i| i.iter().any(|x| x["name"] == pa.as_str()));
+            ok.then_some(())
+        },
+    );
+
+    agent.must(&[
+        "runtime",
+        "create",
+        &rt1,
+        "--image",
+        &image,
+        "--vnic",
+        &format!("name=eth1,parent={pa},mode=dhcp"),
+        "--vnic",
+        &format!("name=eth2,parent={pb},mode=static,ip={b}.100,subnet={b}.0/24,gateway={b}.1"),
+    ]);
+    agent.must(&[
+        "runtime",
+        "create",
+        &rt2,
+        "--image",
+        &image,
+        "--vnic",
+        &format!("name=eth1,parent={pa},mode=dhcp,mac=02:5a:00:00:00:02"),
+    ]);
+    // Reusing a MAC on the same parent is refused.
+    let dup = agent.cli(&[
+        "runtime",
+        "create",
+        &unique("rt"),
+        "--image",
+        &image,
+        "--vnic",
+        &format!("name=eth1,parent={pa},mode=dhcp,mac=02:5a:00:00:00:02"),
+    ]);
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("already used"),
+        "{}",
+        String::from_utf8_lossy(&dup.stderr)
+    );
+
+    let mac1 = stored_mac(&agent, &rt1, &pa);
+    let mac1s = stored_mac(&agent, &rt1, &pb);
+    let mac2 = stored_mac(&agent, &rt2, &pa);
+    assert_eq!(mac2, "02:5a:00:00:00:02");
+    let net_a1 = network_name(&pa, format!("{a1}.0/24").parse().unwrap());
+    let net_a2 = network_name(&pa, format!("{a2}.0/24").parse().unwrap());
+    wait_for(
+        Duration::from_secs(20),
+        "runtimes attached with their MACs",
+        || {
+            (has(&rt1, &mac1, &a1)
+                && has(&rt2, &mac2, &a1)
+                && has_ip(&rt1, &mac1s, &format!("{b}.100"))
+                && container_networks(&rt1).contains(&net_a1))
+            .then_some(())
+        },
+    );
+
+    // The LAN moves: within debounce (1 s) + 2 s the DHCP-mode vNICs are on the new
+    // network with their stored MACs; the static vNIC keeps address and MAC.
+    let t0 = Instant::now();
+    lan_a.readdress(&format!("{a1}.2/24"), &format!("{a2}.2/24"));
+    let seen_at = wait_for(
+        Duration::from_secs(20),
+        "runtimes on the new subnet",
+        || {
+            let at = t0.elapsed();
+            (has(&rt1, &mac1, &a2)
+                && has(&rt2, &mac2, &a2)
+                && container_networks(&rt1).contains(&net_a2)
+                && container_networks(&rt2).contains(&net_a2))
+            .then_some(at)
+        },
+    );
+    assert!(
+        seen_at <= Duration::from_secs(3),
+        "the runtimes reached {net_a2} only after {seen_at:?} (debounce 1 s + 2 s allowed)"
+    );
+    assert!(
+        has_ip(&rt1, &mac1s, &format!("{b}.100")),
+        "the static vNIC lost {b}.100 or its MAC {mac1s}"
+    );
+    assert!(!container_networks(&rt1).contains(&net_a1));
+
+    // A restart by the engine loses the MAC set through the namespace: it comes back.
+    must(&format!("docker restart -t 1 {rt2} >/dev/null"));
+    wait_for(
+        Duration::from_secs(20),
+        "rt2's MAC back after docker restart",
+        || has(&rt2, &mac2, &a2).then_some(()),
+    );
+    // The same through the agent's own command, which answers once it is verified.
+    agent.must(&["runtime", "restart", &rt1]);
+    assert!(
+        has(&rt1, &mac1, &a2),
+        "rt1's MAC after agent runtime restart"
+    );
+
+    // A parent that blinks detaches nothing.
+    must(&format!("ip link set {pa} down"));
+    std::thread::sleep(Duration::from_millis(2500));
+    for rt in [&rt1, &rt2] {
+        assert!(
+            container_networks(rt).contains(&net_a2),
+            "{rt} was detached while {pa} was down"
+        );
+    }
+    must(&format!("ip link set {pa} up"));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(has(&rt1, &mac1, &a2) && has(&rt2, &mac2, &a2));
+
+    // Converged: a reconcile now changes nothing in the engine.
+    let first = agent.json(&["reconcile"]);
+    let second = agent.json(&["reconcile"]);
+    assert_eq!(
+        changing_calls(&second),
+        0,
+        "second reconcile made changing calls: {second}"
+    );
+    assert!(
+        second["steps"].as_array().is_some_and(Vec::is_empty),
+        "{second} (first: {first})"
+    );
+
+    let status = agent.must(&["status"]);
+    assert!(status.contains(&net_a2), "{status}");
+    assert!(status.contains(&mac1), "{status}");
+}
