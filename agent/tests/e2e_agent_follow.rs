@@ -7,70 +7,10 @@ use std::time::{Duration, Instant};
 
 use agent::plan::network_name;
 use e2e::agent::{
-    AgentProc, DockerCleanup, HostLan, HostNetmon, busybox_image, container_links,
-    container_networks, find_link, require_engine,
+    AgentProc, DockerCleanup, HostLan, HostNetmon, busybox_image, changing_calls,
+    container_networks, has, has_ip, require_engine, stored_mac, subnets,
 };
 use e2e::{TempDir, must, unique, wait_for};
-use serde_json::Value;
-
-/// A free-looking /24 triple: 10.<a>.<b>, 10.<a>.<b+1>, 10.<a>.<b+2>.
-fn subnets() -> (String, String, String) {
-    let a = fastrand::u8(160..=250);
-    let b = fastrand::u8(0..=250);
-    (
-        format!("10.{a}.{b}"),
-        format!("10.{a}.{}", b + 1),
-        format!("10.{a}.{}", b + 2),
-    )
-}
-
-/// The stored MAC of a runtime's vNIC on `parent`, from `agent runtime list --json`.
-pub fn stored_mac(agent: &AgentProc, runtime: &str, parent: &str) -> String {
-    let list = agent.json(&["runtime", "list"]);
-    list[runtime]
-        .as_array()
-        .and_then(|v| v.iter().find(|n| n["parent"] == parent))
-        .and_then(|n| n["mac"].as_str())
-        .unwrap_or_else(|| panic!("no stored MAC for {runtime} on {parent}: {list}"))
-        .to_string()
-}
-
-/// Whether `container` has an interface with `mac` holding an address in `prefix.`.
-fn has(container: &str, mac: &str, prefix: &str) -> bool {
-    let Ok(links) = container_links(container) else {
-        return false;
-    };
-    find_link(&links, |m, ips| {
-        m.eq_ignore_ascii_case(mac) && ips.iter().any(|ip| ip.starts_with(&format!("{prefix}.")))
-    })
-    .is_some()
-}
-
-/// Whether `container` has an interface with `mac` holding exactly `ip`.
-fn has_ip(container: &str, mac: &str, ip: &str) -> bool {
-    let Ok(links) = container_links(container) else {
-        return false;
-    };
-    find_link(&links, |m, ips| {
-        m.eq_ignore_ascii_case(mac) && ips.iter().any(|i| i == ip)
-    })
-    .is_some()
-}
-
-fn changing_calls(report: &Value) -> u64 {
-    let c = &report["engine_calls"];
-    [
-        "network_create",
-        "network_remove",
-        "connect",
-        "disconnect",
-        "container_changes",
-        "mac_sets",
-    ]
-    .iter()
-    .map(|k| c[*k].as_u64().unwrap_or(0))
-    .sum()
-}
 
 #[test]
 fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {

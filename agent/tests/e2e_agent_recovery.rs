@@ -1,0 +1,146 @@
+//! End to end: the agent starts before its engine is reachable (answering commands
+//! meanwhile) and converges when it appears; killed with SIGKILL in the middle of a
+//! reconcile and restarted, it converges; netmon restarted while the LAN moves,
+//! the agent reconnects and converges.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent::plan::network_name;
+use e2e::agent::{
+    AgentProc, DockerCleanup, HostLan, HostNetmon, busybox_image, container_networks, has,
+    require_engine, stored_mac, subnets,
+};
+use e2e::{ChildGuard, TempDir, unique, wait_for};
+
+#[test]
+fn agent_survives_a_late_engine_sigkill_mid_reconcile_and_a_netmon_restart() {
+    e2e::require_root();
+    require_engine();
+    let image = busybox_image();
+    let dir = TempDir::new("agr");
+    let (s1, s2, s3) = subnets();
+    let p = unique("gr");
+    let lan = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
+    let rt = unique("rt");
+    let _cleanup = DockerCleanup {
+        containers: vec![rt.clone()],
+        networks: vec![format!("{rt}_internal")],
+        parents: vec![p.clone()],
+    };
+    let mut netmon = HostNetmon::start(dir.path(), &[&p]);
+    // The engine's socket does not exist yet: a proxy to the real one appears later.
+    let proxy_sock = dir.join("d.sock");
+    let docker_host = format!("unix://{}", proxy_sock.display());
+    let mut agent = AgentProc::start(dir.path(), &netmon.socket, &["--docker-host", &docker_host]);
+
+    // Commands are answered at once during start-up, engine or not.
+    let t = Instant::now();
+    let s = agent.status();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "status took {:?} during start-up",
+        t.elapsed()
+    );
+    assert_eq!(s["engine"]["reachable"], false, "{s}");
+    let h = agent.cli(&["health"]);
+    assert_eq!(h.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&h.stderr);
+    assert!(why.contains("engine is not reachable"), "{why}");
+    let refused = agent.cli(&[
+        "runtime",
+        "create",
+        &rt,
+        "--image",
+        &image,
+        "--vnic",
+        &format!("name=eth1,parent={p},mode=dhcp"),
+    ]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("needs the container engine"), "{why}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "start-up commands stalled"
+    );
+
+    // The engine appears: the agent notices without being told.
+    let _proxy = ChildGuard(Some(
+        Command::new("socat")
+            .arg(format!("UNIX-LISTEN:{},fork", proxy_sock.display()))
+            .arg("UNIX-CONNECT:/var/run/docker.sock")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn socat (apt-get install socat)"),
+    ));
+    wait_for(
+        Duration::from_secs(30),
+        "the agent to reach the late engine",
+        || {
+            let s = agent.status();
+            (s["engine"]["reachable"] == true && s["netmon"]["connected"] == true).then_some(())
+        },
+    );
+    agent.must(&[
+        "runtime",
+        "create",
+        &rt,
+        "--image",
+        &image,
+        "--vnic",
+        &format!("name=eth1,parent={p},mode=dhcp"),
+    ]);
+    let mac = stored_mac(&agent, &rt, &p);
+    wait_for(
+        Duration::from_secs(20),
+        "the runtime on the first subnet",
+        || has(&rt, &mac, &s1).then_some(()),
+    );
+
+    // The LAN moves and the agent is killed while it reconciles.
+    lan.readdress(&format!("{s1}.2/24"), &format!("{s2}.2/24"));
+    let runs_before = agent.status()["reconcile"]["runs"].as_u64().unwrap_or(0);
+    wait_for(Duration::from_secs(15), "a reconcile in progress", || {
+        let s = agent.status();
+        let running = s["reconcile"]["running"] == true;
+        let started = s["reconcile"]["runs"].as_u64().unwrap_or(0) > runs_before;
+        (running && started).then_some(())
+    });
+    agent.kill9();
+    // The stale control socket is replaced by the restarted agent.
+    assert!(
+        agent.control.exists(),
+        "SIGKILL leaves the socket file behind"
+    );
+    agent.spawn();
+    let net2 = network_name(&p, format!("{s2}.0/24").parse().unwrap());
+    wait_for(Duration::from_secs(30), "convergence after SIGKILL", || {
+        (has(&rt, &mac, &s2) && container_networks(&rt).contains(&net2)).then_some(())
+    });
+
+    // netmon goes away, the LAN moves meanwhile, netmon comes back.
+    let instance = agent.status()["netmon"]["instance"].clone();
+    netmon.child.signal(nix::sys::signal::Signal::SIGTERM);
+    netmon.child.wait_timeout(Duration::from_secs(10));
+    wait_for(
+        Duration::from_secs(10),
+        "the agent to notice netmon left",
+        || (agent.status()["netmon"]["connected"] == false).then_some(()),
+    );
+    lan.readdress(&format!("{s2}.2/24"), &format!("{s3}.2/24"));
+    netmon.restart();
+    let net3 = network_name(&p, format!("{s3}.0/24").parse().unwrap());
+    wait_for(
+        Duration::from_secs(30),
+        "convergence after netmon's restart",
+        || (has(&rt, &mac, &s3) && container_networks(&rt).contains(&net3)).then_some(()),
+    );
+    let s = agent.status();
+    assert_eq!(s["netmon"]["connected"], true);
+    assert_ne!(
+        s["netmon"]["instance"], instance,
+        "a new netmon instance: {s}"
+    );
+    assert_eq!(agent.cli(&["health"]).status.code(), Some(0));
+}
