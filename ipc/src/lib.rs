@@ -4,7 +4,9 @@
 pub mod client;
 pub mod codec;
 pub mod event;
+pub mod logging;
 pub mod request;
+pub mod systemd;
 
 pub use client::{Client, ClientConfig, ClientError, ClientEvent, Connection};
 pub use codec::{CodecError, JsonLines, MAX_LINE_LEN, RawLine};
