@@ -50,18 +50,7 @@ pub enum LoggingError {
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level` so a
 /// single module can be turned up without touching the unit's arguments.
 pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(s) if !s.trim().is_empty() => {
-            EnvFilter::try_new(&s).map_err(|e| LoggingError::Level {
-                level: s.clone(),
-                message: e.to_string(),
-            })?
-        }
-        _ => EnvFilter::try_new(level).map_err(|e| LoggingError::Level {
-            level: level.to_string(),
-            message: e.to_string(),
-        })?,
-    };
+    let filter = env_filter(std::env::var("RUST_LOG").ok(), level)?;
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry
@@ -84,6 +73,17 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     result.map_err(|e| LoggingError::AlreadySet(e.to_string()))
 }
 
+fn env_filter(rust_log: Option<String>, level: &str) -> Result<EnvFilter, LoggingError> {
+    let spec = match rust_log {
+        Some(s) if !s.trim().is_empty() => s,
+        _ => level.to_string(),
+    };
+    EnvFilter::try_new(&spec).map_err(|e| LoggingError::Level {
+        level: spec.clone(),
+        message: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,11 +97,13 @@ mod tests {
 
     #[test]
     fn bad_level_is_reported() {
-        if std::env::var_os("RUST_LOG").is_some() {
-            // RUST_LOG overrides the level argument; this test is about the argument.
-            return;
-        }
-        let err = init(LogFormat::Text, "info,[[[").unwrap_err();
+        let err = env_filter(None, "info,[[[").unwrap_err();
         assert!(err.to_string().contains("bad log level"), "{err}");
+    }
+
+    #[test]
+    fn rust_log_wins_over_level() {
+        assert!(env_filter(Some("debug".into()), "info,[[[").is_ok());
+        assert!(env_filter(Some(" ".into()), "warn").is_ok());
     }
 }
