@@ -552,9 +552,12 @@ fn plan_parent(
             NetworkMode::Static => m.vnic.ip,
             NetworkMode::Dhcp => None,
         };
-        let wrong_address = ep.is_some_and(|ep| match m.vnic.network_mode {
-            NetworkMode::Static => ep.ipv4 != m.vnic.ip,
-            NetworkMode::Dhcp => !ep.ipv4.is_some_and(|ip| lan_subnet.contains(ip)),
+        // A stopped container's endpoint has no address until it starts (the engine
+        // reports the requested static one, if any); that is not a wrong address.
+        let wrong_address = ep.is_some_and(|ep| match (m.vnic.network_mode, ep.ipv4) {
+            (_, None) => ci.running,
+            (NetworkMode::Static, got) => got != m.vnic.ip,
+            (NetworkMode::Dhcp, Some(ip)) => !lan_subnet.contains(ip),
         });
         if wrong_address {
             disconnects.push(Step::Disconnect {
@@ -1334,6 +1337,21 @@ mod tests {
             vec![container("c1", false, &[(&net, "10.1.0.5", MAC1)])],
         );
         assert!(plan(&d, &c, &o).steps.is_empty());
+    }
+
+    #[test]
+    fn stopped_container_attached_without_an_address_yet_is_left_alone() {
+        let net = lan_net("p1", "10.1.0.0/24", "10.1.0.1");
+        let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
+        let d = runtimes(&[("c1", vec![dhcp("eth0", "p1", MAC1)])]);
+        let mut stopped = container("c1", false, &[(&net, "10.1.0.5", MAC1)]);
+        stopped.endpoints[0].ipv4 = None;
+        let p = plan(&d, &c, &observed(vec![net.clone()], vec![stopped.clone()]));
+        assert!(p.steps.is_empty(), "{:#?}", p.steps);
+        // Running without an address on the network: reconnect.
+        stopped.running = true;
+        let p = plan(&d, &c, &observed(vec![net.clone()], vec![stopped]));
+        assert_eq!(p.steps[0], disconnect("p1", "c1", &net.name));
     }
 
     #[test]

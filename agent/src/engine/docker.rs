@@ -160,7 +160,9 @@ fn container_info(c: ContainerInspectResponse) -> ContainerInfo {
         .map(|(name, e)| Endpoint {
             network_id: e.network_id.unwrap_or_default(),
             network_name: name,
-            ipv4: parse_ip(e.ip_address.as_ref()),
+            // A stopped container has no address yet; the requested static one stands in.
+            ipv4: parse_ip(e.ip_address.as_ref())
+                .or_else(|| parse_ip(e.ipam_config.as_ref().and_then(|c| c.ipv4_address.as_ref()))),
             mac: e.mac_address.filter(|m| !m.is_empty()),
         })
         .collect();
