@@ -26,8 +26,14 @@ pub struct Cli {
     #[arg(long, global = true, env = "AGENT_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
     /// Log format: text, json or journald.
-    #[arg(long, global = true, env = "AGENT_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: ipc::logging::LogFormat,
     /// Log level or filter (tracing env-filter syntax).
     #[arg(long, global = true, env = "AGENT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -205,7 +205,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         config,
     };
     state.init_view();
-    systemd::ready();
+    ipc::systemd::notify_ready("serving the control socket");
+    ipc::systemd::spawn_watchdog(tasks.clone());
     info!(
         control = %state.config.control_socket.display(),
         netmon = %state.config.netmon_socket.display(),
@@ -216,7 +217,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let mut timer = tokio::time::interval(state.config.reconcile_interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     timer.tick().await;
-    let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
     let mut running: Option<RunFuture> = None;
 
     loop {
@@ -235,12 +235,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 debug!("periodic reconcile");
                 state.trigger(None);
             }
-            _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
-                systemd::watchdog();
-            }
         }
     }
-    systemd::stopping();
+    ipc::systemd::notify_stopping();
     tasks.cancel();
     // Let the control server remove its socket file.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -861,30 +858,5 @@ impl State {
             }
             other => answer!(Reply::err(id, format!("Unknown command: {other}"))),
         }
-    }
-}
-
-/// systemd notification (a no-op outside systemd).
-mod systemd {
-    use std::time::Duration;
-
-    use sd_notify::NotifyState;
-
-    pub fn ready() {
-        let _ = sd_notify::notify(false, &[NotifyState::Ready]);
-    }
-
-    pub fn stopping() {
-        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
-    }
-
-    pub fn watchdog() {
-        let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
-    }
-
-    /// Half the watchdog timeout systemd set, if it set one.
-    pub fn watchdog_interval() -> Option<Duration> {
-        let mut usec = 0u64;
-        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
     }
 }

@@ -2,37 +2,10 @@
 
 use anyhow::Result;
 use clap::Parser;
+use ipc::logging::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 use agent::cli::{Cli, Command};
-
-fn init_logging(format: &str, level: &str) -> Result<()> {
-    let filter =
-        EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
-    match format {
-        "json" => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init(),
-        "journald" => {
-            use tracing_subscriber::prelude::*;
-            let layer = tracing_journald::layer()
-                .map_err(|e| anyhow::anyhow!("journald is not available: {e}"))?;
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(layer)
-                .init();
-        }
-        "text" => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init(),
-        other => anyhow::bail!("--log-format {other:?}: use text, json or journald"),
-    }
-    Ok(())
-}
 
 /// Cancels `token` on the first SIGTERM or SIGINT.
 fn on_signals(token: CancellationToken) -> Result<()> {
@@ -65,7 +38,7 @@ async fn main() {
 async fn real_main(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run(args) => {
-            init_logging(&cli.log_format, &cli.log_level)?;
+            logging::init(cli.log_format, &cli.log_level)?;
             let shutdown = CancellationToken::new();
             on_signals(shutdown.clone())?;
             agent::daemon::run(args.config(&cli.control_socket), shutdown).await?;
@@ -73,7 +46,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
         }
         command => {
             // Client commands log only problems, to stderr, so their output stays clean.
-            init_logging("text", "warn")?;
+            logging::init(LogFormat::Text, "warn")?;
             agent::cli::client(&cli.control_socket, command).await
         }
     }
