@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Installs netmon and the agent on this host, either way:
+#
+#   packaging/install.sh --mode systemd [--deb FILE | --from binaries]
+#       the .deb (built by build-deb.sh unless --deb is given), or the built static
+#       binaries and the unit files copied in place; the netmon group created, the
+#       units enabled and, when systemd is the running init, started.
+#   packaging/install.sh --mode containers [--project NAME] [--config-dir DIR] [--wait SECONDS]
+#       the images (build-images.sh), the compose file copied to DIR
+#       (default /etc/edgenet) and the project brought up; waits until both
+#       containers are healthy (default 180 s, 0: do not wait).
+#
+# Safe to run again: what is already in place is left alone and said to be.
+# Every step it takes, or skips, is printed. Exit status non-zero on failure.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+here="$root/packaging"
+mode=""
+deb=""
+from=""
+project=${EDGENET_PROJECT:-edgenet}
+config_dir=/etc/edgenet
+wait_s=180
+# Set when files changed, so running units are restarted onto them.
+changed=0
+
+usage() { sed -n '2,15p' "$0"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --mode) mode=${2:-}; shift 2 ;;
+    --deb) deb=${2:-}; from=deb; shift 2 ;;
+    --from) from=${2:-}; shift 2 ;;
+    --project) project=${2:-}; shift 2 ;;
+    --config-dir) config_dir=${2:-}; shift 2 ;;
+    --wait) wait_s=${2:-}; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "install.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "install: $*"; }
+die() { echo "install: error: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (it installs system files or drives the Docker engine)"
+
+systemd_running() { [ -d /run/systemd/system ]; }
+
+# Installs $1 to $2 with mode $3 unless identical; says which.
+put() {
+  local src=$1 dst=$2 m=$3
+  if [ -f "$dst" ] && cmp -s "$src" "$dst"; then
+    say "$dst unchanged"
+    return 1
+  fi
+  install -D -m "$m" "$src" "$dst"
+  say "installed $dst"
+  return 0
+}
+
+install_systemd_deb() {
+  command -v dpkg >/dev/null || die "dpkg not found: use --from binaries on this system"
+  if [ -z "$deb" ]; then
+    say "building the package (packaging/build-deb.sh)"
+    deb=$("$here/build-deb.sh")
+  fi
+  [ -f "$deb" ] || die "no such package: $deb"
+  local want have
+  want=$(dpkg-deb -f "$deb" Version)
+  have=$(dpkg-query -W -f='${db:Status-Abbrev}${Version}' edgenet 2>/dev/null || true)
+  # Same version installed with every file intact and identical to the package's:
+  # nothing to do.
+  if [ "$have" = "ii $want" ] && dpkg --verify edgenet >/dev/null 2>&1 \
+     && cmp -s <(dpkg-deb -I "$deb" md5sums | sort) <(sort /var/lib/dpkg/info/edgenet.md5sums); then
+    say "edgenet $want is already installed and unchanged ($deb)"
+  else
+    if [ -n "$have" ]; then say "replacing edgenet (${have#* }) with $want"; fi
+    dpkg -i "$deb" | sed 's/^/install: dpkg: /'
+    changed=1
+    say "installed edgenet $want from $deb"
+  fi
+}
+
+install_systemd_binaries() {
+  if dpkg-query -W -f='${db:Status-Abbrev}' edgenet 2>/dev/null | grep -q '^ii'; then
+    die "the edgenet package is installed; upgrade it with --deb, or remove it before --from binaries"
+  fi
+  local bins
+  bins=$("$here/build-images.sh" --binaries-only)
+  put "$(awk '$2 == "netmon" {print $3}' <<<"$bins")" /usr/bin/netmon 0755 && changed=1
+  put "$(awk '$2 == "agent" {print $3}' <<<"$bins")" /usr/bin/agent 0755 && changed=1
+  put "$root/systemd/netmon.service" /etc/systemd/system/netmon.service 0644 && changed=1
+  put "$root/systemd/agent.service" /etc/systemd/system/agent.service 0644 && changed=1
+  put "$root/systemd/netmon.sysusers" /usr/lib/sysusers.d/netmon.conf 0644 && changed=1
+  if getent group netmon >/dev/null; then
+    say "group netmon exists"
+  else
+    groupadd --system netmon && say "created system group netmon"
+  fi
+  if getent passwd netmon >/dev/null; then
+    say "user netmon exists"
+  else
+    useradd --system --gid netmon --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin --comment "netmon network monitor" netmon
+    say "created system user netmon"
+  fi
+  local u
+  for u in netmon.service agent.service; do
+    if [ -L "/etc/systemd/system/multi-user.target.wants/$u" ]; then
+      say "$u already enabled"
+    else
+      # Works without a running systemd: it only makes the wants/ symlink.
+      systemctl enable "$u" >/dev/null 2>&1 \
+        || ln -sf "/etc/systemd/system/$u" "/etc/systemd/system/multi-user.target.wants/$u"
+      say "enabled $u"
+    fi
+  done
+}
+
+start_units() {
+  if systemd_running; then
+    systemctl daemon-reload
+    if [ "$changed" = 1 ]; then
+      systemctl restart netmon.service agent.service
+      say "restarted netmon.service and agent.service"
+    else
+      systemctl start netmon.service agent.service
+      say "started netmon.service and agent.service (no-op when running)"
+    fi
+    say "state: $(systemctl is-active netmon.service agent.service | tr '\n' ' ')"
+    say "health: netmon health --socket /run/netmon/netmon.sock; agent health"
+  else
+    say "systemd is not the running init here (PID 1 is $(cat /proc/1/comm 2>/dev/null || echo unknown)): the units are installed and enabled but NOT started; they start at the next boot under systemd, or now with: systemctl start netmon.service agent.service"
+  fi
+}
+
+compose_cmd() {
+  if [ -n "${EDGENET_COMPOSE:-}" ]; then
+    echo "$EDGENET_COMPOSE"
+  elif docker compose version >/dev/null 2>&1; then
+    echo "docker compose"
+  elif command -v docker-compose >/dev/null; then
+    echo "docker-compose"
+  else
+    die "neither the docker compose plugin nor docker-compose is installed"
+  fi
+}
+
+install_containers() {
+  docker version >/dev/null 2>&1 || die "the Docker engine is not reachable (docker version failed)"
+  local compose
+  compose=$(compose_cmd)
+  say "using $compose"
+  if [ -f "$root/Cargo.toml" ]; then
+    "$here/build-images.sh" | sed -n 's/^image /install: image ready: /p'
+  fi
+  local f="$config_dir/compose.yaml"
+  put "$here/compose.yaml" "$f" 0644 || true
+  local before after
+  before=$($compose -p "$project" -f "$f" ps -q 2>/dev/null | sort | tr '\n' ' ')
+  $compose -p "$project" -f "$f" up -d 2>&1 | sed 's/^/install: compose: /'
+  after=$($compose -p "$project" -f "$f" ps -q | sort | tr '\n' ' ')
+  if [ -n "$before" ] && [ "$before" = "$after" ]; then
+    say "project $project was already up; containers unchanged"
+  else
+    say "project $project is up (compose file $f)"
+  fi
+  [ "$wait_s" -gt 0 ] || return 0
+  local id end=$(( $(date +%s) + wait_s )) states
+  while :; do
+    states=""
+    for id in $after; do
+      states+="$(docker inspect -f '{{.Name}}={{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id") "
+    done
+    case "$states" in
+      *starting*|*unhealthy*|*exited*|*restarting*|*created*) ;;
+      *) say "healthy: $states"; break ;;
+    esac
+    if [ "$(date +%s)" -ge "$end" ]; then
+      die "not healthy after ${wait_s}s: $states (see: $compose -p $project -f $f logs)"
+    fi
+    sleep 2
+  done
+  say "logs: $compose -p $project -f $f logs"
+}
+
+case "$mode" in
+  systemd)
+    case "${from:-deb}" in
+      deb) install_systemd_deb ;;
+      binaries) install_systemd_binaries ;;
+      *) die "--from must be deb or binaries" ;;
+    esac
+    start_units
+    ;;
+  containers) install_containers ;;
+  *) usage >&2; die "--mode systemd or --mode containers is required" ;;
+esac
