@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::engine::{Docker, EngineError};
+use crate::engine::{Docker, EngineError, NsLink};
 use crate::netns;
 use crate::plan::{Phase, Step};
 use crate::vnics::MacMethod;
@@ -32,6 +32,8 @@ pub struct MacOutcome {
     pub vnic: String,
     pub mac: String,
     pub method: MacMethod,
+    /// Every link inside the container as read when the MAC was verified.
+    pub links: Vec<NsLink>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,7 @@ pub async fn ensure_mac(
     container: &str,
     network: &str,
     mac: &str,
-) -> Result<MacMethod, MacError> {
+) -> Result<(MacMethod, Vec<NsLink>), MacError> {
     let info = docker
         .container(container)
         .await?
@@ -94,7 +96,7 @@ pub async fn ensure_mac(
         ip,
     })?;
     if link.mac.eq_ignore_ascii_case(mac) {
-        return Ok(MacMethod::Engine);
+        return Ok((MacMethod::Engine, info.ns_links.clone()));
     }
     docker.count_mac_set();
     let (ifname, want) = (link.name.clone(), mac.to_string());
@@ -118,7 +120,7 @@ pub async fn ensure_mac(
         });
     }
     tracing::info!(container, link = %link.name, mac, "MAC set through the container's namespace");
-    Ok(MacMethod::Netns)
+    Ok((MacMethod::Netns, links))
 }
 
 async fn run(docker: &Docker, step: &Step) -> Result<Option<MacOutcome>, String> {
@@ -148,12 +150,13 @@ async fn run(docker: &Docker, step: &Step) -> Result<Option<MacOutcome>, String>
         } => {
             return ensure_mac(docker, container, network, mac)
                 .await
-                .map(|method| {
+                .map(|(method, links)| {
                     Some(MacOutcome {
                         container: container.clone(),
                         vnic: vnic.clone(),
                         mac: mac.clone(),
                         method,
+                        links,
                     })
                 })
                 .map_err(|e| e.to_string());

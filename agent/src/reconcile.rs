@@ -1,6 +1,6 @@
 //! One reconcile run: observe, plan, apply, verify, record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
@@ -8,7 +8,7 @@ use serde::Serialize;
 pub use crate::apply::StepResult;
 use crate::apply::{self, MacOutcome};
 use crate::cache::InterfaceCache;
-use crate::engine::{CallCounts, Docker, EngineError, Observed};
+use crate::engine::{CallCounts, Docker, EngineError, NsLink, Observed};
 use crate::plan::{self, Note, Step};
 use crate::vnics::{MacMethod, Runtimes, VnicStore};
 
@@ -102,9 +102,10 @@ pub async fn reconcile(
     let (final_observed, macs) = if planned.steps.is_empty() {
         (observed, Vec::new())
     } else {
-        let (results, macs) = apply::execute(docker, planned.steps, opts.parallelism).await;
+        let (results, macs) = apply::execute(docker, planned.steps.clone(), opts.parallelism).await;
         report.steps = results;
-        let again = docker.observe(&names).await?;
+        let known = known_links(&observed, &planned.steps, &macs);
+        let again = docker.observe_reusing(&names, &known).await?;
         report.unconverged = plan::plan(&desired, cache, &again).steps;
         (again, macs)
     };
@@ -144,6 +145,44 @@ pub async fn reconcile(
         "reconcile done"
     );
     Ok(report)
+}
+
+/// Namespace links the verification pass need not read again: those of containers
+/// no step touched (read at the start of this run), and those read by a container's
+/// only MAC check when all its steps were on one parent (so nothing ran after it).
+fn known_links(
+    observed: &Observed,
+    steps: &[Step],
+    macs: &[MacOutcome],
+) -> BTreeMap<String, Vec<NsLink>> {
+    let mut touched: BTreeMap<&str, (BTreeSet<&str>, usize)> = BTreeMap::new();
+    for s in steps {
+        let c = match s {
+            Step::Disconnect { container, .. }
+            | Step::Connect { container, .. }
+            | Step::SetMac { container, .. } => container.as_str(),
+            _ => continue,
+        };
+        let e = touched.entry(c).or_default();
+        e.0.insert(s.parent());
+        if matches!(s, Step::SetMac { .. }) {
+            e.1 += 1;
+        }
+    }
+    let mut known = BTreeMap::new();
+    for (name, ci) in &observed.containers {
+        if !touched.contains_key(name.as_str()) && ci.running && ci.ns_error.is_none() {
+            known.insert(name.clone(), ci.ns_links.clone());
+        }
+    }
+    for m in macs {
+        if let Some((parents, 1)) = touched.get(m.container.as_str())
+            && parents.len() == 1
+        {
+            known.insert(m.container.clone(), m.links.clone());
+        }
+    }
+    known
 }
 
 /// The store as it should read after this run: each vNIC's network, MAC and how the MAC
