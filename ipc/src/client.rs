@@ -76,20 +76,15 @@ impl Connection {
     }
 
     async fn read_message(&mut self) -> Result<Option<ServerMessage>, ClientError> {
-        loop {
-            let Some(line) = self.reader.next().await.transpose()? else {
-                return Ok(None);
-            };
-            match ServerMessage::parse(&line) {
-                Ok(m) => return Ok(Some(m)),
-                Err(e) => {
-                    return Err(ClientError::BadMessage(format!(
-                        "{e}: {}",
-                        String::from_utf8_lossy(&line[..line.len().min(200)])
-                    )));
-                }
-            }
-        }
+        let Some(line) = self.reader.next().await.transpose()? else {
+            return Ok(None);
+        };
+        ServerMessage::parse(&line).map(Some).map_err(|e| {
+            ClientError::BadMessage(format!(
+                "{e}: {}",
+                String::from_utf8_lossy(&line[..line.len().min(200)])
+            ))
+        })
     }
 
     /// The next event; `None` when the server closed the connection.
@@ -160,6 +155,9 @@ impl ClientConfig {
 }
 
 /// What the background client reports.
+// Events are the common case and are moved once into the channel: boxing them would
+// cost an allocation each and change the public shape for the agent.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
     Connected,

@@ -1,4 +1,14 @@
+//! netmon: rtnetlink in, JSON-lines events out over a Unix socket.
+
+pub mod cli;
+pub mod daemon;
+pub mod debounce;
 pub mod dump;
 pub mod filter;
+pub mod health;
 pub mod model;
 pub mod netlink;
+pub mod server;
+pub mod watch;
+
+pub use daemon::{Config, run};

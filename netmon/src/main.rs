@@ -1,1 +1,84 @@
-fn main() {}
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use netmon::cli::{Cli, Command};
+use netmon::filter::Filter;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netmon: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(real_main(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netmon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+fn on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::Health { socket, timeout }) => {
+            match netmon::health::check(&socket, timeout).await {
+                Ok((n, instance)) => {
+                    println!("healthy: {n} interfaces, instance {instance}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(why) => {
+                    println!("unhealthy: {why}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Some(Command::Dump {
+            json,
+            include,
+            exclude,
+        }) => {
+            let filter = Filter::new(&include, &exclude).context("--include/--exclude")?;
+            let mut out = std::io::stdout().lock();
+            netmon::dump::run_dump(&filter, json, &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Watch { socket, json }) => {
+            let shutdown = CancellationToken::new();
+            on_signals(shutdown.clone())?;
+            netmon::watch::run(&socket, json, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            ipc::logging::init(cli.log.log_format, &cli.log.log_level).context("set up logging")?;
+            let shutdown = CancellationToken::new();
+            on_signals(shutdown.clone())?;
+            netmon::run(cli.daemon.config(), shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
