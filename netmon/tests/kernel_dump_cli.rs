@@ -241,3 +241,46 @@ fn dump_table_shows_each_interface() {
         );
     }
 }
+
+#[test]
+fn dump_applies_include_and_exclude() {
+    let ns = lan();
+    let names = |args: &[&str]| -> Vec<String> {
+        let out = netmon_dump(&ns, args);
+        let event: ipc::Event = serde_json::from_str(out.trim()).expect("an ipc::Event");
+        let EventKind::NetworkDiscovery(d) = event.kind else {
+            panic!("not a discovery: {out}");
+        };
+        let mut n: Vec<String> = d.interfaces.into_iter().map(|i| i.interface).collect();
+        n.sort();
+        n
+    };
+    // An include lifts the default exclusion of veth*; the user's exclude still wins.
+    assert_eq!(
+        names(&[
+            "--json",
+            "--include",
+            "veth*",
+            "--include",
+            "eth*",
+            "--exclude",
+            "ethB"
+        ]),
+        ["ethA", "ethC", "vethC"]
+    );
+    // A name without wildcards matches only itself.
+    assert_eq!(names(&["--json", "--include", "ethA"]), ["ethA"]);
+    assert_eq!(
+        names(&["--json", "--exclude", "eth?"]),
+        Vec::<String>::new()
+    );
+
+    let bad = ns
+        .command(&bin("netmon"))
+        .args(["dump", "--include", "eth["])
+        .output()
+        .expect("spawn netmon dump");
+    assert!(!bad.status.success(), "a malformed glob is refused");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("eth["), "the error names the pattern: {err}");
+}
