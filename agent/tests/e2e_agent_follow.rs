@@ -7,16 +7,17 @@ use std::time::{Duration, Instant};
 
 use agent::plan::network_name;
 use e2e::agent::{
-    AgentProc, DockerCleanup, HostLan, HostNetmon, busybox_image, changing_calls,
-    container_networks, has, has_ip, require_engine, stored_mac, subnets,
+    AgentProc, DockerCleanup, HostLan, HostNetmon, changing_calls, container_networks, has, has_ip,
+    stored_mac, subnets,
 };
+use e2e::docker::{require_engine, test_image};
 use e2e::{TempDir, must, unique, wait_for};
 
 #[test]
 fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
     e2e::require_root();
     require_engine();
-    let image = busybox_image();
+    let image = test_image();
     let dir = TempDir::new("agf");
     let (a1, a2, b) = subnets();
     let pa = unique("ga");

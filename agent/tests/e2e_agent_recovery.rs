@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use agent::plan::network_name;
 use e2e::agent::{
-    AgentProc, DockerCleanup, HostLan, HostNetmon, busybox_image, container_networks, has,
-    require_engine, stored_mac, subnets,
+    AgentProc, DockerCleanup, HostLan, HostNetmon, container_networks, has, stored_mac, subnets,
 };
+use e2e::docker::{require_engine, test_image};
 use e2e::{ChildGuard, TempDir, unique, wait_for};
 
 #[test]
 fn agent_survives_a_late_engine_sigkill_mid_reconcile_and_a_netmon_restart() {
     e2e::require_root();
     require_engine();
-    let image = busybox_image();
+    let image = test_image();
     let dir = TempDir::new("agr");
     let (s1, s2, s3) = subnets();
     let p = unique("gr");

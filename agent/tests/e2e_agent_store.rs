@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use agent::plan::network_name;
 use e2e::agent::{
-    AgentProc, DockerCleanup, HostLan, HostNetmon, busybox_image, container_networks, has,
-    require_engine, stored_mac, subnets,
+    AgentProc, DockerCleanup, HostLan, HostNetmon, container_networks, has, stored_mac, subnets,
 };
+use e2e::docker::{require_engine, test_image};
 use e2e::{TempDir, bin, must, sh, unique, wait_for};
 
 /// The agent CLI run as uid 65534 with the given gid and supplementary groups.
@@ -34,7 +34,7 @@ fn cli_as_nobody(agent: &AgentProc, gid: u32, groups: &str) -> std::process::Out
 fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
     e2e::require_root();
     require_engine();
-    let image = busybox_image();
+    let image = test_image();
     let dir = TempDir::new("ags");
     let (s1, s2, s3) = subnets();
     // `X1` and `X10`: the old system matched networks by name prefix.

@@ -8,21 +8,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{ChildGuard, Netns, TempDir, bin, must, sh, wait_for};
+use crate::{ChildGuard, Netns, bin, must, sh, wait_for};
 
-/// Fails the test unless the Docker engine answers.
+/// Fails the test unless root and the Docker engine answer (the docker rig's check).
 pub fn require_engine() {
-    let out = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "this test needs the Docker engine at /var/run/docker.sock: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => panic!("this test needs the docker CLI and engine: {e}"),
-    }
+    crate::docker::require_engine();
 }
 
 /// netmon running in the host namespace, watching only the given links.
@@ -343,27 +333,6 @@ pub fn container_networks(container: &str) -> Vec<String> {
     ))
     .map(|s| s.split_whitespace().map(str::to_string).collect())
     .unwrap_or_default()
-}
-
-/// A small image with busybox (static) as `/bin/*`, built locally (no registry).
-pub fn busybox_image() -> String {
-    let name = "edgenet-agent-e2e-busybox:1".to_string();
-    if sh(&format!("docker image inspect {name} >/dev/null 2>&1")).is_ok() {
-        return name;
-    }
-    let dir = TempDir::new("img");
-    let root = dir.join("root");
-    must(&format!(
-        "mkdir -p {r}/bin {r}/sbin {r}/tmp {r}/proc {r}/sys {r}/dev {r}/etc && cp /bin/busybox {r}/bin/busybox && \
-         for a in sh ip sleep cat ls ifconfig udhcpc ping; do ln -sf busybox {r}/bin/$a; done",
-        r = root.display()
-    ));
-    // Two tests may build at once: the import is atomic per tag, the race harmless.
-    must(&format!(
-        "tar -C {} -c . | docker import -c 'CMD [\"/bin/sleep\",\"100000\"]' - {name} >/dev/null",
-        root.display()
-    ));
-    name
 }
 
 /// A free-looking /24 triple: 10.<a>.<b>, 10.<a>.<b+1>, 10.<a>.<b+2>.
