@@ -3,7 +3,7 @@
 //! of one phase run in parallel, bounded across all parents by one semaphore so the
 //! engine never sees more than `parallelism` calls from us at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::engine::{Docker, EngineError, NsLink};
+use crate::engine::{ContainerInfo, Docker, EngineError};
 use crate::netns;
 use crate::plan::{Phase, Step};
 use crate::vnics::MacMethod;
@@ -32,8 +32,9 @@ pub struct MacOutcome {
     pub vnic: String,
     pub mac: String,
     pub method: MacMethod,
-    /// Every link inside the container as read when the MAC was verified.
-    pub links: Vec<NsLink>,
+    /// The container as read when its MAC was verified (after its connect), with the
+    /// links inside as they were after any change.
+    pub info: ContainerInfo,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,7 @@ pub async fn ensure_mac(
     container: &str,
     network: &str,
     mac: &str,
-) -> Result<(MacMethod, Vec<NsLink>), MacError> {
+) -> Result<(MacMethod, ContainerInfo), MacError> {
     let info = docker
         .container(container)
         .await?
@@ -96,9 +97,10 @@ pub async fn ensure_mac(
         ip,
     })?;
     if link.mac.eq_ignore_ascii_case(mac) {
-        return Ok((MacMethod::Engine, info.ns_links.clone()));
+        return Ok((MacMethod::Engine, info));
     }
     docker.count_mac_set();
+    let link = link.clone();
     let (ifname, want) = (link.name.clone(), mac.to_string());
     let links = tokio::task::spawn_blocking(move || {
         netns::set_mac(pid, &ifname, &want)?;
@@ -120,7 +122,9 @@ pub async fn ensure_mac(
         });
     }
     tracing::info!(container, link = %link.name, mac, "MAC set through the container's namespace");
-    Ok((MacMethod::Netns, links))
+    let mut info = info;
+    info.ns_links = links;
+    Ok((MacMethod::Netns, info))
 }
 
 async fn run(docker: &Docker, step: &Step) -> Result<Option<MacOutcome>, String> {
@@ -150,13 +154,13 @@ async fn run(docker: &Docker, step: &Step) -> Result<Option<MacOutcome>, String>
         } => {
             return ensure_mac(docker, container, network, mac)
                 .await
-                .map(|(method, links)| {
+                .map(|(method, info)| {
                     Some(MacOutcome {
                         container: container.clone(),
                         vnic: vnic.clone(),
                         mac: mac.clone(),
                         method,
-                        links,
+                        info,
                     })
                 })
                 .map_err(|e| e.to_string());
@@ -175,6 +179,85 @@ fn container_of(step: &Step) -> Option<&str> {
     }
 }
 
+fn skipped(step: Step, why: &str) -> (StepResult, Option<MacOutcome>) {
+    (
+        StepResult {
+            step,
+            ok: false,
+            error: Some(format!("skipped: {why}")),
+            duration_ms: 0,
+        },
+        None,
+    )
+}
+
+async fn run_one(
+    docker: &Docker,
+    permits: &Semaphore,
+    step: Step,
+) -> (StepResult, Option<MacOutcome>) {
+    // The semaphore is never closed, so acquire cannot fail; run anyway if it did.
+    let _permit = permits.acquire().await.ok();
+    let t = Instant::now();
+    let r = run(docker, &step).await;
+    let duration_ms = t.elapsed().as_millis() as u64;
+    match r {
+        Ok(mac) => {
+            tracing::info!(step = %step, duration_ms, "step done");
+            let ok = StepResult {
+                step,
+                ok: true,
+                error: None,
+                duration_ms,
+            };
+            (ok, mac)
+        }
+        Err(e) => {
+            tracing::warn!(step = %step, error = %e, "step failed");
+            let failed = StepResult {
+                step,
+                ok: false,
+                error: Some(e),
+                duration_ms,
+            };
+            (failed, None)
+        }
+    }
+}
+
+/// Runs the chains in parallel (bounded); the steps of one chain in order, the rest
+/// of a chain skipped after a failure.
+async fn run_chains(
+    docker: &Docker,
+    permits: &Semaphore,
+    parallelism: usize,
+    chains: Vec<Vec<Step>>,
+) -> Vec<(StepResult, Option<MacOutcome>)> {
+    let per_chain: Vec<Vec<(StepResult, Option<MacOutcome>)>> = futures::stream::iter(chains)
+        .map(|chain| async move {
+            let mut out = Vec::with_capacity(chain.len());
+            let mut failed = false;
+            for step in chain {
+                if failed {
+                    out.push(skipped(step, "an earlier step for this container failed"));
+                    continue;
+                }
+                let r = run_one(docker, permits, step).await;
+                failed = !r.0.ok;
+                out.push(r);
+            }
+            out
+        })
+        .buffer_unordered(parallelism.max(1))
+        .collect()
+        .await;
+    per_chain.into_iter().flatten().collect()
+}
+
+/// One parent: disconnects, then network removals, then the creation, then per
+/// container its connect followed at once by its MAC check. Chaining the MAC check to
+/// the container's own connect (rather than waiting for every connect) hides the
+/// namespace work behind the engine's serialised connects of the other containers.
 async fn run_parent(
     docker: &Docker,
     steps: Vec<Step>,
@@ -185,91 +268,40 @@ async fn run_parent(
     for s in steps {
         phases.entry(s.phase()).or_default().push(s);
     }
-    let mut out = Vec::new();
+    let mut take = |p: Phase| phases.remove(&p).unwrap_or_default();
+    let (disconnects, removes, creates) = (
+        take(Phase::Disconnect),
+        take(Phase::RemoveNetwork),
+        take(Phase::CreateNetwork),
+    );
+    let mut attach: BTreeMap<String, Vec<Step>> = BTreeMap::new();
+    for s in take(Phase::Connect).into_iter().chain(take(Phase::SetMac)) {
+        let c = container_of(&s).unwrap_or_default().to_string();
+        attach.entry(c).or_default().push(s);
+    }
+
+    let single = |v: Vec<Step>| v.into_iter().map(|s| vec![s]).collect::<Vec<_>>();
+    let mut out = run_chains(docker, permits, parallelism, single(disconnects)).await;
     let mut network_failed: Option<String> = None;
-    let mut connect_failed: BTreeSet<String> = BTreeSet::new();
-    for (phase, steps) in phases {
-        let mut runnable = Vec::new();
-        for s in steps {
-            let blocked = match (&network_failed, phase) {
-                (Some(why), Phase::CreateNetwork | Phase::Connect | Phase::SetMac) => {
-                    Some(why.clone())
-                }
-                _ if phase == Phase::SetMac
-                    && container_of(&s).is_some_and(|c| connect_failed.contains(c)) =>
-                {
-                    Some("its connect failed".to_string())
-                }
-                _ => None,
-            };
-            match blocked {
-                Some(why) => out.push((
-                    StepResult {
-                        step: s,
-                        ok: false,
-                        error: Some(format!("skipped: {why}")),
-                        duration_ms: 0,
-                    },
-                    None,
-                )),
-                None => runnable.push(s),
-            }
+    for (stage, steps) in [("remove", removes), ("create", creates)] {
+        if let Some(why) = &network_failed {
+            out.extend(steps.into_iter().map(|s| skipped(s, why)));
+            continue;
         }
-        let results: Vec<(StepResult, Option<MacOutcome>)> = futures::stream::iter(runnable)
-            .map(|step| async move {
-                // The semaphore is never closed, so acquire cannot fail; fall through anyway.
-                let _permit = permits.acquire().await.ok();
-                let t = Instant::now();
-                let r = run(docker, &step).await;
-                let duration_ms = t.elapsed().as_millis() as u64;
-                match r {
-                    Ok(mac) => {
-                        tracing::info!(step = %step, duration_ms, "step done");
-                        (
-                            StepResult {
-                                step,
-                                ok: true,
-                                error: None,
-                                duration_ms,
-                            },
-                            mac,
-                        )
-                    }
-                    Err(e) => {
-                        tracing::warn!(step = %step, error = %e, "step failed");
-                        (
-                            StepResult {
-                                step,
-                                ok: false,
-                                error: Some(e),
-                                duration_ms,
-                            },
-                            None,
-                        )
-                    }
-                }
-            })
-            .buffer_unordered(parallelism.max(1))
-            .collect()
-            .await;
-        for (r, _) in &results {
-            if r.ok {
-                continue;
-            }
-            match &r.step {
-                Step::RemoveNetwork { network, .. } => {
-                    network_failed = Some(format!("removing {network} failed"))
-                }
-                Step::CreateNetwork { spec, .. } => {
-                    network_failed = Some(format!("creating {} failed", spec.name))
-                }
-                Step::Connect { container, .. } => {
-                    connect_failed.insert(container.clone());
-                }
-                _ => {}
-            }
+        let results = run_chains(docker, permits, parallelism, single(steps)).await;
+        if let Some((r, _)) = results.iter().find(|(r, _)| !r.ok) {
+            network_failed = Some(match &r.step {
+                Step::RemoveNetwork { network, .. } => format!("removing {network} failed"),
+                Step::CreateNetwork { spec, .. } => format!("creating {} failed", spec.name),
+                _ => format!("the {stage} stage failed"),
+            });
         }
         out.extend(results);
+    }
+    match &network_failed {
+        Some(why) => out.extend(attach.into_values().flatten().map(|s| skipped(s, why))),
+        None => out
+            .extend(run_chains(docker, permits, parallelism, attach.into_values().collect()).await),
     }
     out
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 pub use crate::apply::StepResult;
 use crate::apply::{self, MacOutcome};
 use crate::cache::InterfaceCache;
-use crate::engine::{CallCounts, Docker, EngineError, NsLink, Observed};
+use crate::engine::{CallCounts, ContainerInfo, Docker, EngineError, Observed};
 use crate::plan::{self, Note, Step};
 use crate::vnics::{MacMethod, Runtimes, VnicStore};
 
@@ -104,7 +104,7 @@ pub async fn reconcile(
     } else {
         let (results, macs) = apply::execute(docker, planned.steps.clone(), opts.parallelism).await;
         report.steps = results;
-        let known = known_links(&observed, &planned.steps, &macs);
+        let known = known_containers(&observed, &planned.steps, &macs);
         let again = docker.observe_reusing(&names, &known).await?;
         report.unconverged = plan::plan(&desired, cache, &again).steps;
         (again, macs)
@@ -147,14 +147,14 @@ pub async fn reconcile(
     Ok(report)
 }
 
-/// Namespace links the verification pass need not read again: those of containers
-/// no step touched (read at the start of this run), and those read by a container's
-/// only MAC check when all its steps were on one parent (so nothing ran after it).
-fn known_links(
+/// Containers the verification pass need not read again: those no step touched (read
+/// at the start of this run), and those read by their only MAC check when all their
+/// steps were on one parent (the check ran after their last change).
+fn known_containers(
     observed: &Observed,
     steps: &[Step],
     macs: &[MacOutcome],
-) -> BTreeMap<String, Vec<NsLink>> {
+) -> BTreeMap<String, ContainerInfo> {
     let mut touched: BTreeMap<&str, (BTreeSet<&str>, usize)> = BTreeMap::new();
     for s in steps {
         let c = match s {
@@ -171,15 +171,15 @@ fn known_links(
     }
     let mut known = BTreeMap::new();
     for (name, ci) in &observed.containers {
-        if !touched.contains_key(name.as_str()) && ci.running && ci.ns_error.is_none() {
-            known.insert(name.clone(), ci.ns_links.clone());
+        if !touched.contains_key(name.as_str()) && ci.ns_error.is_none() {
+            known.insert(name.clone(), ci.clone());
         }
     }
     for m in macs {
         if let Some((parents, 1)) = touched.get(m.container.as_str())
             && parents.len() == 1
         {
-            known.insert(m.container.clone(), m.links.clone());
+            known.insert(m.container.clone(), m.info.clone());
         }
     }
     known

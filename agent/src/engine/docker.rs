@@ -25,7 +25,7 @@ use ipnetwork::Ipv4Network;
 
 use super::{
     CallCounts, ContainerInfo, ContainerSpec, Endpoint, EngineError, EngineEvent, EngineVersion,
-    NetworkInfo, NetworkSpec, NsLink, Observed, Pool,
+    NetworkInfo, NetworkSpec, Observed, Pool,
 };
 use crate::netns;
 
@@ -352,23 +352,11 @@ impl Docker {
 
     /// One container, with its namespace links when running.
     pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        self.container_reusing(name, None).await
-    }
-
-    /// Like [`Docker::container`], taking the namespace links from `known` instead of
-    /// reading them again when given.
-    async fn container_reusing(
-        &self,
-        name: &str,
-        known: Option<&Vec<NsLink>>,
-    ) -> Result<Option<ContainerInfo>, EngineError> {
         let c = self.client().await?;
         let Some(mut info) = self.inspect_container(&c, name).await? else {
             return Ok(None);
         };
-        if let (Some(links), true) = (known, info.pid.is_some()) {
-            info.ns_links = links.clone();
-        } else if let Some(pid) = info.pid {
+        if let Some(pid) = info.pid {
             self.count_mac_check();
             match tokio::task::spawn_blocking(move || netns::read_links(pid)).await {
                 Ok(Ok(links)) => info.ns_links = links,
@@ -384,13 +372,13 @@ impl Docker {
         self.observe_reusing(containers, &BTreeMap::new()).await
     }
 
-    /// Like [`Docker::observe`], but a running container listed in `known` gets those
-    /// namespace links instead of a fresh read (the verification pass after a run
-    /// already holds what the MAC check read moments ago).
+    /// Like [`Docker::observe`], but a container listed in `known` is taken from there
+    /// instead of being read again (the verification pass after a run already holds
+    /// what each container's MAC check read after its connect).
     pub async fn observe_reusing(
         &self,
         containers: &[String],
-        known: &BTreeMap<String, Vec<NsLink>>,
+        known: &BTreeMap<String, ContainerInfo>,
     ) -> Result<Observed, EngineError> {
         let c = self.client().await?;
         bump(&self.inner.counters.reads);
@@ -413,7 +401,12 @@ impl Docker {
             }
         }
         let found: Vec<Option<ContainerInfo>> = futures::stream::iter(containers.iter())
-            .map(|name| self.container_reusing(name, known.get(name)))
+            .map(|name| async move {
+                match known.get(name) {
+                    Some(info) => Ok(Some(info.clone())),
+                    None => self.container(name).await,
+                }
+            })
             .buffered(OBSERVE_PARALLELISM)
             .try_collect()
             .await?;
