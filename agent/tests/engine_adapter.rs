@@ -218,3 +218,31 @@ async fn engine_that_is_not_there_yet_is_unreachable_then_used_when_it_appears()
         .expect("the engine is used once its socket appears");
     let _ = docker(&["version", "--format", "{{.Server.Version}}"]);
 }
+
+#[tokio::test]
+async fn internal_network_is_created_once() {
+    let d = engine();
+    let name = e2e::unique("int");
+    let id = d
+        .create_internal_network(&name, &managed_labels())
+        .await
+        .expect("create");
+    let again = d.create_internal_network(&name, &managed_labels()).await;
+    let internal = docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{.Internal}} {{.Driver}}",
+        &name,
+    ]);
+    d.remove_network(&name).await.expect("remove");
+    assert_eq!(internal.trim(), "true bridge");
+    assert_eq!(
+        again.expect("create again"),
+        id,
+        "the existing one is returned"
+    );
+    let all = d.list_networks().await.expect("list");
+    assert!(all.iter().all(|n| n.name != name));
+    assert!(all.iter().any(|n| n.driver == "bridge"));
+}

@@ -414,3 +414,56 @@ async fn dry_run_plans_without_changing_anything() {
     assert!(lan.networks().is_empty());
     assert_eq!(std::fs::read(rig.store.path()).expect("store"), before);
 }
+
+#[tokio::test]
+async fn failed_network_creation_is_reported_and_its_connects_skipped() {
+    require_engine();
+    let c1 = Container::run();
+    // netmon says this parent is up with an address, but the kernel has no such link:
+    // the engine refuses the macvlan network.
+    let ghost = e2e::unique("gh");
+    let prefix = e2e::docker::unique_prefix();
+    let mut iface = ipc::Interface::named(&ghost);
+    iface.index = Some(999_999);
+    iface.status = Some(ipc::Status::Up);
+    iface.ipv4_addresses =
+        vec![ipc::Ipv4Address::new(ip(&format!("{prefix}.2")), 24).expect("addr")];
+    iface.gateway = Some(ip(&format!("{prefix}.1")));
+    let ev = ipc::Event {
+        kind: ipc::EventKind::NetworkChange(iface),
+        version: None,
+        instance: None,
+        seq: None,
+    };
+    let mut rig = Rig::new(&[]);
+    rig.cache.apply(&ev);
+    rig.add(&c1, Vnic::dhcp("eth1", &ghost, Some(&random_mac())));
+    let opts = ReconcileOptions {
+        dry_run: false,
+        parallelism: 4,
+    };
+    let r = reconcile(&rig.docker, &mut rig.store, &rig.cache, &opts)
+        .await
+        .expect("reconcile runs");
+    assert!(r.failed());
+    let create = r
+        .steps
+        .iter()
+        .find(|s| matches!(s.step, Step::CreateNetwork { .. }))
+        .expect("create step");
+    assert!(!create.ok && create.error.is_some(), "{create:?}");
+    for s in r
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.step, Step::CreateNetwork { .. }))
+    {
+        assert!(!s.ok, "{s:?}");
+        assert!(
+            s.error.as_deref().unwrap_or("").starts_with("skipped:"),
+            "{s:?}"
+        );
+    }
+    assert_eq!(r.engine_calls.connect, 0);
+    assert!(e2e::docker::networks_on(&ghost).is_empty());
+    assert_eq!(rig.vnic(&c1).docker_network_name, None);
+}
