@@ -114,19 +114,91 @@ impl Waiter {
     }
 }
 
-/// Reconcile scheduling: at most one run at a time; requests during a run are
-/// folded into exactly one run after it.
-#[derive(Default)]
-struct Runs {
+/// Reconcile scheduling: at most one run at a time; any number of requests during
+/// a run are folded into exactly one run after it, and a waiter always gets the
+/// report of a run that started after its request. Pure, so it is unit-tested.
+struct Runs<W> {
+    /// `Some(dry_run)` while a run is in progress.
     running: Option<bool>,
-    /// Waiters of the run in progress.
-    current: Vec<Waiter>,
+    /// Waiters of the real run in progress.
+    current: Vec<W>,
     /// A real run is owed after the current one.
     pending: bool,
-    next: Vec<Waiter>,
+    next: Vec<W>,
     /// Dry runs asked for; one dry run answers them all.
-    pending_dry: Vec<Waiter>,
+    pending_dry: Vec<W>,
     count: u64,
+}
+
+impl<W> Default for Runs<W> {
+    fn default() -> Self {
+        Runs {
+            running: None,
+            current: Vec::new(),
+            pending: false,
+            next: Vec::new(),
+            pending_dry: Vec::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<W> Runs<W> {
+    /// A real run is asked for; true when it should start now.
+    fn request(&mut self, waiter: Option<W>) -> bool {
+        if self.running.is_some() {
+            self.pending = true;
+            self.next.extend(waiter);
+            return false;
+        }
+        self.current.extend(waiter);
+        true
+    }
+
+    /// A dry run is asked for; true when it should start now.
+    fn request_dry(&mut self, waiter: W) -> bool {
+        self.pending_dry.push(waiter);
+        self.running.is_none()
+    }
+
+    fn started(&mut self, dry_run: bool) {
+        self.running = Some(dry_run);
+        self.count += 1;
+    }
+
+    /// The waiters a run that could not start must answer.
+    fn not_started(&mut self, dry_run: bool) -> Vec<W> {
+        if dry_run {
+            std::mem::take(&mut self.pending_dry)
+        } else {
+            std::mem::take(&mut self.current)
+        }
+    }
+
+    /// The run in progress ended: its waiters.
+    fn finished(&mut self) -> Vec<W> {
+        match self.running.take() {
+            Some(true) => std::mem::take(&mut self.pending_dry),
+            Some(false) => std::mem::take(&mut self.current),
+            None => Vec::new(),
+        }
+    }
+
+    /// What to start once idle: `Some(false)` a real run, `Some(true)` a dry run.
+    fn next_run(&mut self) -> Option<bool> {
+        if self.running.is_some() {
+            return None;
+        }
+        if self.pending {
+            self.pending = false;
+            self.current.append(&mut self.next);
+            Some(false)
+        } else if !self.pending_dry.is_empty() {
+            Some(true)
+        } else {
+            None
+        }
+    }
 }
 
 struct State {
@@ -141,7 +213,7 @@ struct State {
     store_path: String,
     cache: InterfaceCache,
     view: StatusView,
-    runs: Runs,
+    runs: Runs<Waiter>,
     /// Store-writing requests that arrived while the store was lent out.
     deferred: VecDeque<Call>,
     started: Instant,
@@ -467,13 +539,9 @@ impl State {
 
     /// Asks for a reconcile; `waiter` gets the report of a run that starts after now.
     fn trigger(&mut self, waiter: Option<Waiter>) {
-        if self.runs.running.is_some() {
-            self.runs.pending = true;
-            self.runs.next.extend(waiter);
-            return;
+        if self.runs.request(waiter) {
+            self.start_run(false);
         }
-        self.runs.current.extend(waiter);
-        self.start_run(false);
     }
 
     fn start_run(&mut self, dry_run: bool) {
@@ -488,24 +556,19 @@ impl State {
                     .as_deref()
                     .unwrap_or("not connected yet")
             );
-            for w in self.runs.current.drain(..) {
+            for w in self.runs.not_started(dry_run) {
                 w.fail(why.clone());
-            }
-            if dry_run {
-                for w in self.runs.pending_dry.drain(..) {
-                    w.fail(why.clone());
-                }
             }
             return;
         }
         let Some(store) = self.store.take() else {
-            // The store is out with a create/delete; it comes back through run_done
-            // only for runs, so this cannot happen: keep the request for later.
-            self.runs.pending = true;
+            // Only a run borrows the store, and runs do not overlap.
+            for w in self.runs.not_started(dry_run) {
+                w.fail("internal: the store is busy");
+            }
             return;
         };
-        self.runs.running = Some(dry_run);
-        self.runs.count += 1;
+        self.runs.started(dry_run);
         let docker = self.docker.clone();
         let cache = self.cache.clone();
         let opts = ReconcileOptions {
@@ -533,12 +596,7 @@ impl State {
         } = out;
         self.store = Some(store);
         self.refresh_store_view();
-        self.runs.running = None;
-        let waiters: Vec<Waiter> = if dry_run {
-            std::mem::take(&mut self.runs.pending_dry)
-        } else {
-            std::mem::take(&mut self.runs.current)
-        };
+        let waiters = self.runs.finished();
         match result {
             Ok(report) => {
                 let failed = report.failed();
@@ -580,15 +638,8 @@ impl State {
             }
         }
         self.drain_deferred();
-        if self.runs.running.is_some() {
-            return;
-        }
-        if self.runs.pending {
-            self.runs.pending = false;
-            self.runs.current = std::mem::take(&mut self.runs.next);
-            self.start_run(false);
-        } else if !self.runs.pending_dry.is_empty() {
-            self.start_run(true);
+        if let Some(dry) = self.runs.next_run() {
+            self.start_run(dry);
         }
     }
 
@@ -684,8 +735,7 @@ impl State {
                 }
                 let w = Waiter::new(id, reply);
                 if dry {
-                    self.runs.pending_dry.push(w);
-                    if self.runs.running.is_none() {
+                    if self.runs.request_dry(w) {
                         self.start_run(true);
                     }
                 } else {
@@ -858,5 +908,61 @@ impl State {
             }
             other => answer!(Reply::err(id, format!("Unknown command: {other}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Runs;
+
+    #[test]
+    fn requests_during_a_run_make_exactly_one_more_run() {
+        let mut r: Runs<u32> = Runs::default();
+        assert!(r.request(Some(1)));
+        r.started(false);
+        // Many requests while it runs: none starts now.
+        for w in 2..=10 {
+            assert!(!r.request(Some(w)));
+        }
+        assert!(!r.request(None));
+        assert_eq!(
+            r.finished(),
+            vec![1],
+            "the first run answers only its own waiter"
+        );
+        assert_eq!(r.next_run(), Some(false), "exactly one more run");
+        r.started(false);
+        assert_eq!(r.next_run(), None);
+        assert_eq!(r.finished(), (2..=10).collect::<Vec<_>>());
+        assert_eq!(r.next_run(), None, "and no third");
+        assert_eq!(r.count, 2);
+    }
+
+    #[test]
+    fn dry_runs_wait_for_a_real_run_and_share_one_dry_run() {
+        let mut r: Runs<u32> = Runs::default();
+        assert!(r.request(None));
+        r.started(false);
+        assert!(!r.request_dry(1));
+        assert!(!r.request_dry(2));
+        assert!(r.finished().is_empty());
+        assert_eq!(r.next_run(), Some(true));
+        r.started(true);
+        assert!(!r.request(Some(3)));
+        assert_eq!(r.finished(), vec![1, 2]);
+        assert_eq!(r.next_run(), Some(false));
+        r.started(false);
+        assert_eq!(r.finished(), vec![3]);
+        assert_eq!(r.next_run(), None);
+    }
+
+    #[test]
+    fn a_run_that_cannot_start_answers_its_waiters() {
+        let mut r: Runs<u32> = Runs::default();
+        assert!(r.request(Some(7)));
+        assert_eq!(r.not_started(false), vec![7]);
+        assert!(r.request_dry(8));
+        assert_eq!(r.not_started(true), vec![8]);
+        assert_eq!(r.next_run(), None);
     }
 }
