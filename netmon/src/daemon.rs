@@ -207,11 +207,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let initial = reader.read(&kernel).await?;
     info!(interfaces = initial.len(), "initial read done");
     let instance = format!("{:08x}", fastrand::u32(..));
-    let hub = Hub::new(
-        instance.clone(),
-        config.socket.client_queue,
-        initial.clone(),
-    );
+    let now = ipc::timestamp_now();
+    let stamped = initial
+        .iter()
+        .map(|(i, iface)| {
+            let mut iface = iface.clone();
+            iface.timestamp = Some(now.clone());
+            (*i, iface)
+        })
+        .collect();
+    let hub = Hub::new(instance.clone(), config.socket.client_queue, stamped);
     let mut state = State::new(initial);
     let server = server::bind(&config.socket)?;
     let server_task = tokio::spawn(server.serve(hub.clone(), shutdown.clone()));
