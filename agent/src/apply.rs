@@ -127,6 +127,7 @@ pub async fn ensure_mac(
     Ok((MacMethod::Netns, info))
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(step = %step))]
 async fn run(docker: &Docker, step: &Step) -> Result<Option<MacOutcome>, String> {
     let r = match step {
         Step::Disconnect {

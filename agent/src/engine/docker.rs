@@ -744,7 +744,9 @@ impl Docker {
     }
 
     /// The engine's container start/destroy and network destroy events. Subscribe
-    /// first, then list: nothing that happens in between is missed.
+    /// first, then list: nothing that happens in between is missed. The request is
+    /// sent on the stream's first poll (bollard exposes no "subscribed" signal), so poll
+    /// it once, e.g. under a short timeout, before listing.
     pub fn events(&self) -> impl Stream<Item = Result<EngineEvent, EngineError>> + Send + 'static {
         let this = self.clone();
         futures::stream::once(async move {
