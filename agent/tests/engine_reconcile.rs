@@ -467,3 +467,40 @@ async fn failed_network_creation_is_reported_and_its_connects_skipped() {
     assert!(e2e::docker::networks_on(&ghost).is_empty());
     assert_eq!(rig.vnic(&c1).docker_network_name, None);
 }
+
+#[tokio::test]
+async fn parent_down_and_up_detaches_nothing() {
+    require_engine();
+    let lan = Lan::new();
+    let c1 = Container::run();
+    let mut rig = Rig::new(&[&lan]);
+    let m1 = random_mac();
+    rig.add(&c1, dhcp(&lan, &m1));
+    rig.reconcile().await;
+    let net = network_name(&lan.parent, subnet(&lan.subnet));
+    let before = address_on(&c1, &net);
+
+    e2e::must(&format!("ip link set {} down", lan.parent));
+    // netmon's down event, in the older sidecar's shape (no addresses, status down).
+    let down: ipc::Event = serde_json::from_str(&format!(
+        r#"{{"type":"network_change","data":{{"interface":"{}","ipv4_addresses":[],"status":"down"}}}}"#,
+        lan.parent
+    ))
+    .expect("event");
+    rig.cache.apply(&down);
+    let r = rig.reconcile().await;
+    assert!(r.steps.is_empty(), "{:#?}", r.steps);
+    assert_eq!(r.engine_calls.changing(), 0);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| matches!(n, agent::plan::Note::ParentDown { .. }))
+    );
+    assert_eq!(address_on(&c1, &net), before, "still attached");
+
+    e2e::must(&format!("ip link set {} up", lan.parent));
+    rig.cache.apply(&discovery(&[&lan]));
+    let r = rig.reconcile().await;
+    assert_eq!(r.engine_calls.changing(), 0, "{:#?}", r.steps);
+    assert_eq!(mac_inside(&c1, &before), m1);
+}
