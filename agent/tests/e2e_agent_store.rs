@@ -61,6 +61,22 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
         (s["netmon"]["connected"] == true && s["engine"]["reachable"] == true).then_some(())
     });
 
+    // A second agent on the same control socket does not steal it.
+    let second = Command::new(bin("agent"))
+        .arg("--control-socket")
+        .arg(&agent.control)
+        .arg("run")
+        .arg("--netmon-socket")
+        .arg(&netmon.socket)
+        .arg("--state-dir")
+        .arg(dir.join("state2"))
+        .output()
+        .expect("spawn a second agent");
+    assert!(!second.status.success());
+    let why = String::from_utf8_lossy(&second.stderr);
+    assert!(why.contains("already serving"), "{why}");
+    assert_eq!(agent.status()["netmon"]["connected"], true);
+
     // Corrupt store: reported, kept, writes refused.
     let s = agent.status();
     assert!(!s["store"]["fault"].is_null(), "no fault reported: {s}");
