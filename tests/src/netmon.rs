@@ -17,7 +17,7 @@ pub struct NetmonProc {
 
 impl NetmonProc {
     /// Starts `netmon --socket <tmp>/netmon.sock <extra args>` in `ns` and waits until
-    /// its socket exists.
+    /// its socket accepts connections.
     pub fn start(ns: &Netns, extra: &[&str]) -> NetmonProc {
         Self::start_with_env(ns, extra, &[])
     }
@@ -54,7 +54,9 @@ impl NetmonProc {
             if let Ok(Some(st)) = child.child().try_wait() {
                 panic!("netmon exited early: {st}");
             }
-            s.exists().then_some(())
+            // Connectable, not just present: a stale file from a previous run exists
+            // before this netmon replaces it.
+            std::os::unix::net::UnixStream::connect(&s).ok().map(drop)
         });
         NetmonProc { child, socket, dir }
     }
