@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ipc::{ClientEvent, EventKind, Reply, Request};
+use ipc::{ClientEvent, EventKind, Reply};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +70,18 @@ enum Msg {
         req: CreateRequest,
         result: Result<(), String>,
         waiter: Waiter,
+    },
+}
+
+/// Work that needs the store while a run has it.
+enum Deferred {
+    Call(Call),
+    /// Drop the records of a runtime whose creation failed in the engine, so the
+    /// same command can be retried; then tell the waiter why it failed.
+    Forget {
+        name: String,
+        waiter: Waiter,
+        error: String,
     },
 }
 
@@ -215,7 +227,7 @@ struct State {
     view: StatusView,
     runs: Runs<Waiter>,
     /// Store-writing requests that arrived while the store was lent out.
-    deferred: VecDeque<Call>,
+    deferred: VecDeque<Deferred>,
     started: Instant,
     tx: mpsc::Sender<Msg>,
     /// A run `start_run` prepared, for the loop to pick up.
@@ -520,18 +532,12 @@ impl State {
                     self.trigger(Some(waiter));
                 }
                 Err(e) => {
-                    // Forget the records so the same command can be retried.
-                    let name = req.name.clone();
-                    let forget = Call {
-                        request: Request::new("runtime_forget").with_arg("name", name),
-                        reply: {
-                            let (tx, _rx) = oneshot::channel();
-                            tx
-                        },
-                    };
-                    self.deferred.push_back(forget);
+                    self.deferred.push_back(Deferred::Forget {
+                        error: format!("runtime {}: {e}", req.name),
+                        name: req.name,
+                        waiter,
+                    });
                     self.drain_deferred();
-                    waiter.fail(format!("runtime {}: {e}", req.name));
                 }
             },
         }
@@ -645,10 +651,23 @@ impl State {
 
     fn drain_deferred(&mut self) {
         while self.store.is_some() {
-            let Some(call) = self.deferred.pop_front() else {
-                return;
-            };
-            self.on_call(call);
+            match self.deferred.pop_front() {
+                None => return,
+                Some(Deferred::Call(call)) => self.on_call(call),
+                Some(Deferred::Forget {
+                    name,
+                    waiter,
+                    error,
+                }) => {
+                    if let Some(store) = self.store.as_mut()
+                        && let Err(e) = store.update(|r| r.remove(&name))
+                    {
+                        warn!(runtime = %name, error = %e, "could not forget a failed runtime");
+                    }
+                    self.refresh_store_view();
+                    waiter.fail(error);
+                }
+            }
         }
     }
 
@@ -675,8 +694,9 @@ impl State {
         let id = request.id.clone();
         let cmd = request.command.clone();
         debug!(command = %cmd, "control request");
-        if (writes_store(&cmd) || cmd == "runtime_forget") && self.store.is_none() {
-            self.deferred.push_back(Call { request, reply });
+        if writes_store(&cmd) && self.store.is_none() {
+            self.deferred
+                .push_back(Deferred::Call(Call { request, reply }));
             return;
         }
         let arg_name = || {
@@ -794,15 +814,6 @@ impl State {
                         })
                         .await;
                 });
-            }
-            "runtime_forget" => {
-                if let (Some(name), Some(store)) = (arg_name(), self.store.as_mut()) {
-                    if let Err(e) = store.update(|r| r.remove(&name)) {
-                        warn!(runtime = %name, error = %e, "could not forget a failed runtime");
-                    }
-                    self.refresh_store_view();
-                }
-                answer!(Reply::ok(id));
             }
             "runtime_delete" => {
                 let Some(name) = arg_name() else {

@@ -134,6 +134,26 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
     let why = String::from_utf8_lossy(&denied.stderr);
     assert!(why.contains("permission denied"), "{why}");
 
+    // A creation the engine refuses (no such image, nothing can be pulled) leaves
+    // nothing behind, so the same name can be used again.
+    let failed = agent.cli(&[
+        "runtime",
+        "create",
+        &rt1,
+        "--image",
+        "edgenet-no-such-image:0",
+        "--vnic",
+        &format!("name=eth1,parent={p1},mode=dhcp"),
+    ]);
+    assert!(!failed.status.success());
+    assert!(agent.json(&["runtime", "list"]).get(&rt1).is_none());
+    assert!(
+        sh(&format!(
+            "docker network inspect {rt1}_internal >/dev/null 2>&1"
+        ))
+        .is_err()
+    );
+
     // X1 and X10 each get their own network; moving X1 leaves X10's alone.
     for (rt, p) in [(&rt1, &p1), (&rt10, &p10)] {
         agent.must(&[
