@@ -490,3 +490,76 @@ fn watch_prints_events_and_reconnects() {
     let _nm2 = NetmonProc::start_at(&ns, dir, socket, FAST, &[]);
     wait_line("network_discovery");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_resync_never_rebroadcasts_unchanged_state() {
+    let ns = lan();
+    ns.must_ip("addr add 10.60.0.2/24 dev ethA");
+    let nm = NetmonProc::start(&ns, &["--debounce", "1s", "--resync-interval", "500ms"]);
+    let (mut c, _) = nm.connect().await;
+    e2e::netmon::expect_silence(
+        &mut c,
+        Duration::from_millis(1800),
+        "resyncs of unchanged state",
+    )
+    .await;
+    let r = c
+        .request(Request::new("get_status"))
+        .await
+        .expect("get_status");
+    let st = &r.extra["status"];
+    assert!(st["resyncs"].as_u64().unwrap_or(0) >= 2, "{st}");
+    assert_eq!(st["events_sent"], 0, "{st}");
+    // A real change is still reported once, not again by the next resyncs.
+    ns.must_ip("addr add 10.60.1.2/24 dev ethA");
+    let i = next_change(&mut c, Duration::from_secs(5), "the address").await;
+    assert_eq!(i.ipv4_addresses.len(), 2);
+    e2e::netmon::expect_silence(&mut c, Duration::from_millis(1500), "reported once").await;
+}
+
+#[test]
+fn json_logs_and_help() {
+    let ns = lan();
+    let dir = TempDir::new("nj");
+    let sock = dir.join("s.sock");
+    let mut cmd = ns.command(&bin("netmon"));
+    cmd.args(["--log-format", "json", "--socket"])
+        .arg(&sock)
+        .env("NETMON_DEBOUNCE", "1s")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard(Some(cmd.spawn().expect("spawn netmon")));
+    let stderr = child.child().stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen_ready = false;
+    for _ in 0..20 {
+        let Some(Ok(line)) = lines.next() else { break };
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{v}");
+        if v["message"] == "netmon ready" {
+            assert_eq!(v["debounce"], "1s", "NETMON_DEBOUNCE applies: {v}");
+            seen_ready = true;
+            break;
+        }
+    }
+    assert!(seen_ready, "a `netmon ready` log line");
+    child.signal(Signal::SIGTERM);
+    assert!(child.wait_timeout(Duration::from_secs(10)).is_some());
+
+    let (code, text) = run_netmon(&ns, &["--help"]);
+    assert_eq!(code, 0);
+    for word in [
+        "--debounce",
+        "--max-wait",
+        "--socket-group",
+        "health",
+        "watch",
+        "dump",
+        "NETMON_SOCKET",
+    ] {
+        assert!(text.contains(word), "--help mentions {word}: {text}");
+    }
+}
