@@ -71,7 +71,12 @@ pub async fn reconcile(
     let desired = store.runtimes().clone();
     let names: Vec<String> = desired.keys().cloned().collect();
 
-    let observed = docker.observe(&names).await?;
+    // Look inside only the containers whose MACs the plan must check: those staying
+    // attached. A container about to be reconnected gets its one check after the
+    // connect, so a move costs one namespace read per container, not two.
+    let mut observed = docker.observe_engine(&names).await?;
+    let needs_look = staying_attached(&plan::plan(&desired, cache, &observed).steps);
+    docker.read_links_of(&mut observed, &needs_look).await;
     let planned = plan::plan(&desired, cache, &observed);
     let mut report = ReconcileReport {
         started,
@@ -145,6 +150,30 @@ pub async fn reconcile(
         "reconcile done"
     );
     Ok(report)
+}
+
+/// Containers with a MAC to verify on a vNIC that no step reconnects.
+fn staying_attached(steps: &[Step]) -> BTreeSet<String> {
+    let connected: BTreeSet<(&str, &str)> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Connect {
+                container, vnic, ..
+            } => Some((container.as_str(), vnic.as_str())),
+            _ => None,
+        })
+        .collect();
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::SetMac {
+                container, vnic, ..
+            } if !connected.contains(&(container.as_str(), vnic.as_str())) => {
+                Some(container.clone())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Containers the verification pass need not read again: those no step touched (read

@@ -4,7 +4,7 @@
 //! engine that is down at start, restarts, or is upgraded is picked up again (with a
 //! fresh API version negotiation) on the next call, without the agent restarting.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -356,15 +356,50 @@ impl Docker {
         let Some(mut info) = self.inspect_container(&c, name).await? else {
             return Ok(None);
         };
-        if let Some(pid) = info.pid {
-            self.count_mac_check();
-            match tokio::task::spawn_blocking(move || netns::read_links(pid)).await {
-                Ok(Ok(links)) => info.ns_links = links,
-                Ok(Err(e)) => info.ns_error = Some(e.to_string()),
-                Err(e) => info.ns_error = Some(format!("namespace reader: {e}")),
-            }
-        }
+        self.read_links(&mut info).await;
         Ok(Some(info))
+    }
+
+    /// Reads a running container's links through its namespace (one MAC check);
+    /// a failure is kept in `ns_error`.
+    pub async fn read_links(&self, info: &mut ContainerInfo) {
+        let Some(pid) = info.pid else { return };
+        self.count_mac_check();
+        info.ns_error = None;
+        match tokio::task::spawn_blocking(move || netns::read_links(pid)).await {
+            Ok(Ok(links)) => info.ns_links = links,
+            Ok(Err(e)) => info.ns_error = Some(e.to_string()),
+            Err(e) => info.ns_error = Some(format!("namespace reader: {e}")),
+        }
+    }
+
+    /// Reads the links of the named containers of `observed` (see [`Docker::read_links`]).
+    pub async fn read_links_of(&self, observed: &mut Observed, names: &BTreeSet<String>) {
+        let wanted = observed
+            .containers
+            .values_mut()
+            .filter(|c| names.contains(&c.name));
+        futures::stream::iter(wanted)
+            .for_each_concurrent(OBSERVE_PARALLELISM, |c| self.read_links(c))
+            .await;
+    }
+
+    /// All macvlan networks and the named containers, without reading inside them.
+    pub async fn observe_engine(&self, containers: &[String]) -> Result<Observed, EngineError> {
+        let c = self.client().await?;
+        let found: Vec<Option<ContainerInfo>> = futures::stream::iter(containers.iter())
+            .map(|name| self.inspect_container(&c, name))
+            .buffered(OBSERVE_PARALLELISM)
+            .try_collect()
+            .await?;
+        Ok(Observed {
+            networks: self.macvlan_networks(&c).await?,
+            containers: found
+                .into_iter()
+                .flatten()
+                .map(|c| (c.name.clone(), c))
+                .collect(),
+        })
     }
 
     /// All macvlan networks and the named containers (absent ones are left out).
@@ -381,25 +416,7 @@ impl Docker {
         known: &BTreeMap<String, ContainerInfo>,
     ) -> Result<Observed, EngineError> {
         let c = self.client().await?;
-        bump(&self.inner.counters.reads);
-        let filters = HashMap::from([("driver".to_string(), vec!["macvlan".to_string()])]);
-        let list = match c
-            .list_networks(Some(ListNetworksOptions {
-                filters: Some(filters),
-            }))
-            .await
-        {
-            Ok(l) => l,
-            Err(e) => return Err(self.fail("list networks", e).await),
-        };
-        let mut networks = Vec::new();
-        // The list omits attached containers on 20.10; inspect has them.
-        for n in list {
-            let Some(id) = n.id else { continue };
-            if let Some(info) = self.inspect_network(&c, &id).await? {
-                networks.push(info);
-            }
-        }
+        let networks = self.macvlan_networks(&c).await?;
         let found: Vec<Option<ContainerInfo>> = futures::stream::iter(containers.iter())
             .map(|name| async move {
                 match known.get(name) {
@@ -418,6 +435,29 @@ impl Docker {
                 .map(|c| (c.name.clone(), c))
                 .collect(),
         })
+    }
+
+    async fn macvlan_networks(&self, c: &bollard::Docker) -> Result<Vec<NetworkInfo>, EngineError> {
+        bump(&self.inner.counters.reads);
+        let filters = HashMap::from([("driver".to_string(), vec!["macvlan".to_string()])]);
+        let list = match c
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => return Err(self.fail("list networks", e).await),
+        };
+        let mut networks = Vec::new();
+        // The list omits attached containers on 20.10; inspect has them.
+        for n in list {
+            let Some(id) = n.id else { continue };
+            if let Some(info) = self.inspect_network(c, &id).await? {
+                networks.push(info);
+            }
+        }
+        Ok(networks)
     }
 
     /// Every network (any driver), without attached containers.
