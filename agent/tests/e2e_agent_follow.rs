@@ -20,6 +20,10 @@ fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
     let image = test_image();
     let dir = TempDir::new("agf");
     let (a1, a2, b) = subnets();
+    // A static subnet that is not the LAN's: an extra pool on the parent's network,
+    // shown as a note (their last octets are at most 252).
+    let (base, last) = b.rsplit_once('.').unwrap();
+    let off = format!("{base}.{}", last.parse::<u8>().unwrap() + 1);
     let pa = unique("ga");
     let pb = unique("gb");
     let lan_a = HostLan::new(&pa, &format!("{a1}.2/24"), &format!("{a1}.1/24"));
@@ -67,6 +71,8 @@ fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
         &image,
         "--vnic",
         &format!("name=eth1,parent={pa},mode=dhcp,mac=02:5a:00:00:00:02"),
+        "--vnic",
+        &format!("name=eth2,parent={pb},mode=static,ip={off}.50,subnet={off}.0/24"),
     ]);
     // Reusing a MAC on the same parent is refused.
     let dup = agent.cli(&[
@@ -88,6 +94,7 @@ fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
     let mac1 = stored_mac(&agent, &rt1, &pa);
     let mac1s = stored_mac(&agent, &rt1, &pb);
     let mac2 = stored_mac(&agent, &rt2, &pa);
+    let mac2s = stored_mac(&agent, &rt2, &pb);
     assert_eq!(mac2, "02:5a:00:00:00:02");
     let net_a1 = network_name(&pa, format!("{a1}.0/24").parse().unwrap());
     let net_a2 = network_name(&pa, format!("{a2}.0/24").parse().unwrap());
@@ -97,6 +104,7 @@ fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
         || {
             (has(&rt1, &mac1, &a1)
                 && has(&rt2, &mac2, &a1)
+                && has_ip(&rt2, &mac2s, &format!("{off}.50"))
                 && has_ip(&rt1, &mac1s, &format!("{b}.100"))
                 && container_networks(&rt1).contains(&net_a1))
             .then_some(())
@@ -169,7 +177,13 @@ fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
         "{second} (first: {first})"
     );
 
+    let notes = agent.status()["notes"].to_string();
+    assert!(
+        notes.contains(&format!("{off}.0/24")) && notes.contains(&rt2),
+        "no note about the off-LAN static subnet: {notes}"
+    );
     let status = agent.must(&["status"]);
+    assert!(status.contains("note:"), "{status}");
     assert!(status.contains(&net_a2), "{status}");
     assert!(status.contains(&mac1), "{status}");
 }
