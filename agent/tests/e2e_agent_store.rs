@@ -44,8 +44,10 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
     let _lan10 = HostLan::new(&p10, &format!("{s3}.2/24"), &format!("{s3}.1/24"));
     let rt1 = unique("rt");
     let rt10 = unique("rt");
+    // Stands for the container the agent itself would run in.
+    let me = unique("self");
     let _cleanup = DockerCleanup {
-        containers: vec![rt1.clone(), rt10.clone()],
+        containers: vec![rt1.clone(), rt10.clone(), me.clone()],
         networks: vec![format!("{rt1}_internal"), format!("{rt10}_internal")],
         parents: vec![p1.clone(), p10.clone()],
     };
@@ -55,7 +57,13 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
     std::fs::write(state.join("runtime_vnics.json"), garbage).unwrap();
 
     let netmon = HostNetmon::start(dir.path(), &[&p1, &p10]);
-    let agent = AgentProc::start(dir.path(), &netmon.socket, &["--control-group", "nogroup"]);
+    must(&format!("docker run -d --name {me} {image} >/dev/null"));
+    let mut agent = AgentProc::start_with_env(
+        dir.path(),
+        &netmon.socket,
+        &["--control-group", "nogroup"],
+        &[("AGENT_CONTAINER", &me)],
+    );
     wait_for(Duration::from_secs(20), "links up", || {
         let s = agent.status();
         (s["netmon"]["connected"] == true && s["engine"]["reachable"] == true).then_some(())
@@ -166,6 +174,14 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
             &format!("name=eth1,parent={p},mode=dhcp"),
         ]);
     }
+    // The agent's own container joins each runtime's internal network.
+    for rt in [&rt1, &rt10] {
+        let nets = container_networks(&me);
+        assert!(
+            nets.contains(&format!("{rt}_internal")),
+            "{me} is on {nets:?}"
+        );
+    }
     let mac1 = stored_mac(&agent, &rt1, &p1);
     let mac10 = stored_mac(&agent, &rt10, &p10);
     let net10 = network_name(&p10, format!("{s3}.0/24").parse().unwrap());
@@ -206,5 +222,18 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
     assert!(
         list.get(&rt1).is_none() && list.get(&rt10).is_some(),
         "{list}"
+    );
+    assert!(!container_networks(&me).contains(&format!("{rt1}_internal")));
+
+    // SIGTERM: a clean exit that removes the control socket.
+    agent.child.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = agent
+        .child
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the agent did not stop on SIGTERM");
+    assert!(st.success(), "{st}");
+    assert!(
+        !agent.control.exists(),
+        "the control socket was left behind"
     );
 }

@@ -81,12 +81,23 @@ pub struct AgentProc {
     pub control: PathBuf,
     pub state_dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl AgentProc {
     /// Starts `agent run` and waits for its control socket. `extra` adds options
     /// (e.g. `--docker-host`).
     pub fn start(dir: &Path, netmon_socket: &Path, extra: &[&str]) -> AgentProc {
+        Self::start_with_env(dir, netmon_socket, extra, &[])
+    }
+
+    /// Like [`AgentProc::start`] with extra environment variables.
+    pub fn start_with_env(
+        dir: &Path,
+        netmon_socket: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let control = dir.join("agent.sock");
         let state_dir = dir.join("state");
         let mut args: Vec<String> = vec![
@@ -104,6 +115,10 @@ impl AgentProc {
             control,
             state_dir,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         a.spawn();
         a
@@ -117,6 +132,8 @@ impl AgentProc {
                 std::env::var("AGENT_LOG_LEVEL").unwrap_or("info".into()),
             )
             .env_remove("DOCKER_HOST")
+            .env_remove("AGENT_CONTAINER")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn agent");
