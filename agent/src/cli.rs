@@ -286,19 +286,37 @@ async fn runtime(socket: &Path, r: RuntimeCommand) -> Result<i32> {
                 print_json(&reply.extra)?;
             } else {
                 println!("runtime {name} created");
-                if let Some(Value::Object(v)) = reply.extra.get("vnics")
-                    && let Some(Value::Array(list)) = v.get(&name)
-                {
-                    for n in list {
-                        println!(
-                            "  {} on {} mac {}",
-                            n.get("name").and_then(Value::as_str).unwrap_or("?"),
-                            n.get("parent").and_then(Value::as_str).unwrap_or("?"),
-                            n.get("mac").and_then(Value::as_str).unwrap_or("?"),
-                        );
-                    }
+                // The attach may have been done by the run the container's start
+                // triggered: show where each vNIC is now rather than only this
+                // run's steps.
+                let now = call(socket, Request::new("status")).await.ok();
+                let vnics = now
+                    .as_ref()
+                    .and_then(|r| r.extra.get("status"))
+                    .and_then(|s| s.get("runtimes"))
+                    .and_then(|r| r.get(&name))
+                    .or_else(|| reply.extra.get("vnics").and_then(|v| v.get(&name)))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for n in &vnics {
+                    let f = |k: &str| n.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+                    println!(
+                        "  {} on {}: mac {}, network {}, ipv4 {}",
+                        f("name"),
+                        f("parent"),
+                        f("mac"),
+                        f("network"),
+                        f("ipv4")
+                    );
                 }
-                print!("{}", status::render_report(&report));
+                if report
+                    .get("steps")
+                    .and_then(Value::as_array)
+                    .is_some_and(|s| !s.is_empty())
+                {
+                    print!("{}", status::render_report(&report));
+                }
             }
             Ok(i32::from(
                 reply.extra.get("failed") == Some(&Value::Bool(true)),

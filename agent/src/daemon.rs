@@ -621,6 +621,9 @@ impl State {
                     );
                 }
                 if !dry_run {
+                    if !report.steps.is_empty() {
+                        self.view.reconcile.last_change = Some(value.clone());
+                    }
                     self.view.reconcile.last = Some(value.clone());
                     self.view.reconcile.last_error = None;
                 }

@@ -96,6 +96,9 @@ pub struct ReconcileState {
     pub runs: u64,
     /// The last run's report (steps, engine calls, notes), as the reconciler wrote it.
     pub last: Option<Value>,
+    /// The last run that had steps to take (later runs may have found nothing).
+    #[serde(default)]
+    pub last_change: Option<Value>,
     /// Why the last run could not run at all (e.g. the engine was unreachable).
     pub last_error: Option<String>,
 }
@@ -347,6 +350,21 @@ pub fn render(s: &StatusView) -> String {
                 }
             );
         }
+    }
+    if let Some(r) = &s.reconcile.last_change {
+        let steps = r.get("steps").and_then(Value::as_array);
+        let _ = writeln!(
+            o,
+            "last change: started {}, {} ms, {} steps{}",
+            r.get("started").map(compact).unwrap_or_default(),
+            r.get("duration_ms").map(compact).unwrap_or_default(),
+            steps.map(Vec::len).unwrap_or(0),
+            steps
+                .and_then(|s| s.last())
+                .and_then(|x| x.get("step"))
+                .map(|x| format!(", last: {}", compact(x)))
+                .unwrap_or_default()
+        );
     }
     if let (Some(_), Some(e)) = (&s.reconcile.last, &s.reconcile.last_error) {
         let _ = writeln!(o, "last reconcile attempt failed: {e}");
