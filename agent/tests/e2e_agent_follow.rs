@@ -164,6 +164,22 @@ fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
     std::thread::sleep(Duration::from_millis(2500));
     assert!(has(&rt1, &mac1, &a2) && has(&rt2, &mac2, &a2));
 
+    // Someone removes the managed network by hand: the engine's event brings it back.
+    must(&format!(
+        "docker network disconnect -f {net_a2} {rt1} && docker network disconnect -f {net_a2} {rt2} && docker network rm {net_a2} >/dev/null"
+    ));
+    wait_for(
+        Duration::from_secs(20),
+        "the removed network recreated and the runtimes back on it",
+        || {
+            (has(&rt1, &mac1, &a2)
+                && has(&rt2, &mac2, &a2)
+                && container_networks(&rt1).contains(&net_a2)
+                && container_networks(&rt2).contains(&net_a2))
+            .then_some(())
+        },
+    );
+
     // Converged: a reconcile now changes nothing in the engine.
     let first = agent.json(&["reconcile"]);
     let second = agent.json(&["reconcile"]);
