@@ -87,7 +87,7 @@ pub struct RunArgs {
     #[arg(long, env = "AGENT_DOCKER_HOST")]
     pub docker_host: Option<String>,
     /// Slow periodic reconcile, e.g. 5m.
-    #[arg(long, env = "AGENT_RECONCILE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AGENT_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_interval)]
     pub reconcile_interval: Duration,
     /// Containers handled in parallel.
     #[arg(long, env = "AGENT_PARALLELISM", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -136,6 +136,15 @@ pub enum StoreCommand {
     Reload,
     /// Start from an empty store (the faulted file stays moved aside).
     Reset,
+}
+
+/// A humantime duration of at least one second (a zero interval would spin).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 5m, 30s)"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?}: use at least 1s"));
+    }
+    Ok(d)
 }
 
 impl RunArgs {
@@ -380,4 +389,61 @@ async fn lifecycle(socket: &Path, verb: &str, name: String) -> Result<i32> {
     Ok(i32::from(
         reply.extra.get("failed") == Some(&Value::Bool(true)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_run_option_also_comes_from_the_environment() {
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").expect("run");
+        for arg in run.get_arguments().chain(cmd.get_arguments()) {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert!(
+                env.as_deref().is_some_and(|e| e.starts_with("AGENT_")),
+                "--{id} has no AGENT_ environment variable"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_create_and_rejects_bad_intervals() {
+        let cli = Cli::try_parse_from([
+            "agent",
+            "runtime",
+            "create",
+            "rt",
+            "--image",
+            "img",
+            "--vnic",
+            "name=eth0,parent=ens37,mode=dhcp",
+            "--vnic",
+            "name=eth1,parent=ens38,mode=static,ip=10.0.0.100,subnet=10.0.0.0/24",
+            "--cmd",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Runtime(RuntimeCommand::Create { vnics, cmd, .. }) => {
+                assert_eq!(vnics.len(), 2);
+                assert_eq!(cmd, Some(vec!["sleep".to_string(), "1000".to_string()]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["agent", "run", "--reconcile-interval", "0s"]).is_err());
+        assert!(Cli::try_parse_from(["agent", "run", "--parallelism", "0"]).is_err());
+        let ok = Cli::try_parse_from(["agent", "run", "--reconcile-interval", "90s"]).unwrap();
+        match ok.command {
+            Command::Run(r) => assert_eq!(r.reconcile_interval, Duration::from_secs(90)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
