@@ -563,3 +563,29 @@ fn json_logs_and_help() {
         assert!(text.contains(word), "--help mentions {word}: {text}");
     }
 }
+
+#[test]
+fn watch_json_prints_protocol_lines() {
+    let ns = lan();
+    let nm = NetmonProc::start(&ns, FAST);
+    let mut cmd = ns.command(&bin("netmon"));
+    cmd.args(["watch", "--json", "--socket"])
+        .arg(&nm.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = ChildGuard(Some(cmd.spawn().expect("spawn watch")));
+    let stdout = child.child().stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("readable stdout");
+    let v: Value = serde_json::from_str(&first).expect("a JSON line");
+    assert_eq!(v["type"], "network_discovery");
+    assert_eq!(v["seq"], 1);
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["data"]["interfaces"].as_array().map(Vec::len), Some(2));
+    ns.must_ip("addr add 10.70.0.2/24 dev ethB");
+    let line = lines.next().expect("a second line").expect("readable");
+    let v: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(v["type"], "network_change");
+    assert_eq!(v["data"]["interface"], "ethB");
+    assert_eq!(v["data"]["ipv4_addresses"][0]["subnet"], "10.70.0.0/24");
+}
