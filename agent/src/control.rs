@@ -7,12 +7,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use ipc::{JsonLines, MAX_LINE_LEN, Reply, Request};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -127,12 +128,22 @@ pub async fn serve(
     calls: mpsc::Sender<Call>,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, access.clone(), calls.clone(), shutdown.clone()));
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        warn!(max = MAX_CLIENTS, "too many control clients; refusing one");
+                        tokio::spawn(refuse_busy(stream));
+                        continue;
+                    };
+                    let (access, calls, shutdown) = (access.clone(), calls.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        connection(stream, access, calls, shutdown).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept on the control socket failed");
@@ -144,6 +155,23 @@ pub async fn serve(
     if let Err(e) = std::fs::remove_file(&path) {
         debug!(path = %path.display(), error = %e, "control socket already gone");
     }
+}
+
+/// Control clients served at once; more are told so and closed, so a runaway
+/// script cannot exhaust the agent.
+const MAX_CLIENTS: usize = 64;
+
+async fn refuse_busy(stream: UnixStream) {
+    let (_r, w) = stream.into_split();
+    let mut writer = FramedWrite::new(w, JsonLines::default());
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        writer.send(&Reply::err(
+            None,
+            format!("the agent is serving {MAX_CLIENTS} control clients already; retry later"),
+        )),
+    )
+    .await;
 }
 
 async fn connection(
