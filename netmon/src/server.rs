@@ -179,8 +179,10 @@ impl Hub {
                     slot.cancel.cancel();
                 }
             }
+            // Only the primary address: an interface can carry thousands.
             info!(interface = %iface.interface, index = ?iface.index, status = ?iface.status,
-                  ipv4 = ?iface.ipv4_addresses.iter().map(|a| a.address.to_string()).collect::<Vec<_>>(),
+                  ipv4 = ?iface.ipv4_addresses.first().map(|a| a.address),
+                  ipv4_count = iface.ipv4_addresses.len(),
                   gateway = ?iface.gateway, "network_change");
         }
     }

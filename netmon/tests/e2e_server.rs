@@ -589,3 +589,42 @@ fn watch_json_prints_protocol_lines() {
     assert_eq!(v["data"]["interface"], "ethB");
     assert_eq!(v["data"]["ipv4_addresses"][0]["subnet"], "10.70.0.0/24");
 }
+
+/// netmon is stopped (SIGSTOP) while the kernel sends far more notifications than
+/// its event socket holds: on SIGCONT the socket reports the overrun, netmon re-reads
+/// everything and sends the one real difference, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrun_is_answered_by_a_full_resync() {
+    let ns = lan();
+    let nm = NetmonProc::start(&ns, FAST);
+    let (mut c, _) = nm.connect().await;
+    let batch = TempDir::new("no");
+    let file = batch.join("flood");
+    let mut cmds = String::new();
+    for _ in 0..8000 {
+        cmds.push_str("addr add 10.80.0.1/32 dev ethA\naddr del 10.80.0.1/32 dev ethA\n");
+    }
+    cmds.push_str("addr add 10.80.0.2/32 dev ethA\n");
+    std::fs::write(&file, cmds).expect("write batch");
+    nm.child.signal(Signal::SIGSTOP);
+    let flood = ns.ip(&format!("-batch {}", file.display()));
+    nm.child.signal(Signal::SIGCONT);
+    flood.expect("ip -batch");
+    let i = next_change(&mut c, Duration::from_secs(10), "the final state").await;
+    assert_eq!(i.interface, "ethA");
+    let addrs: Vec<String> = i
+        .ipv4_addresses
+        .iter()
+        .map(|a| a.address.to_string())
+        .collect();
+    assert_eq!(addrs, vec!["10.80.0.2"]);
+    e2e::netmon::expect_silence(&mut c, Duration::from_secs(2), "one event for the flood").await;
+    let r = c
+        .request(Request::new("get_status"))
+        .await
+        .expect("get_status");
+    let st = &r.extra["status"];
+    assert!(st["netlink_overruns"].as_u64().unwrap_or(0) >= 1, "{st}");
+    assert!(st["resyncs"].as_u64().unwrap_or(0) >= 1, "{st}");
+    assert_eq!(st["events_sent"], 1, "{st}");
+}
