@@ -18,6 +18,7 @@ fn lan() -> Netns {
     ns.exec("sysctl -qw net.ipv6.conf.default.addr_gen_mode=1")
         .expect("sysctl");
     ns.veth("ethA", "ethB");
+    e2e::netmon::wait_oper_up(&ns, &["ethA", "ethB"]);
     ns
 }
 
@@ -270,6 +271,7 @@ async fn default_window_and_immediate_link_down() {
 async fn deleted_link_is_removed_at_once() {
     let ns = lan();
     ns.veth("ethC", "ethD");
+    e2e::netmon::wait_oper_up(&ns, &["ethC", "ethD"]);
     ns.must_ip("addr add 10.7.0.2/24 dev ethC");
     let nm = NetmonProc::start(&ns, FAST);
     let (mut c, disc) = nm.connect().await;

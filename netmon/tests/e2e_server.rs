@@ -19,6 +19,7 @@ fn lan() -> Netns {
     ns.exec("sysctl -qw net.ipv6.conf.default.addr_gen_mode=1")
         .expect("sysctl");
     ns.veth("ethA", "ethB");
+    e2e::netmon::wait_oper_up(&ns, &["ethA", "ethB"]);
     ns
 }
 

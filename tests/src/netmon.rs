@@ -104,3 +104,22 @@ pub async fn expect_silence(c: &mut Connection, quiet: Duration, why: &str) {
         panic!("unexpected event ({why}): {ev:?}");
     }
 }
+
+/// Waits until the kernel reports operstate UP for every named link of `ns`. Carrier
+/// changes are applied by the kernel's link watcher up to a second later, so a link
+/// set up just now may still change state under a freshly started netmon.
+pub fn wait_oper_up(ns: &Netns, names: &[&str]) {
+    wait_for(
+        Duration::from_secs(10),
+        "links to be operationally UP",
+        || {
+            let links = ns.json("link show");
+            let up = |n: &str| {
+                links
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|l| l["ifname"] == n && l["operstate"] == "UP"))
+            };
+            names.iter().all(|n| up(n)).then_some(())
+        },
+    );
+}
