@@ -2,7 +2,7 @@
 //! an interface's window closes netmon re-reads the kernel and reports what differs
 //! from what it last sent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,12 +166,22 @@ impl State {
 
 struct Reader {
     filter: Filter,
+    /// The name of every link of the last read, reported or not: hints arrive for
+    /// filtered links too, and `pending_changes` should not list those.
+    names: std::sync::Mutex<HashMap<u32, String>>,
 }
 
 impl Reader {
     async fn read(&self, kernel: &Kernel) -> Result<BTreeMap<u32, Interface>, NetlinkError> {
         let snap = kernel.dump().await?;
         let map = build(&snap, &self.filter, &sysfs_is_wireless);
+        if let Ok(mut names) = self.names.lock() {
+            *names = snap
+                .links
+                .iter()
+                .map(|l| (l.index, l.name.clone()))
+                .collect();
+        }
         drop(snap);
         release_free_memory();
         Ok(map)
@@ -214,6 +224,7 @@ async fn reopen(shutdown: &CancellationToken) -> Option<(Kernel, mpsc::Receiver<
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let reader = Reader {
         filter: Filter::new(&config.include, &config.exclude)?,
+        names: Default::default(),
     };
     // Subscribe before the first read: a change made in between is then both read and
     // announced, never neither.
@@ -290,7 +301,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                         }
                     }
                     if pending_changed {
-                        publish_pending(&hub, &state, &debounce);
+                        publish_pending(&hub, &state, &debounce, &reader);
                     }
                 }
                 None => {
@@ -300,7 +311,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                     kernel = k;
                     events = e;
                     resync_all(&reader, &kernel, &hub, &mut state, &mut debounce, false).await;
-                    publish_pending(&hub, &state, &debounce);
+                    publish_pending(&hub, &state, &debounce, &reader);
                 }
             },
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
@@ -318,12 +329,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                         }
                     }
                 }
-                publish_pending(&hub, &state, &debounce);
+                publish_pending(&hub, &state, &debounce, &reader);
             }
             _ = resync.tick() => {
                 debug!("periodic resync");
                 resync_all(&reader, &kernel, &hub, &mut state, &mut debounce, false).await;
-                publish_pending(&hub, &state, &debounce);
+                publish_pending(&hub, &state, &debounce, &reader);
             }
         }
     }
@@ -372,13 +383,22 @@ async fn resync_all(
     }
 }
 
-fn publish_pending(hub: &Hub, state: &State, debounce: &Debouncer) {
+/// Publishes the names of the reported interfaces waiting for their window. A link
+/// not seen in any read yet (just created) is listed by its index.
+fn publish_pending(hub: &Hub, state: &State, debounce: &Debouncer, reader: &Reader) {
+    let known = reader.names.lock().ok();
     let names = debounce
         .pending()
         .into_iter()
-        .map(|i| match state.name_of(i) {
-            Some(n) => n.to_string(),
-            None => format!("ifindex {i}"),
+        .filter_map(|i| {
+            if let Some(n) = state.name_of(i) {
+                return Some(n.to_string());
+            }
+            match known.as_ref().and_then(|k| k.get(&i)) {
+                Some(n) if reader.filter.allows(n) => Some(n.clone()),
+                Some(_) => None,
+                None => Some(format!("ifindex {i}")),
+            }
         })
         .collect();
     hub.set_pending(names);
