@@ -74,7 +74,7 @@ else
 fi
 
 for b in netmon agent; do
-  if ! file -L "$bin_dir/$b" | grep -q 'statically linked'; then
+  if ! file -L "$bin_dir/$b" | grep -Eq 'statically linked|static-pie linked'; then
     log "$bin_dir/$b is not statically linked: $(file -L "$bin_dir/$b")"
     exit 1
   fi
@@ -92,9 +92,13 @@ build_image() {
   chmod 1777 "$ctx/rootfs/tmp"
   cp "$bin_dir/$name" "$ctx/rootfs/usr/bin/$name"
   if [ "$name" = netmon ]; then rmdir "$ctx/rootfs/run/agent"; fi
-  docker build -q -f "$here/Dockerfile.$name" \
-    --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
-    -t "$image" "$ctx" >/dev/null
+  local said
+  if ! said=$(docker build -q -f "$here/Dockerfile.$name" \
+      --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
+      -t "$image" "$ctx" 2>&1); then
+    log "docker build of $image failed: $said"
+    exit 1
+  fi
   rm -rf "$ctx"
   echo "image $name $image $(docker image inspect -f '{{.Size}}' "$image") bytes"
 }

@@ -1,0 +1,207 @@
+//! The container deployment end to end against the real engine: the images, the
+//! compose project (`packaging/compose.yaml`) up and healthy, a runtime created
+//! through the compose tool's `exec` on a test veth parent, the parent moved to
+//! another subnet and the runtime seen reattached, the project brought down, and
+//! nothing left behind. Also `install.sh --mode containers`, run twice.
+
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::agent::{DockerCleanup, container_networks, has, subnets};
+use e2e::deploy::{Compose, MetricLan, images, packaging, run};
+use e2e::docker::{networks_on, test_image};
+use e2e::{TempDir, require_root, sh, unique, wait_for};
+
+/// Generous: health checks run every 10 s and the agent starts once netmon is
+/// healthy.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(120);
+
+fn exec_agent(compose: &Compose, args: &[&str]) -> String {
+    // -T: no TTY (the test has none).
+    let mut a = vec!["exec", "-T", "agent", "agent"];
+    a.extend_from_slice(args);
+    compose.must(&a)
+}
+
+#[test]
+fn compose_deployment_creates_a_runtime_that_follows_its_parent_and_leaves_nothing() {
+    require_root();
+    let imgs = images();
+    let image = test_image();
+    let (a1, a2, _) = subnets();
+    let lan = MetricLan::new(&format!("{a1}.2/24"), &format!("{a1}.1/24"));
+    let rt = unique("drt");
+    // Declared before the project so it is dropped after it: the agent's container
+    // sits on the runtime's internal network until the project is down.
+    let cleanup = DockerCleanup {
+        containers: vec![rt.clone()],
+        networks: vec![format!("{rt}_internal")],
+        parents: vec![lan.parent.clone()],
+    };
+    let compose = Compose::new(&imgs);
+
+    compose.must(&["up", "-d"]);
+    compose.wait_healthy(HEALTHY_WITHIN);
+    let volume = compose.volume_dir();
+    assert!(
+        volume.join("netmon.sock").exists(),
+        "netmon's socket is not in the shared volume"
+    );
+
+    // The agent sees the parent through netmon before the runtime is made on it.
+    wait_for(
+        Duration::from_secs(60),
+        "the agent to know the parent",
+        || {
+            let status = exec_agent(&compose, &["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&status).ok()?;
+            v["interfaces"]
+                .as_array()?
+                .iter()
+                .any(|i| i["name"] == lan.parent.as_str())
+                .then_some(())
+        },
+    );
+    exec_agent(
+        &compose,
+        &[
+            "runtime",
+            "create",
+            &rt,
+            "--image",
+            &image,
+            "--vnic",
+            &format!("name=eth0,parent={},mode=dhcp", lan.parent),
+        ],
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&exec_agent(&compose, &["runtime", "list", "--json"]))
+            .expect("runtime list --json");
+    let mac = list[&rt]
+        .as_array()
+        .and_then(|v| v.iter().find(|n| n["parent"] == lan.parent.as_str()))
+        .and_then(|n| n["mac"].as_str())
+        .unwrap_or_else(|| panic!("no stored vNIC for {rt}: {list}"))
+        .to_string();
+    wait_for(
+        Duration::from_secs(60),
+        "the runtime on the first subnet",
+        || has(&rt, &mac, &a1).then_some(()),
+    );
+    // State lives in the shared volume, in the existing deployment's layout.
+    assert!(
+        volume.join("runtime_vnics.json").exists(),
+        "no runtime_vnics.json in the shared volume"
+    );
+    let first_networks = networks_on(&lan.parent);
+    assert_eq!(first_networks.len(), 1, "{first_networks:?}");
+
+    // The LAN moves: netmon (host network) sees it, the agent (another container)
+    // moves the runtime to a network on the new subnet with the same MAC.
+    lan.readdress(
+        (&format!("{a1}.2/24"), &format!("{a1}.1/24")),
+        (&format!("{a2}.2/24"), &format!("{a2}.1/24")),
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the runtime reattached on the new subnet",
+        || {
+            (has(&rt, &mac, &a2) && !container_networks(&rt).contains(&first_networks[0]))
+                .then_some(())
+        },
+    );
+
+    // netmon removes its socket when stopped; then the whole project goes.
+    compose.must(&["stop", "-t", "10", "netmon"]);
+    assert!(
+        !volume.join("netmon.sock").exists(),
+        "netmon's socket left in the volume after stop"
+    );
+    compose
+        .down()
+        .unwrap_or_else(|e| panic!("compose down -v: {e:#}"));
+    drop(cleanup);
+
+    let left = sh(&format!(
+        "docker ps -aq --filter label=com.docker.compose.project={}",
+        compose.project
+    ))
+    .unwrap_or_default();
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    assert!(
+        sh(&format!(
+            "docker volume inspect {} >/dev/null 2>&1",
+            compose.volume
+        ))
+        .is_err(),
+        "volume {} left",
+        compose.volume
+    );
+    assert!(!volume.exists(), "{} left", volume.display());
+    let nets = sh(&format!(
+        "docker network ls -q --filter label=com.docker.compose.project={}",
+        compose.project
+    ))
+    .unwrap_or_default();
+    assert!(nets.trim().is_empty(), "project networks left: {nets}");
+    assert!(networks_on(&lan.parent).is_empty(), "managed networks left");
+    assert!(
+        sh(&format!("docker inspect {rt} >/dev/null 2>&1")).is_err(),
+        "runtime {rt} left"
+    );
+    assert!(
+        sh(&format!(
+            "docker network inspect {rt}_internal >/dev/null 2>&1"
+        ))
+        .is_err(),
+        "{rt}_internal left"
+    );
+}
+
+#[test]
+fn install_script_containers_mode_brings_the_project_up_and_is_idempotent() {
+    require_root();
+    let imgs = images();
+    let compose = Compose::new(&imgs);
+    let config = TempDir::new("icf");
+    let install = || {
+        let out = run(Command::new(packaging("install.sh"))
+            .args(["--mode", "containers", "--project", &compose.project])
+            .arg("--config-dir")
+            .arg(config.path())
+            .args(["--wait", &HEALTHY_WITHIN.as_secs().to_string()])
+            .envs(compose.envs()))
+        .unwrap_or_else(|e| panic!("install.sh --mode containers: {e:#}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let said = install();
+    assert!(
+        said.contains("installed ") && said.contains("compose.yaml"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("project {} is up", compose.project)),
+        "{said}"
+    );
+    assert!(said.contains("healthy:"), "{said}");
+    let ids = (compose.container("netmon"), compose.container("agent"));
+    assert!(!ids.0.is_empty() && !ids.1.is_empty(), "{ids:?}");
+    assert_eq!(e2e::deploy::health(&ids.0), "healthy");
+    assert_eq!(e2e::deploy::health(&ids.1), "healthy");
+
+    let again = install();
+    assert!(again.contains("compose.yaml unchanged"), "{again}");
+    assert!(
+        again.contains("already up; containers unchanged"),
+        "{again}"
+    );
+    assert_eq!(
+        (compose.container("netmon"), compose.container("agent")),
+        ids,
+        "a second run replaced the containers"
+    );
+    compose
+        .down()
+        .unwrap_or_else(|e| panic!("compose down -v: {e:#}"));
+}

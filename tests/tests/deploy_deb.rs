@@ -1,0 +1,169 @@
+//! The Debian package and `install.sh --mode systemd`, on this machine for real:
+//! `dpkg -i`, the files, the units (verified in place), the netmon user and group,
+//! the units enabled by the maintainer scripts; systemd is not PID 1 here, so the
+//! scripts must skip starting them and say so; `dpkg --purge` leaves nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use e2e::deploy::{packaging, run, system_lock};
+use e2e::{TempDir, must, sh};
+
+const FILES: &[&str] = &[
+    "/usr/bin/netmon",
+    "/usr/bin/agent",
+    "/usr/lib/systemd/system/netmon.service",
+    "/usr/lib/systemd/system/agent.service",
+    "/usr/lib/sysusers.d/netmon.conf",
+    "/usr/share/doc/edgenet/README-deploy.md",
+];
+const WANTS: &str = "/etc/systemd/system/multi-user.target.wants";
+
+/// Purges the package on drop (also when the test fails half way).
+struct Purge;
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let _ = sh("dpkg --purge edgenet >/dev/null 2>&1");
+    }
+}
+
+fn installed() -> bool {
+    sh("dpkg-query -W -f='${db:Status-Abbrev}' edgenet 2>/dev/null")
+        .map(|s| s.starts_with("ii"))
+        .unwrap_or(false)
+}
+
+fn assert_installed() {
+    assert!(installed(), "edgenet is not installed");
+    for f in FILES {
+        assert!(Path::new(f).exists(), "{f} missing after install");
+    }
+    for b in ["netmon", "agent"] {
+        let out = Command::new(format!("/usr/bin/{b}"))
+            .arg("--help")
+            .output()
+            .expect("run the installed binary");
+        assert!(out.status.success(), "/usr/bin/{b} --help failed");
+    }
+    assert!(sh("getent group netmon").is_ok(), "group netmon missing");
+    assert!(sh("getent passwd netmon").is_ok(), "user netmon missing");
+    for u in ["netmon.service", "agent.service"] {
+        let link = Path::new(WANTS).join(u);
+        assert!(
+            link.is_symlink(),
+            "{} missing: the maintainer scripts did not enable {u}",
+            link.display()
+        );
+    }
+    // The installed units verify with their binaries in place.
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "netmon.service", "agent.service"])
+        .output()
+        .expect("systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify of the installed units: {} {err}",
+        out.status
+    );
+}
+
+fn assert_gone() {
+    assert!(!installed(), "edgenet still installed");
+    for f in FILES {
+        assert!(!Path::new(f).exists(), "{f} left after purge");
+    }
+    for u in ["netmon.service", "agent.service"] {
+        assert!(
+            !Path::new(WANTS).join(u).is_symlink(),
+            "{u} still enabled after purge"
+        );
+        assert!(
+            !Path::new("/var/lib/systemd/deb-systemd-helper-enabled")
+                .join(u)
+                .exists(),
+            "deb-systemd-helper state for {u} left after purge"
+        );
+    }
+    assert!(
+        sh("getent group netmon").is_err(),
+        "group netmon left after purge"
+    );
+    assert!(
+        sh("getent passwd netmon").is_err(),
+        "user netmon left after purge"
+    );
+}
+
+#[test]
+fn deb_installs_enables_the_units_and_purges_cleanly() {
+    let _lock = system_lock();
+    let _purge = Purge;
+    // A run that died half way may have left it installed.
+    must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+
+    let out = TempDir::new("deb");
+    let built = run(Command::new(packaging("build-deb.sh"))
+        .arg("--out")
+        .arg(out.path()))
+    .unwrap_or_else(|e| panic!("build-deb.sh: {e:#}"));
+    let deb = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    let contents = must(&format!("dpkg-deb -c {deb}"));
+    for f in FILES {
+        assert!(
+            contents.contains(&format!(".{f}")),
+            "{f} not in the package: {contents}"
+        );
+    }
+    let info = must(&format!("dpkg-deb -f {deb} Package Version Architecture"));
+    assert!(info.contains("Package: edgenet"), "{info}");
+
+    let inst =
+        run(Command::new("dpkg").args(["-i", &deb])).unwrap_or_else(|e| panic!("dpkg -i: {e:#}"));
+    let said = String::from_utf8_lossy(&inst.stdout);
+    assert!(
+        said.contains("systemd is not running") && said.contains("not started"),
+        "postinst did not say why the units were not started: {said}"
+    );
+    assert_installed();
+
+    // Removing keeps nothing running nor any binary; purge takes the rest.
+    run(Command::new("dpkg").args(["--remove", "edgenet"]))
+        .unwrap_or_else(|e| panic!("dpkg --remove: {e:#}"));
+    assert!(!Path::new("/usr/bin/netmon").exists());
+    run(Command::new("dpkg").args(["--purge", "edgenet"]))
+        .unwrap_or_else(|e| panic!("dpkg --purge: {e:#}"));
+    assert_gone();
+}
+
+#[test]
+fn install_script_systemd_mode_is_idempotent_and_says_why_units_are_not_started() {
+    let _lock = system_lock();
+    let _purge = Purge;
+    must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+
+    let first = run(Command::new(packaging("install.sh")).args(["--mode", "systemd"]))
+        .unwrap_or_else(|e| panic!("install.sh --mode systemd: {e:#}"));
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(said.contains("installed edgenet"), "{said}");
+    assert!(
+        said.contains("systemd is not the running init") && said.contains("NOT started"),
+        "the reason the units were not started is not said: {said}"
+    );
+    assert_installed();
+
+    let second = run(Command::new(packaging("install.sh")).args(["--mode", "systemd"]))
+        .unwrap_or_else(|e| panic!("second install.sh --mode systemd: {e:#}"));
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        said.contains("already installed and unchanged"),
+        "a second run did not see the installed package: {said}"
+    );
+    assert!(!said.contains("dpkg:"), "a second run reinstalled: {said}");
+    assert_installed();
+
+    run(Command::new("dpkg").args(["--purge", "edgenet"]))
+        .unwrap_or_else(|e| panic!("dpkg --purge: {e:#}"));
+    assert_gone();
+}

@@ -1,0 +1,227 @@
+//! The two images: built here from the static binaries (no registry), small,
+//! holding nothing but the binary (no shell), with HEALTHCHECK on the binary's own
+//! `health`, and a PID 1 that handles SIGTERM (fast `docker stop`, exit code 0,
+//! netmon's socket removed from the shared volume).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use e2e::deploy::{Images, health, images, static_binaries};
+use e2e::{must, sh, unique, wait_for};
+
+/// The size limit the deployment issue sets for each image.
+const MAX_IMAGE_BYTES: u64 = 15 * 1024 * 1024;
+
+struct Cleanup {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = sh(&format!("docker rm -f {c} >/dev/null 2>&1"));
+        }
+        for v in &self.volumes {
+            let _ = sh(&format!("docker volume rm -f {v} >/dev/null 2>&1"));
+        }
+    }
+}
+
+fn inspect(image: &str, format: &str) -> String {
+    must(&format!("docker image inspect -f '{format}' {image}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn binaries_are_static() {
+    let b = static_binaries();
+    for p in [&b.netmon, &b.agent] {
+        let file = must(&format!("file -L {}", p.display()));
+        assert!(
+            file.contains("statically linked") || file.contains("static-pie linked"),
+            "{file}"
+        );
+        let ldd = std::process::Command::new("ldd")
+            .arg(p)
+            .output()
+            .expect("ldd");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&ldd.stdout),
+            String::from_utf8_lossy(&ldd.stderr)
+        );
+        assert!(
+            said.contains("not a dynamic executable") || said.contains("statically linked"),
+            "ldd {}: {said}",
+            p.display()
+        );
+    }
+}
+
+#[test]
+fn images_are_small_hold_only_the_binary_and_have_no_shell() {
+    let Images { netmon, agent } = images();
+    let mut cleanup = Cleanup {
+        containers: vec![],
+        volumes: vec![],
+    };
+    for (image, bin) in [(&netmon, "netmon"), (&agent, "agent")] {
+        let size: u64 = inspect(image, "{{.Size}}").parse().expect("image size");
+        eprintln!("image {image}: {size} bytes");
+        assert!(
+            size < MAX_IMAGE_BYTES,
+            "{image} is {size} bytes, over {MAX_IMAGE_BYTES}"
+        );
+        assert_eq!(
+            inspect(image, "{{json .Config.Entrypoint}}"),
+            format!("[\"/usr/bin/{bin}\"]")
+        );
+        assert_eq!(
+            inspect(image, "{{json .Config.Healthcheck.Test}}"),
+            format!("[\"CMD\",\"/usr/bin/{bin}\",\"health\"]")
+        );
+        assert_eq!(
+            inspect(
+                image,
+                "{{index .Config.Labels \"org.opencontainers.image.title\"}}"
+            ),
+            bin
+        );
+
+        // Every file of the image: the binary, and only empty directories besides.
+        let name = unique("exp");
+        cleanup.containers.push(name.clone());
+        must(&format!("docker create --name {name} {image} >/dev/null"));
+        let files = must(&format!(
+            "docker export {name} | tar -tvf - | awk '$1 !~ /^d/ {{print $6}}'"
+        ));
+        let files: Vec<&str> = files
+            .lines()
+            .filter(|f| {
+                !matches!(
+                    *f,
+                    ".dockerenv"
+                        | "etc/hostname"
+                        | "etc/mtab"
+                        | "etc/hosts"
+                        | "etc/resolv.conf"
+                        | "dev/console"
+                        | "dev/pts/"
+                        | "dev/shm/"
+                        | "proc/"
+                        | "sys/"
+                )
+            })
+            .collect();
+        assert_eq!(files, vec![format!("usr/bin/{bin}")], "files in {image}");
+
+        // No shell to run.
+        let sh_run = std::process::Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--entrypoint",
+                "/bin/sh",
+                image,
+                "-c",
+                "true",
+            ])
+            .output()
+            .expect("docker run");
+        assert!(
+            !sh_run.status.success(),
+            "{image} ran /bin/sh: {}",
+            String::from_utf8_lossy(&sh_run.stdout)
+        );
+    }
+}
+
+fn volume_dir(volume: &str) -> PathBuf {
+    PathBuf::from(
+        must(&format!(
+            "docker volume inspect -f '{{{{.Mountpoint}}}}' {volume}"
+        ))
+        .trim(),
+    )
+}
+
+/// `docker stop` with a 20 s grace: returns how long it took and the exit code.
+fn stop(container: &str) -> (Duration, i64) {
+    let t0 = Instant::now();
+    must(&format!("docker stop -t 20 {container} >/dev/null"));
+    let took = t0.elapsed();
+    let code = must(&format!(
+        "docker inspect -f '{{{{.State.ExitCode}}}}' {container}"
+    ))
+    .trim()
+    .parse()
+    .expect("exit code");
+    (took, code)
+}
+
+#[test]
+fn netmon_container_is_healthy_and_as_pid_1_stops_on_sigterm_removing_its_socket() {
+    let Images { netmon, .. } = images();
+    let name = unique("nmc");
+    let volume = unique("nmv");
+    let _cleanup = Cleanup {
+        containers: vec![name.clone()],
+        volumes: vec![volume.clone()],
+    };
+    must(&format!("docker volume create {volume} >/dev/null"));
+    must(&format!(
+        "docker run -d --name {name} --network host --cap-drop ALL --read-only \
+         -v {volume}:/var/orchestrator {netmon} >/dev/null"
+    ));
+    let socket = volume_dir(&volume).join("netmon.sock");
+    wait_for(
+        Duration::from_secs(30),
+        "netmon's socket in the volume",
+        || socket.exists().then_some(()),
+    );
+    // The image's HEALTHCHECK runs `netmon health` inside: it turns healthy.
+    wait_for(
+        Duration::from_secs(60),
+        "the netmon container healthy",
+        || (health(&name) == "healthy").then_some(()),
+    );
+
+    // No grace-period kill: well under the 20 s docker would wait before SIGKILL.
+    let (took, code) = stop(&name);
+    assert_eq!(code, 0, "netmon's exit code after SIGTERM as PID 1");
+    assert!(
+        took < Duration::from_secs(15),
+        "docker stop took {took:?}: SIGTERM was not handled by PID 1"
+    );
+    assert!(!socket.exists(), "netmon left {} behind", socket.display());
+}
+
+#[test]
+fn agent_container_as_pid_1_stops_on_sigterm() {
+    let Images { agent, .. } = images();
+    let name = unique("agc");
+    let volume = unique("agv");
+    let _cleanup = Cleanup {
+        containers: vec![name.clone()],
+        volumes: vec![volume.clone()],
+    };
+    must(&format!("docker volume create {volume} >/dev/null"));
+    must(&format!(
+        "docker run -d --name {name} -e AGENT_CONTAINER={name} \
+         -v {volume}:/var/orchestrator -v /var/run/docker.sock:/var/run/docker.sock {agent} >/dev/null"
+    ));
+    // Up and answering on its control socket (netmon is absent: it keeps trying).
+    wait_for(
+        Duration::from_secs(30),
+        "the agent's control socket",
+        || sh(&format!("docker exec {name} agent status >/dev/null 2>&1")).ok(),
+    );
+    let (took, code) = stop(&name);
+    assert_eq!(code, 0, "the agent's exit code after SIGTERM as PID 1");
+    assert!(
+        took < Duration::from_secs(15),
+        "docker stop took {took:?}: SIGTERM was not handled by PID 1"
+    );
+}
