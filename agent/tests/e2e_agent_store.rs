@@ -224,6 +224,8 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
         "{list}"
     );
     assert!(!container_networks(&me).contains(&format!("{rt1}_internal")));
+    let reloaded = agent.must(&["store", "reload"]);
+    assert!(reloaded.contains("1 runtimes"), "{reloaded}");
 
     // SIGTERM: a clean exit that removes the control socket.
     agent.child.signal(nix::sys::signal::Signal::SIGTERM);
@@ -236,4 +238,12 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
         !agent.control.exists(),
         "the control socket was left behind"
     );
+    let gone = agent.cli(&["status"]);
+    assert!(!gone.status.success());
+    let why = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        why.contains("cannot reach the agent at") && why.contains("is `agent run` running?"),
+        "{why}"
+    );
+    assert_eq!(agent.cli(&["health"]).status.code(), Some(1));
 }
