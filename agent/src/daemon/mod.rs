@@ -153,6 +153,9 @@ struct State {
     launch: Option<RunFuture>,
 }
 
+/// How long shutdown waits for a reconcile in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs the agent until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     std::fs::create_dir_all(&config.state_dir).map_err(|source| DaemonError::StateDir {
@@ -241,6 +244,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         }
     }
     ipc::systemd::notify_stopping();
+    // A run cut short leaves containers half moved until the next start; give the
+    // one in progress a moment to finish and record what it did.
+    if let Some(run) = running.take() {
+        info!("waiting for the reconcile in progress");
+        match tokio::time::timeout(SHUTDOWN_GRACE, run).await {
+            Ok(out) => state.run_done(out),
+            Err(_) => warn!(grace = ?SHUTDOWN_GRACE, "reconcile still running; stopping anyway"),
+        }
+    }
     tasks.cancel();
     // Let the control server remove its socket file.
     tokio::time::sleep(Duration::from_millis(50)).await;
