@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use ipc::Reply;
 use serde_json::Value;
 use tracing::{debug, info};
@@ -54,15 +55,14 @@ impl State {
                 let docker = self.docker.clone();
                 let names: Vec<String> = view.runtimes.keys().cloned().collect();
                 tokio::spawn(async move {
-                    let look = async {
-                        let mut found = Vec::new();
-                        for n in &names {
-                            if let Ok(Some(c)) = docker.container(n).await {
-                                found.push(c);
-                            }
-                        }
-                        found
-                    };
+                    let look = futures::stream::iter(names)
+                        .map(|n| {
+                            let docker = docker.clone();
+                            async move { docker.container(&n).await }
+                        })
+                        .buffer_unordered(8)
+                        .filter_map(|r| async move { r.ok().flatten() })
+                        .collect::<Vec<_>>();
                     match tokio::time::timeout(Duration::from_secs(2), look).await {
                         Ok(found) => status::fill_observed(&mut view, &found),
                         Err(_) => debug!("engine too slow for status addresses"),
