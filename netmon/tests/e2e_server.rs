@@ -311,6 +311,41 @@ fn startup_errors_say_what_to_do() {
         text.contains("unknown group \"no-such-group-h2\""),
         "{text}"
     );
+
+    // An unprivileged user (nobody) may read the kernel but not create the socket in a
+    // root-owned directory, nor connect to a root-only socket.
+    let as_nobody = |args: &[&str]| {
+        let out = ns
+            .command(std::path::Path::new("setpriv"))
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin("netmon"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn setpriv (util-linux)");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = as_nobody(&["--socket", sock.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "permission denied creating {}: run netmon as a user who may write to {}",
+            sock.display(),
+            dir.path().display()
+        )),
+        "{text}"
+    );
+    let nm = NetmonProc::start(&ns, &["--debounce", "1s", "--socket-mode", "0600"]);
+    let (code, text) = as_nobody(&["health", "--socket", nm.socket.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("permission denied on"), "{text}");
 }
 
 fn signal_removes_socket(sig: Signal) {
