@@ -98,7 +98,9 @@ pub struct RunArgs {
 pub enum RuntimeCommand {
     /// Create a runtime container with its vNICs, start it and attach it.
     Create {
+        /// Container name (also names its `NAME_internal` network).
         name: String,
+        /// A local image (nothing is pulled).
         #[arg(long)]
         image: String,
         /// name=eth0,parent=ens37,mode=dhcp or
