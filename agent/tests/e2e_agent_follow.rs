@@ -127,6 +127,7 @@ fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
             .then_some(at)
         },
     );
+    eprintln!("runtimes verified on {net_a2} {seen_at:?} after the address moved");
     assert!(
         seen_at <= Duration::from_secs(3),
         "the runtimes reached {net_a2} only after {seen_at:?} (debounce 1 s + 2 s allowed)"
