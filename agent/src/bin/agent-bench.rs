@@ -269,6 +269,20 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
     } else {
         None
     };
+    // Detach before removing the containers: on 20.10, `rm -f` of many attached
+    // containers can leave stale endpoints that keep the network from being removed.
+    let last = if cli.is_some() {
+        format!("agbench-cli-{id}")
+    } else {
+        new.clone()
+    };
+    let r: Vec<Result<(), _>> = futures::stream::iter(names.iter())
+        .map(|c| docker.disconnect(c, &last))
+        .buffer_unordered(parallelism)
+        .collect()
+        .await;
+    r.into_iter().collect::<Result<Vec<()>, _>>()?;
+    docker.remove_network(&last).await?;
     drop(store);
     drop(scene);
     Ok(Row {
