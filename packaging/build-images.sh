@@ -50,8 +50,10 @@ stale() {
   local b
   for b in netmon agent; do
     [ -x "$bin_dir/$b" ] || return 0
-    if [ -n "$(find "$root/Cargo.toml" "$root/Cargo.lock" "$root/ipc" "$root/netmon" "$root/agent" \
-                 \( -name target -prune \) -o -type f -newer "$bin_dir/$b" -print -quit)" ]; then
+    # Only what goes into the binaries: tests and benches do not.
+    if [ -n "$(find "$root/Cargo.toml" "$root/Cargo.lock" "$root"/{ipc,netmon,agent}/Cargo.toml \
+                 "$root"/{ipc,netmon,agent}/src "$root"/{ipc,netmon,agent}/build.rs \
+                 -type f -newer "$bin_dir/$b" -print -quit 2>/dev/null)" ]; then
       return 0
     fi
   done

@@ -5,8 +5,9 @@
 #       the .deb (built by build-deb.sh unless --deb is given), or the built static
 #       binaries and the unit files copied in place; the netmon group created, the
 #       units enabled and, when systemd is the running init, started.
-#   packaging/install.sh --mode containers [--project NAME] [--config-dir DIR] [--wait SECONDS]
-#       the images (build-images.sh), the compose file copied to DIR
+#   packaging/install.sh --mode containers [--project NAME] [--config-dir DIR] [--wait SECONDS] [--rebuild]
+#       the images (built by build-images.sh when missing, or with --rebuild), the
+#       compose file copied to DIR
 #       (default /etc/edgenet) and the project brought up; waits until both
 #       containers are healthy (default 180 s, 0: do not wait).
 #
@@ -22,6 +23,9 @@ from=""
 project=${EDGENET_PROJECT:-edgenet}
 config_dir=/etc/edgenet
 wait_s=180
+rebuild=0
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" 2>/dev/null | head -n1)
+version=${version:-0.1.0}
 # Set when files changed, so running units are restarted onto them.
 changed=0
 
@@ -34,6 +38,7 @@ while [ $# -gt 0 ]; do
     --project) project=${2:-}; shift 2 ;;
     --config-dir) config_dir=${2:-}; shift 2 ;;
     --wait) wait_s=${2:-}; shift 2 ;;
+    --rebuild) rebuild=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -151,8 +156,14 @@ install_containers() {
   local compose
   compose=$(compose_cmd)
   say "using $compose"
-  if [ -f "$root/Cargo.toml" ]; then
+  local netmon_image=${EDGENET_NETMON_IMAGE:-edgenet/netmon:$version}
+  local agent_image=${EDGENET_AGENT_IMAGE:-edgenet/agent:$version}
+  if [ "$rebuild" = 1 ] || ! docker image inspect "$netmon_image" "$agent_image" >/dev/null 2>&1; then
+    [ -f "$root/Cargo.toml" ] || die "images $netmon_image / $agent_image missing and no source tree to build them"
+    say "building the images (packaging/build-images.sh)"
     "$here/build-images.sh" | sed -n 's/^image /install: image ready: /p'
+  else
+    say "images $netmon_image and $agent_image present (--rebuild to build them again)"
   fi
   local f="$config_dir/compose.yaml"
   put "$here/compose.yaml" "$f" 0644 || true

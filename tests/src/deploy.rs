@@ -8,6 +8,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -322,7 +324,12 @@ impl NotifySocket {
 /// unit's own command line runs unchanged and its records can be checked; a real
 /// journald's socket is left alone. Call with the [`SystemLock`] held.
 pub struct JournalSocket {
-    sock: Option<UnixDatagram>,
+    /// Records received so far, filled by a thread that reads continuously: a
+    /// Unix datagram sender blocks once the receiver's queue is full, so an
+    /// unread socket would stall the services' logging.
+    records: Option<Arc<Mutex<Vec<String>>>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
     created: Vec<PathBuf>,
 }
 
@@ -331,13 +338,16 @@ pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 impl JournalSocket {
     pub fn ensure() -> JournalSocket {
         let path = Path::new(JOURNAL_SOCKET);
+        let stop = Arc::new(AtomicBool::new(false));
         if path.exists() {
             if UnixDatagram::unbound()
                 .and_then(|s| s.connect(path))
                 .is_ok()
             {
                 return JournalSocket {
-                    sock: None,
+                    records: None,
+                    stop,
+                    reader: None,
                     created: Vec::new(),
                 };
             }
@@ -350,47 +360,61 @@ impl JournalSocket {
             }
         }
         // Removed on drop only when empty by then, so nothing of anyone else's goes.
-        let mut created = vec![
+        let created = vec![
             PathBuf::from("/run/systemd"),
             PathBuf::from("/run/systemd/journal"),
+            path.to_path_buf(),
         ];
         let sock =
             UnixDatagram::bind(path).unwrap_or_else(|e| panic!("bind {JOURNAL_SOCKET}: {e}"));
         // Unprivileged services log too.
         must(&format!("chmod 0666 {JOURNAL_SOCKET}"));
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("set read timeout");
-        created.push(path.to_path_buf());
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let (records, stop) = (records.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = sock.recv(&mut buf)
+                        && let Ok(mut r) = records.lock()
+                    {
+                        r.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
+                }
+            })
+        };
         JournalSocket {
-            sock: Some(sock),
+            records: Some(records),
+            stop,
+            reader: Some(reader),
             created,
         }
     }
 
-    /// Records received so far with `SYSLOG_IDENTIFIER`/message fields, as text
-    /// (journald's native protocol is newline-separated `KEY=VALUE`). Empty when a
-    /// real journald owns the socket.
-    pub fn drain(&self) -> Vec<String> {
-        let Some(sock) = &self.sock else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = sock.recv(&mut buf) {
-            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        out
+    /// Records received so far (journald's native protocol: `KEY=VALUE` lines, or
+    /// `KEY\n<len><bytes>` for some values), as text. Empty when a real journald
+    /// owns the socket.
+    pub fn records(&self) -> Vec<String> {
+        self.records
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| r.clone()))
+            .unwrap_or_default()
     }
 
     /// Whether the test (not a real journald) is the receiver.
     pub fn is_ours(&self) -> bool {
-        self.sock.is_some()
+        self.records.is_some()
     }
 }
 
 impl Drop for JournalSocket {
     fn drop(&mut self) {
-        self.sock = None;
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
         for p in self.created.iter().rev() {
             if p.is_dir() {
                 let _ = std::fs::remove_dir(p);

@@ -28,6 +28,15 @@ impl Drop for Purge {
     }
 }
 
+/// `packaging/build-deb.sh --out <dir>`: the package's path.
+fn build_deb(dir: &TempDir) -> String {
+    let built = run(Command::new(packaging("build-deb.sh"))
+        .arg("--out")
+        .arg(dir.path()))
+    .unwrap_or_else(|e| panic!("build-deb.sh: {e:#}"));
+    String::from_utf8_lossy(&built.stdout).trim().to_string()
+}
+
 fn installed() -> bool {
     sh("dpkg-query -W -f='${db:Status-Abbrev}' edgenet 2>/dev/null")
         .map(|s| s.starts_with("ii"))
@@ -104,11 +113,7 @@ fn deb_installs_enables_the_units_and_purges_cleanly() {
     must("dpkg --purge edgenet >/dev/null 2>&1 || true");
 
     let out = TempDir::new("deb");
-    let built = run(Command::new(packaging("build-deb.sh"))
-        .arg("--out")
-        .arg(out.path()))
-    .unwrap_or_else(|e| panic!("build-deb.sh: {e:#}"));
-    let deb = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    let deb = build_deb(&out);
     let contents = must(&format!("dpkg-deb -c {deb}"));
     for f in FILES {
         assert!(
@@ -143,8 +148,15 @@ fn install_script_systemd_mode_is_idempotent_and_says_why_units_are_not_started(
     let _purge = Purge;
     must("dpkg --purge edgenet >/dev/null 2>&1 || true");
 
-    let first = run(Command::new(packaging("install.sh")).args(["--mode", "systemd"]))
-        .unwrap_or_else(|e| panic!("install.sh --mode systemd: {e:#}"));
+    // One package for both runs: a rebuild in between (sources edited meanwhile)
+    // would rightly count as a change.
+    let dir = TempDir::new("deb");
+    let deb = build_deb(&dir);
+    let install = || {
+        run(Command::new(packaging("install.sh")).args(["--mode", "systemd", "--deb", &deb]))
+            .unwrap_or_else(|e| panic!("install.sh --mode systemd --deb {deb}: {e:#}"))
+    };
+    let first = install();
     let said = String::from_utf8_lossy(&first.stdout);
     assert!(said.contains("installed edgenet"), "{said}");
     assert!(
@@ -153,8 +165,7 @@ fn install_script_systemd_mode_is_idempotent_and_says_why_units_are_not_started(
     );
     assert_installed();
 
-    let second = run(Command::new(packaging("install.sh")).args(["--mode", "systemd"]))
-        .unwrap_or_else(|e| panic!("second install.sh --mode systemd: {e:#}"));
+    let second = install();
     let said = String::from_utf8_lossy(&second.stdout);
     assert!(
         said.contains("already installed and unchanged"),

@@ -208,7 +208,7 @@ fn netmon_unit_line_notifies_ready_watchdog_and_stopping_without_capabilities() 
     // WATCHDOG_USEC=1s: pings at least every second; wait for a few.
     notify.wait_for("WATCHDOG=1", 3, Duration::from_secs(30), alive(&mut netmon));
     if journal.is_ours() {
-        let records = journal.drain();
+        let records = journal.records();
         assert!(
             records
                 .iter()
@@ -293,7 +293,10 @@ fn agent_unit_line_becomes_ready_with_netmon_and_the_engine() {
     // Healthy means: netmon linked (through the group), the engine reachable.
     let control = run.join("agent.sock");
     wait_for(Duration::from_secs(30), "agent health to pass", || {
-        let out = Command::new(bin("agent"))
+        // `timeout`: a health probe that hangs must not hang the test.
+        let out = Command::new("timeout")
+            .arg("10")
+            .arg(bin("agent"))
             .arg("--control-socket")
             .arg(&control)
             .arg("health")
