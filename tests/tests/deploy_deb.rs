@@ -178,3 +178,81 @@ fn install_script_systemd_mode_is_idempotent_and_says_why_units_are_not_started(
         .unwrap_or_else(|e| panic!("dpkg --purge: {e:#}"));
     assert_gone();
 }
+
+/// Removes what `install.sh --from binaries` put in place (it has no package to
+/// purge), also when the test fails half way.
+struct RemoveBinaryInstall;
+
+const BINARY_INSTALL: &[&str] = &[
+    "/usr/bin/netmon",
+    "/usr/bin/agent",
+    "/etc/systemd/system/netmon.service",
+    "/etc/systemd/system/agent.service",
+    "/etc/systemd/system/multi-user.target.wants/netmon.service",
+    "/etc/systemd/system/multi-user.target.wants/agent.service",
+    "/usr/lib/sysusers.d/netmon.conf",
+];
+
+impl Drop for RemoveBinaryInstall {
+    fn drop(&mut self) {
+        for f in BINARY_INSTALL {
+            let _ = std::fs::remove_file(f);
+        }
+        let _ = sh("userdel netmon 2>/dev/null; groupdel netmon 2>/dev/null");
+    }
+}
+
+#[test]
+fn install_script_systemd_mode_from_binaries_is_idempotent() {
+    let _lock = system_lock();
+    let _purge = Purge;
+    must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+    for f in BINARY_INSTALL {
+        assert!(
+            !Path::new(f).exists(),
+            "{f} exists before the test: not installing over it"
+        );
+    }
+    let _remove = RemoveBinaryInstall;
+    let install = || {
+        let out =
+            run(Command::new(packaging("install.sh"))
+                .args(["--mode", "systemd", "--from", "binaries"]))
+            .unwrap_or_else(|e| panic!("install.sh --mode systemd --from binaries: {e:#}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let said = install();
+    for f in BINARY_INSTALL {
+        assert!(Path::new(f).exists(), "{f} not installed: {said}");
+    }
+    assert!(said.contains("installed /usr/bin/netmon"), "{said}");
+    assert!(said.contains("created system group netmon"), "{said}");
+    assert!(said.contains("enabled netmon.service"), "{said}");
+    assert!(said.contains("NOT started"), "{said}");
+    assert!(sh("getent group netmon").is_ok() && sh("getent passwd netmon").is_ok());
+    // The units as installed verify with their binaries in place.
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "netmon.service", "agent.service"])
+        .output()
+        .expect("systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify: {} {err}",
+        out.status
+    );
+
+    let again = install();
+    assert!(again.contains("/usr/bin/netmon unchanged"), "{again}");
+    assert!(
+        again.contains("/etc/systemd/system/agent.service unchanged"),
+        "{again}"
+    );
+    assert!(again.contains("group netmon exists"), "{again}");
+    assert!(again.contains("agent.service already enabled"), "{again}");
+    assert!(
+        !again.contains("installed /"),
+        "a second run installed again: {again}"
+    );
+}
