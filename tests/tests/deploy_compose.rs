@@ -205,3 +205,79 @@ fn install_script_containers_mode_brings_the_project_up_and_is_idempotent() {
         .down()
         .unwrap_or_else(|e| panic!("compose down -v: {e:#}"));
 }
+
+/// Validates `file` against the Compose Specification's JSON schema (as shipped
+/// with Debian's docker-compose; the `docker compose` plugin implements that
+/// specification). Returns the schema errors.
+fn spec_errors(file: &std::path::Path) -> Vec<String> {
+    const SCHEMA: &str = "/usr/lib/python3/dist-packages/compose/config/compose_spec.json";
+    let script = format!(
+        "import json, sys, yaml, jsonschema\n\
+         schema = json.load(open({SCHEMA:?}))\n\
+         doc = yaml.safe_load(open(sys.argv[1]))\n\
+         for e in jsonschema.Draft7Validator(schema).iter_errors(doc):\n    \
+             print(list(e.path), e.message)\n"
+    );
+    let out = run(Command::new("python3").arg("-c").arg(script).arg(file)).unwrap_or_else(|e| {
+        panic!(
+            "validate {} (python3-jsonschema, docker-compose): {e:#}",
+            file.display()
+        )
+    });
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn compose_file_is_read_by_docker_compose_1_29_and_fits_the_compose_spec() {
+    let file = packaging("compose.yaml");
+    // docker-compose 1.29 parses it (format 2.4) with the variables unset...
+    let out = run(Command::new("docker-compose")
+        .arg("-f")
+        .arg(&file)
+        .arg("config"))
+    .unwrap_or_else(|e| panic!("docker-compose config: {e:#}"));
+    let config = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "network_mode: host",
+        "pid: host",
+        "SYS_ADMIN",
+        "NET_ADMIN",
+        "/var/run/docker.sock",
+        "/var/orchestrator",
+        "restart: unless-stopped",
+        "start_period: 15s",
+        "condition: service_healthy",
+        "NETMON_SOCKET_MODE: '0666'",
+    ] {
+        assert!(
+            config.contains(want),
+            "compose config lacks {want}:\n{config}"
+        );
+    }
+    // ...and the file fits the Compose Specification that the plugin reads.
+    let errors = spec_errors(&file);
+    assert!(
+        errors.is_empty(),
+        "compose.yaml vs the Compose Specification: {errors:?}"
+    );
+
+    // The check is not vacuous: a key outside the specification is caught.
+    let dir = TempDir::new("cmp");
+    let bad = dir.join("compose.yaml");
+    let text = std::fs::read_to_string(&file).expect("read compose.yaml");
+    std::fs::write(
+        &bad,
+        text.replace(
+            "    network_mode: host",
+            "    network_mode: host\n    networkmode: host",
+        ),
+    )
+    .expect("write");
+    assert!(
+        !spec_errors(&bad).is_empty(),
+        "an unknown key passed the schema"
+    );
+}
