@@ -7,21 +7,6 @@ use tokio_util::sync::CancellationToken;
 
 use agent::cli::{Cli, Command};
 
-/// Cancels `token` on the first SIGTERM or SIGINT.
-fn on_signals(token: CancellationToken) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-        token.cancel();
-    });
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -40,7 +25,8 @@ async fn real_main(cli: Cli) -> Result<i32> {
         Command::Run(args) => {
             logging::init(cli.log_format, &cli.log_level)?;
             let shutdown = CancellationToken::new();
-            on_signals(shutdown.clone())?;
+            ipc::systemd::cancel_on_signals(shutdown.clone())
+                .map_err(|e| anyhow::anyhow!("install the SIGTERM/SIGINT handlers: {e}"))?;
             agent::daemon::run(args.config(&cli.control_socket), shutdown).await?;
             Ok(0)
         }

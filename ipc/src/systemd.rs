@@ -63,3 +63,19 @@ pub fn spawn_watchdog(shutdown: CancellationToken) -> Option<tokio::task::JoinHa
         }
     }))
 }
+
+/// Cancels `token` on the first SIGTERM or SIGINT: the shutdown signal both daemons
+/// pass into their `run`. Must be called inside a tokio runtime.
+pub fn cancel_on_signals(token: tokio_util::sync::CancellationToken) -> Result<(), std::io::Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}

@@ -27,21 +27,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
-fn on_signals(token: CancellationToken) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-        token.cancel();
-    });
-    Ok(())
-}
-
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Health { socket, timeout }) => {
@@ -68,14 +53,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Watch { socket, json }) => {
             let shutdown = CancellationToken::new();
-            on_signals(shutdown.clone())?;
+            ipc::systemd::cancel_on_signals(shutdown.clone())
+                .map_err(|e| anyhow::anyhow!("install the SIGTERM/SIGINT handlers: {e}"))?;
             netmon::watch::run(&socket, json, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         None => {
             ipc::logging::init(cli.log.log_format, &cli.log.log_level).context("set up logging")?;
             let shutdown = CancellationToken::new();
-            on_signals(shutdown.clone())?;
+            ipc::systemd::cancel_on_signals(shutdown.clone())
+                .map_err(|e| anyhow::anyhow!("install the SIGTERM/SIGINT handlers: {e}"))?;
             netmon::run(cli.daemon.config(), shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
