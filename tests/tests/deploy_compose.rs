@@ -42,6 +42,19 @@ fn compose_deployment_creates_a_runtime_that_follows_its_parent_and_leaves_nothi
 
     compose.must(&["up", "-d"]);
     compose.wait_healthy(HEALTHY_WITHIN);
+    // Where an operator looks: `compose logs`, one JSON object per line.
+    for service in ["netmon", "agent"] {
+        let logs = compose.command(&["logs", "--no-color", service]).output();
+        let logs = logs
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(
+            logs.lines()
+                .filter_map(|l| l.split_once("| ").map(|(_, json)| json))
+                .any(|j| serde_json::from_str::<serde_json::Value>(j).is_ok()),
+            "no JSON log line from {service} in compose logs:\n{logs}"
+        );
+    }
     let volume = compose.volume_dir();
     assert!(
         volume.join("netmon.sock").exists(),
