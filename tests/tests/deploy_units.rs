@@ -56,6 +56,25 @@ fn units_pass_systemd_analyze_verify_with_the_binaries_in_place() {
         out.status
     );
 
+    // systemd's own exposure rating (0 best .. 10 worst, threshold in tenths):
+    // netmon is nearly fully confined; the agent, which must enter other
+    // namespaces as root, stays in the "OK" band.
+    for (unit, threshold) in [("netmon.service", 20), ("agent.service", 50)] {
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true"])
+            .arg(format!("--root={r}"))
+            .arg(format!("--threshold={threshold}"))
+            .arg(unit)
+            .output()
+            .expect("systemd-analyze security");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{unit} exposure above {threshold}/100: {}",
+            said.lines().last().unwrap_or("")
+        );
+    }
+
     // The same verify notices a missing binary: the check above is not vacuous.
     std::fs::remove_file(root.join("usr/bin/agent")).expect("rm");
     let out = Command::new("systemd-analyze")
