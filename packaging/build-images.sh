@@ -76,8 +76,9 @@ else
 fi
 
 for b in netmon agent; do
-  if ! file -L "$bin_dir/$b" | grep -Eq 'statically linked|static-pie linked'; then
-    log "$bin_dir/$b is not statically linked: $(file -L "$bin_dir/$b")"
+  # ldd (libc-bin, always there) rather than file(1), which a minimal host lacks.
+  if ! ldd "$bin_dir/$b" 2>&1 | grep -Eq 'statically linked|not a dynamic executable'; then
+    log "$bin_dir/$b is not statically linked: $(ldd "$bin_dir/$b" 2>&1 | head -n3)"
     exit 1
   fi
 done
