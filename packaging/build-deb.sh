@@ -33,7 +33,7 @@ install -D -m 0755 "$agent_bin" "$pkg/usr/bin/agent"
 install -D -m 0644 "$root/systemd/netmon.service" "$pkg/usr/lib/systemd/system/netmon.service"
 install -D -m 0644 "$root/systemd/agent.service" "$pkg/usr/lib/systemd/system/agent.service"
 install -D -m 0644 "$root/systemd/netmon.sysusers" "$pkg/usr/lib/sysusers.d/netmon.conf"
-install -D -m 0644 "$here/README-deploy.md" "$pkg/usr/share/doc/edgenet/README-deploy.md"
+install -D -m 0644 "$root/README.md" "$pkg/usr/share/doc/edgenet/README.md"
 install -D -m 0644 "$here/debian/copyright" "$pkg/usr/share/doc/edgenet/copyright"
 install -d -m 0755 "$pkg/DEBIAN"
 for s in postinst prerm postrm; do

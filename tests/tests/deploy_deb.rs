@@ -15,7 +15,7 @@ const FILES: &[&str] = &[
     "/usr/lib/systemd/system/netmon.service",
     "/usr/lib/systemd/system/agent.service",
     "/usr/lib/sysusers.d/netmon.conf",
-    "/usr/share/doc/edgenet/README-deploy.md",
+    "/usr/share/doc/edgenet/README.md",
 ];
 const WANTS: &str = "/etc/systemd/system/multi-user.target.wants";
 
