@@ -367,8 +367,19 @@ impl State {
                 }
             }
             Msg::Engine(EngineEvent::NetworkGone { name, id }) => {
-                info!(network = %name, %id, "a network disappeared");
-                self.trigger(None);
+                // Only a network some vNIC sits on matters; reacting to every network
+                // removed on the host would make other users' churn cost us runs.
+                let ours = self
+                    .runtimes_view
+                    .values()
+                    .flatten()
+                    .any(|v| v.docker_network_name.as_deref() == Some(name.as_str()));
+                if ours {
+                    info!(network = %name, %id, "a network carrying vNICs disappeared");
+                    self.trigger(None);
+                } else {
+                    debug!(network = %name, %id, "a network that carries no vNIC disappeared");
+                }
             }
             Msg::Engine(EngineEvent::ContainerGone { name }) => {
                 debug!(container = %name, "container gone");
