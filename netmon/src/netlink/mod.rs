@@ -1,21 +1,24 @@
-//! The kernel side: one multicast-only netlink socket for events, a separate
-//! rtnetlink connection for dumps (requests on the event socket could make the kernel
-//! interleave dump replies with notifications, and a dump can swallow them).
+//! The kernel side: one multicast-only netlink socket for events, a separate unicast
+//! socket for dumps (requests on the event socket could make the kernel interleave
+//! dump replies with notifications, and a dump can swallow them). Both are raw
+//! `netlink_sys` sockets; netlink-packet-core/-route serialize and parse.
 //!
 //! Only this module names netlink-packet-route types; everything leaves it as
 //! [`crate::model`] types or [`KernelEvent`]s.
 
 mod convert;
+mod dump;
 mod events;
 
-use futures::TryStreamExt;
-use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::link::LinkExtentMask;
+use rtnetlink::RouteMessageBuilder;
+use rtnetlink::packet_route::address::AddressMessage;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
 use rtnetlink::packet_route::route::RouteMessage;
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tracing::debug;
+use tracing::{debug, warn};
+
+use dump::{DumpSocket, Outcome};
 
 use crate::model::Snapshot;
 
@@ -40,14 +43,14 @@ pub enum NetlinkError {
     EventSocket(std::io::Error),
     #[error("subscribe to netlink multicast group {group}: {error}")]
     Subscribe { group: u32, error: std::io::Error },
-    #[error("open netlink dump connection (AF_NETLINK must be allowed): {0}")]
+    #[error("open netlink dump socket (AF_NETLINK must be allowed): {0}")]
     DumpConnection(std::io::Error),
-    #[error("dump links: {0}")]
-    DumpLinks(rtnetlink::Error),
-    #[error("dump addresses: {0}")]
-    DumpAddresses(rtnetlink::Error),
-    #[error("dump routes: {0}")]
-    DumpRoutes(rtnetlink::Error),
+    /// `what` is "links", "addresses" or "routes".
+    #[error("dump {what}: {error}")]
+    Dump {
+        what: &'static str,
+        error: std::io::Error,
+    },
 }
 
 /// Tunables of [`Kernel::open_with`]; the defaults are what netmon uses.
@@ -71,29 +74,23 @@ impl Default for KernelOptions {
     }
 }
 
-/// The dump connection; the event socket lives in its own task.
+/// The dump socket; the event socket lives in its own task.
 #[derive(Debug)]
 pub struct Kernel {
-    handle: Handle,
-    connection: JoinHandle<()>,
     /// The kernel runs one dump per socket at a time and refuses a second with EBUSY:
-    /// callers sharing a `Kernel` take turns instead.
-    dump_lock: tokio::sync::Mutex<()>,
-}
-
-impl Drop for Kernel {
-    fn drop(&mut self) {
-        self.connection.abort();
-    }
+    /// callers sharing a `Kernel` take turns instead. `None` after a dump that did not
+    /// finish (an error, or its future was dropped): replies may still be queued on
+    /// that socket, so it was closed and the next dump opens a fresh one.
+    socket: tokio::sync::Mutex<Option<DumpSocket>>,
 }
 
 impl Kernel {
     /// Opens the event socket FIRST and subscribes (link, IPv4 address, IPv4 route, IPv6
-    /// address), then opens the dump connection: a change made between the two is then
+    /// address), then opens the dump socket: a change made between the two is then
     /// both announced and in the first dump, never in neither. Events flow into the
     /// returned receiver from a task that drains every message available on each
     /// wake-up. The receiver is closed if the event socket dies. Call it inside a tokio
-    /// runtime: the event reader and the dump connection are tasks of it.
+    /// runtime: the event reader is a task of it and both sockets use its reactor.
     pub async fn open() -> Result<(Kernel, mpsc::Receiver<KernelEvent>), NetlinkError> {
         Self::open_with(KernelOptions::default()).await
     }
@@ -107,59 +104,84 @@ impl Kernel {
         Ok((kernel, events))
     }
 
-    /// Only the dump connection, for one-shot reads (`netmon dump`). Call it inside a
+    /// Only the dump socket, for one-shot reads (`netmon dump`). Call it inside a
     /// tokio runtime.
     pub fn open_dump_only() -> Result<Kernel, NetlinkError> {
-        let (conn, handle, _unsolicited) =
-            rtnetlink::new_connection().map_err(NetlinkError::DumpConnection)?;
-        let connection = tokio::spawn(conn);
+        let socket = DumpSocket::open().map_err(NetlinkError::DumpConnection)?;
         Ok(Kernel {
-            handle,
-            connection,
-            dump_lock: tokio::sync::Mutex::new(()),
+            socket: tokio::sync::Mutex::new(Some(socket)),
         })
     }
 
     /// Full dump of links, addresses (v4, v6) and main-table IPv4 default routes.
     /// The three dumps run one after the other: the kernel allows one dump in flight
-    /// per socket.
+    /// per socket. Each reply is converted into the model as it arrives and dropped,
+    /// so the memory of a dump is the snapshot plus one datagram, not every decoded
+    /// message at once.
     pub async fn dump(&self) -> Result<Snapshot, NetlinkError> {
-        let _turn = self.dump_lock.lock().await;
+        let mut turn = self.socket.lock().await;
+        // Taken out for the duration: put back only when every dump completed.
+        let mut sock = match turn.take() {
+            Some(s) => s,
+            None => DumpSocket::open().map_err(NetlinkError::DumpConnection)?,
+        };
         let mut snap = Snapshot::default();
 
         // Statistics are a third of every link message and netmon never reads them;
-        // skipping them keeps a dump of 1,000 links cheap.
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
-            .execute();
-        while let Some(msg) = links.try_next().await.map_err(NetlinkError::DumpLinks)? {
-            if let Some(link) = convert::link(&msg) {
-                snap.links.push(link);
-            }
-        }
+        // skipping them (IFLA_EXT_MASK = RTEXT_FILTER_SKIP_STATS) keeps a dump of
+        // 1,000 links cheap.
+        let mut query = LinkMessage::default();
+        query.header.interface_family = AddressFamily::Unspec;
+        query
+            .attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        dump_retrying(
+            &mut sock,
+            "links",
+            || RouteNetlinkMessage::GetLink(query.clone()),
+            &mut snap.links,
+            |msg, links| {
+                if let RouteNetlinkMessage::NewLink(l) = msg {
+                    links.extend(convert::link(&l));
+                }
+            },
+        )
+        .await?;
 
-        let mut addrs = self.handle.address().get().execute();
-        while let Some(msg) = addrs
-            .try_next()
-            .await
-            .map_err(NetlinkError::DumpAddresses)?
-        {
-            match convert::address(&msg) {
-                Some(convert::Addr::V4(a)) => snap.addrs4.push(a),
-                Some(convert::Addr::V6(a)) => snap.addrs6.push(a),
-                None => {}
-            }
-        }
+        let mut addrs = (Vec::new(), Vec::new());
+        dump_retrying(
+            &mut sock,
+            "addresses",
+            || RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            &mut addrs,
+            |msg, (v4, v6)| {
+                if let RouteNetlinkMessage::NewAddress(a) = msg {
+                    match convert::address(&a) {
+                        Some(convert::Addr::V4(a)) => v4.push(a),
+                        Some(convert::Addr::V6(a)) => v6.push(a),
+                        None => {}
+                    }
+                }
+            },
+        )
+        .await?;
+        (snap.addrs4, snap.addrs6) = addrs;
 
         let query: RouteMessage = RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
-        let mut routes = self.handle.route().get(query).execute();
-        while let Some(msg) = routes.try_next().await.map_err(NetlinkError::DumpRoutes)? {
-            snap.routes.extend(convert::default_routes(&msg));
-        }
+        dump_retrying(
+            &mut sock,
+            "routes",
+            || RouteNetlinkMessage::GetRoute(query.clone()),
+            &mut snap.routes,
+            |msg, routes| {
+                if let RouteNetlinkMessage::NewRoute(r) = msg {
+                    routes.extend(convert::default_routes(&r));
+                }
+            },
+        )
+        .await?;
 
+        *turn = Some(sock);
         debug!(
             links = snap.links.len(),
             addrs4 = snap.addrs4.len(),
@@ -169,4 +191,44 @@ impl Kernel {
         );
         Ok(snap)
     }
+}
+
+/// One dump into `out` (reset with `Default` before every attempt), redone while the
+/// kernel flags it as interrupted, up to [`dump::MAX_ATTEMPTS`]; after that the last
+/// result is kept with a warning (the changes that interrupted it are announced on the
+/// event socket and cause another read).
+async fn dump_retrying<T, Q, F>(
+    sock: &mut DumpSocket,
+    what: &'static str,
+    request: Q,
+    out: &mut T,
+    mut convert: F,
+) -> Result<(), NetlinkError>
+where
+    T: Default,
+    Q: Fn() -> RouteNetlinkMessage,
+    F: FnMut(RouteNetlinkMessage, &mut T),
+{
+    for attempt in 1..=dump::MAX_ATTEMPTS {
+        *out = T::default();
+        let outcome = sock
+            .dump(request(), |msg| convert(msg, out))
+            .await
+            .map_err(|error| NetlinkError::Dump { what, error })?;
+        match outcome {
+            Outcome::Complete => return Ok(()),
+            Outcome::Interrupted if attempt < dump::MAX_ATTEMPTS => {
+                debug!(
+                    what,
+                    attempt, "netlink dump interrupted by a change; redoing it"
+                );
+            }
+            Outcome::Interrupted => warn!(
+                what,
+                attempts = attempt,
+                "netlink dump interrupted every time; keeping the last, possibly inconsistent, result"
+            ),
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,322 @@
+//! Dumps on a raw `netlink_sys` socket, converted message by message.
+//!
+//! rtnetlink's connection decodes every reply of a dump and forwards them all through
+//! an unbounded channel, so a dump of 1,000 links held every decoded message at once.
+//! Here each datagram is received, each message in it deserialized by
+//! netlink-packet-core/-route, converted into a [`crate::model`] type and dropped
+//! before the next one: the peak is one datagram plus one decoded message, whatever
+//! the number of interfaces.
+
+use std::fmt;
+use std::io;
+
+use rtnetlink::packet_core::{
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload,
+};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, warn};
+
+/// The kernel sizes dump datagrams after the reader's buffer, capped near 32 KiB
+/// (larger only when a single message needs it, which MSG_TRUNC catches).
+const RECV_BUF: usize = 64 * 1024;
+
+/// How often a dump the kernel flagged as interrupted (NLM_F_DUMP_INTR: the table
+/// changed while it was being read) is redone before the last result is taken as is.
+/// Every change that interrupts a dump is also announced on the event socket, so the
+/// daemon reads again after it anyway.
+pub(super) const MAX_ATTEMPTS: u32 = 5;
+
+/// How a dump ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Complete,
+    /// NLM_F_DUMP_INTR was set on a reply: the result may be inconsistent.
+    Interrupted,
+}
+
+/// One unicast socket for dump requests. Not shared with the event socket: a dump
+/// there could interleave with notifications.
+pub(super) struct DumpSocket {
+    fd: AsyncFd<Socket>,
+    seq: u32,
+}
+
+impl fmt::Debug for DumpSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DumpSocket")
+            .field("fd", self.fd.get_ref())
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl DumpSocket {
+    /// Call it inside a tokio runtime: the socket is registered with its reactor.
+    pub(super) fn open() -> io::Result<DumpSocket> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        // Connected to the kernel (port 0), so `send` needs no address and only the
+        // kernel's replies arrive.
+        sock.connect(&SocketAddr::new(0, 0))?;
+        sock.set_non_blocking(true)?;
+        // SAFETY: `Socket` owns its descriptor, never replaces it, and closes it only
+        // when dropped, which happens after the AsyncFd that owns it is dropped.
+        let fd = unsafe { AsyncFd::register(sock) }.map_err(io::Error::from)?;
+        Ok(DumpSocket { fd, seq: 0 })
+    }
+
+    /// Sends `request` as a dump request and hands every reply message to `each`, one
+    /// at a time, until NLMSG_DONE. NLMSG_ERROR (or an error code in NLMSG_DONE) is an
+    /// error. If the future is dropped half-way, unread replies stay queued: the
+    /// caller must then drop the socket rather than reuse it.
+    pub(super) async fn dump<F>(
+        &mut self,
+        request: RouteNetlinkMessage,
+        mut each: F,
+    ) -> io::Result<Outcome>
+    where
+        F: FnMut(RouteNetlinkMessage),
+    {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let wire = encode_request(request, seq);
+        self.send(&wire).await?;
+        drop(wire);
+
+        let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+        let mut interrupted = false;
+        loop {
+            let mut guard = self.fd.readable().await?;
+            loop {
+                buf.clear();
+                let n = match guard.try_io(|s| s.get_ref().recv(&mut buf, libc::MSG_TRUNC)) {
+                    Err(_would_block) => break,
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Ok(Err(e)) => return Err(e),
+                };
+                if n > buf.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "reply datagram of {n} bytes truncated to {} bytes",
+                            buf.len()
+                        ),
+                    ));
+                }
+                match parse_datagram(&buf[..n], seq, &mut interrupted, &mut each)? {
+                    Some(()) if interrupted => return Ok(Outcome::Interrupted),
+                    Some(()) => return Ok(Outcome::Complete),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    async fn send(&self, wire: &[u8]) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|s| s.get_ref().send(wire, 0)) {
+                Err(_would_block) => continue,
+                Ok(Ok(n)) if n == wire.len() => return Ok(()),
+                Ok(Ok(n)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("sent {n} of {} bytes of the request", wire.len()),
+                    ));
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The request as the library serializes it, flagged as a dump.
+fn encode_request(request: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
+    let mut msg = NetlinkMessage::from(request);
+    msg.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.header.sequence_number = seq;
+    msg.finalize();
+    let mut wire = vec![0; msg.buffer_len()];
+    msg.serialize(&mut wire);
+    wire
+}
+
+/// The messages of one datagram (several, back to back, 4-byte aligned). Returns
+/// `Some(())` once NLMSG_DONE of this dump was seen. Messages of another sequence
+/// number (a reply to nothing we asked for now) are skipped.
+fn parse_datagram<F>(
+    mut data: &[u8],
+    seq: u32,
+    interrupted: &mut bool,
+    each: &mut F,
+) -> io::Result<Option<()>>
+where
+    F: FnMut(RouteNetlinkMessage),
+{
+    while !data.is_empty() {
+        let len = NetlinkBuffer::new_checked(data)
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("undecodable reply datagram: {e}"),
+                )
+            })?
+            .length() as usize;
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]);
+        // Messages are 4-byte aligned (NLMSG_ALIGN).
+        data = data.get((len + 3) & !3..).unwrap_or(&[]);
+        let msg = match msg {
+            Ok(msg) => msg,
+            // One message this library version cannot parse: skip it, as rtnetlink's
+            // connection did, rather than fail every read from now on.
+            Err(e) => {
+                warn!(error = %e, "undecodable netlink dump reply; skipped");
+                continue;
+            }
+        };
+        if msg.header.sequence_number != seq {
+            debug!(
+                got = msg.header.sequence_number,
+                want = seq,
+                "netlink reply of another request; skipped"
+            );
+            continue;
+        }
+        if msg.header.flags & NLM_F_DUMP_INTR != 0 {
+            *interrupted = true;
+        }
+        match msg.payload {
+            NetlinkPayload::InnerMessage(m) => each(m),
+            NetlinkPayload::Done(done) => {
+                if done.code < 0 {
+                    let e = io::Error::from_raw_os_error(-done.code);
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("kernel ended the dump with an error: {e}"),
+                    ));
+                }
+                return Ok(Some(()));
+            }
+            NetlinkPayload::Error(err) if err.code.is_some() => {
+                let e = err.to_io();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("kernel refused the request (NLMSG_ERROR): {e}"),
+                ));
+            }
+            // An ACK: not asked for, nothing to do.
+            NetlinkPayload::Error(_) | NetlinkPayload::Noop => {}
+            NetlinkPayload::Overrun(_) => {
+                return Err(io::Error::other("kernel reported NLMSG_OVERRUN"));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_core::{DoneMessage, ErrorMessage, NetlinkHeader};
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+
+    fn wire(header: NetlinkHeader, payload: NetlinkPayload<RouteNetlinkMessage>) -> Vec<u8> {
+        let mut msg = NetlinkMessage::new(header, payload);
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        while buf.len() % 4 != 0 {
+            buf.push(0);
+        }
+        buf
+    }
+
+    fn header(seq: u32, flags: u16) -> NetlinkHeader {
+        let mut h = NetlinkHeader::default();
+        h.sequence_number = seq;
+        h.flags = flags;
+        h
+    }
+
+    fn link(index: u32) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        l.attributes
+            .push(LinkAttribute::IfName(format!("l{index}")));
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l))
+    }
+
+    fn done(code: i32) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut d = DoneMessage::default();
+        d.code = code;
+        NetlinkPayload::Done(d)
+    }
+
+    fn indexes(data: &[u8], seq: u32) -> (io::Result<Option<()>>, Vec<u32>, bool) {
+        let mut seen = Vec::new();
+        let mut interrupted = false;
+        let res = parse_datagram(data, seq, &mut interrupted, &mut |m| {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                seen.push(l.header.index);
+            }
+        });
+        (res, seen, interrupted)
+    }
+
+    #[test]
+    fn request_is_a_dump_with_our_sequence_number() {
+        let w = encode_request(RouteNetlinkMessage::GetLink(LinkMessage::default()), 42);
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&w).unwrap();
+        assert_eq!(msg.header.sequence_number, 42);
+        assert_eq!(msg.header.flags, NLM_F_REQUEST | NLM_F_DUMP);
+        assert!(matches!(
+            msg.payload,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(_))
+        ));
+    }
+
+    #[test]
+    fn messages_until_done_other_sequences_skipped() {
+        let mut d = wire(header(7, 0), link(1));
+        d.extend(wire(header(6, 0), link(99)));
+        d.extend(wire(header(7, 0), link(2)));
+        let (res, seen, intr) = indexes(&d, 7);
+        assert_eq!(res.unwrap(), None);
+        assert_eq!(seen, [1, 2]);
+        assert!(!intr);
+        d.extend(wire(header(7, 0), done(0)));
+        let (res, seen, _) = indexes(&d, 7);
+        assert_eq!(res.unwrap(), Some(()));
+        assert_eq!(seen, [1, 2]);
+    }
+
+    #[test]
+    fn interrupted_flag_is_noticed() {
+        let mut d = wire(header(3, 0), link(1));
+        d.extend(wire(header(3, NLM_F_DUMP_INTR), done(0)));
+        let (res, _, intr) = indexes(&d, 3);
+        assert_eq!(res.unwrap(), Some(()));
+        assert!(intr);
+    }
+
+    #[test]
+    fn errors_are_errors() {
+        let mut e = ErrorMessage::default();
+        e.code = std::num::NonZeroI32::new(-libc::EPERM);
+        let d = wire(header(1, 0), NetlinkPayload::Error(e));
+        let err = indexes(&d, 1).0.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("NLMSG_ERROR"), "{err}");
+
+        let d = wire(header(1, 0), done(-libc::EINVAL));
+        let err = indexes(&d, 1).0.unwrap_err();
+        assert!(err.to_string().contains("ended the dump"), "{err}");
+
+        assert!(indexes(&[1, 2, 3], 1).0.is_err());
+    }
+}
