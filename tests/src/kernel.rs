@@ -55,11 +55,22 @@ pub fn ifindex(name: &str) -> u32 {
         .unwrap_or_else(|| panic!("no ifindex for {name}: {v}"))
 }
 
-/// Adds a veth pair `a`/`b` in the current namespace, both up.
+/// Adds a veth pair `a`/`b` in the current namespace, both up, and waits until the
+/// kernel says both are operationally UP. The carrier comes up asynchronously
+/// (linkwatch, up to a second later) with a link notification of its own; a test that
+/// opens its event socket after this call must not receive that late notification.
 pub fn veth(a: &str, b: &str) {
     must(&format!("ip link add {a} type veth peer name {b}"));
     must(&format!("ip link set {a} up"));
     must(&format!("ip link set {b} up"));
+    crate::wait_for(
+        Duration::from_secs(10),
+        "both veth ends operationally up",
+        || {
+            let up = |n: &str| ip_json(&format!("link show dev {n}"))[0]["operstate"] == "UP";
+            (up(a) && up(b)).then_some(())
+        },
+    );
 }
 
 /// How long kernel tests wait for a notification: generous, the machine is shared.
