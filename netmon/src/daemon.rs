@@ -188,8 +188,8 @@ impl Reader {
     }
 }
 
-/// A dump decodes every link, address and route message at once (hundreds of KiB
-/// with many links) and frees it right after; glibc keeps freed pages mapped unless
+/// A full read allocates the snapshot and the built map (hundreds of KiB with many
+/// links) and frees most of it right after; glibc keeps freed pages mapped unless
 /// asked. Returning them keeps the steady-state RSS at the size of the state itself.
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
