@@ -420,13 +420,8 @@ impl State {
         if !self.view.engine.reachable {
             // Answered now rather than stalled; the engine watch reconciles on return.
             let why = format!(
-                "the container engine is unreachable at {}: {}; the agent reconciles as soon as it is back",
-                self.docker_host,
-                self.view
-                    .engine
-                    .last_error
-                    .as_deref()
-                    .unwrap_or("not connected yet")
+                "the container engine is {}; the agent reconciles as soon as it is back",
+                self.engine_unreachable()
             );
             for w in self.runs.not_started(dry_run) {
                 w.fail(why.clone());
@@ -547,14 +542,22 @@ impl State {
         Some(Reply::err(
             id.clone(),
             format!(
-                "{what} needs the container engine, which is unreachable at {}: {}",
-                self.docker_host,
-                self.view
-                    .engine
-                    .last_error
-                    .as_deref()
-                    .unwrap_or("not connected yet")
+                "{what} needs the container engine, which is {}",
+                self.engine_unreachable()
             ),
         ))
+    }
+
+    /// "unreachable at <host>: <last error>", for replies that cannot be served.
+    fn engine_unreachable(&self) -> String {
+        format!(
+            "unreachable at {}: {}",
+            self.docker_host,
+            self.view
+                .engine
+                .last_error
+                .as_deref()
+                .unwrap_or("not connected yet")
+        )
     }
 }
