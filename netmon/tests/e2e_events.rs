@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use e2e::netmon::{expect_silence, next_change, next_event};
 use e2e::{NetmonProc, Netns};
-use ipc::{Connection, EventKind, Interface, LinkType, Status};
+use ipc::{Connection, EventKind, Interface, Status};
 use serde_json::Value;
 
 const FAST: &[&str] = &["--debounce", "1s", "--max-wait", "3s"];
@@ -72,7 +72,6 @@ async fn discovery_matches_ip_json_field_by_field() {
         ifaces.iter().map(|i| (i.interface.as_str(), i)).collect();
 
     let links = ns.json("-d link show");
-    let addrs = ns.json("addr show");
     let mut expected_names: Vec<&str> = links
         .as_array()
         .expect("ip -j link is an array")
@@ -89,87 +88,8 @@ async fn discovery_matches_ip_json_field_by_field() {
         vec!["bridge7", "ethA", "ethB", "ethC", "mvlan7"]
     );
 
-    for l in links.as_array().expect("array") {
-        let name = s(&l["ifname"]).expect("ifname");
-        let Some(i) = got.get(name) else { continue };
-        let index = l["ifindex"].as_u64().expect("ifindex") as u32;
-        assert_eq!(i.index, Some(index), "{name} index");
-        assert_eq!(
-            i.operstate.as_deref(),
-            s(&l["operstate"]),
-            "{name} operstate"
-        );
-        assert_eq!(i.mac.as_deref(), s(&l["address"]), "{name} mac");
-        assert_eq!(i.mtu.map(u64::from), l["mtu"].as_u64(), "{name} mtu");
-        assert_eq!(
-            i.kind.as_deref(),
-            s(&l["linkinfo"]["info_kind"]),
-            "{name} kind"
-        );
-        assert_eq!(i.link_type, Some(LinkType::Ethernet), "{name} type");
-        let flags: Vec<&str> = l["flags"]
-            .as_array()
-            .expect("flags")
-            .iter()
-            .filter_map(|f| f.as_str())
-            .collect();
-        let up = s(&l["operstate"]) == Some("UP")
-            || (s(&l["operstate"]) == Some("UNKNOWN")
-                && flags.contains(&"UP")
-                && flags.contains(&"LOWER_UP"));
-        assert_eq!(
-            i.status,
-            Some(if up { Status::Up } else { Status::Down }),
-            "{name} status"
-        );
-        assert!(i.timestamp.is_some(), "{name} timestamp");
-
-        let a = addrs
-            .as_array()
-            .expect("array")
-            .iter()
-            .find(|a| a["ifindex"].as_u64() == Some(u64::from(index)))
-            .expect("ip -j addr has every link");
-        let info = a["addr_info"].as_array().cloned().unwrap_or_default();
-        let v4 = |secondary: bool| {
-            info.iter()
-                .filter(|x| s(&x["family"]) == Some("inet"))
-                .filter(move |x| x["secondary"].as_bool().unwrap_or(false) == secondary)
-                .map(|x| {
-                    format!(
-                        "{}/{}",
-                        s(&x["local"]).expect("local"),
-                        x["prefixlen"].as_u64().expect("prefixlen")
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        let mut want4 = v4(false);
-        want4.extend(v4(true));
-        if !up {
-            want4.clear();
-        }
-        let got4: Vec<String> = i
-            .ipv4_addresses
-            .iter()
-            .map(|x| format!("{}/{}", x.address, x.prefixlen))
-            .collect();
-        assert_eq!(got4, want4, "{name} ipv4_addresses");
-        for x in &i.ipv4_addresses {
-            assert_eq!(x.subnet.ip(), x.network_address, "{name} subnet");
-            assert_eq!(x.subnet.prefix(), x.prefixlen, "{name} subnet prefix");
-        }
-        let want6: Vec<String> = info
-            .iter()
-            .filter(|x| s(&x["family"]) == Some("inet6"))
-            .map(|x| format!("{}/{}", s(&x["local"]).expect("local"), x["prefixlen"]))
-            .collect();
-        let got6: Vec<String> = i
-            .ipv6_addresses
-            .iter()
-            .map(|x| format!("{}/{}", x.address, x.prefixlen))
-            .collect();
-        assert_eq!(got6, want6, "{name} ipv6_addresses");
+    for i in got.values() {
+        e2e::netmon::assert_matches_ip(&ns, i);
     }
     // Lowest metric wins; a down link has no gateway.
     assert_eq!(got["ethA"].gateway, Some("10.0.0.1".parse().unwrap()));

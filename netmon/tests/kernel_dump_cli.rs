@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::Output;
 
 use e2e::{Netns, bin};
-use ipc::{EventKind, Interface, LinkType, PROTOCOL_VERSION, Status};
+use ipc::{EventKind, PROTOCOL_VERSION, Status};
 use serde_json::Value;
 
 fn netmon_dump(ns: &Netns, args: &[&str]) -> String {
@@ -68,98 +68,6 @@ fn ifname_index(ns: &Netns) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// What `ip -j` says the gateway of `dev` is: lowest metric main-table default route.
-fn ip_gateway(ns: &Netns, dev: &str) -> Option<String> {
-    let routes = ns.json("-4 route show table main default");
-    routes
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|r| r["dev"] == dev && r["gateway"].is_string())
-        .min_by_key(|r| r["metric"].as_u64().unwrap_or(0))
-        .map(|r| r["gateway"].as_str().unwrap_or_default().to_string())
-}
-
-fn check_against_ip(ns: &Netns, iface: &Interface) {
-    let name = &iface.interface;
-    let link = &ns.json(&format!("-d addr show dev {name}"))[0];
-    assert_eq!(
-        iface.index,
-        link["ifindex"].as_u64().map(|i| i as u32),
-        "{name}"
-    );
-    assert_eq!(
-        iface.operstate.as_deref(),
-        link["operstate"].as_str(),
-        "{name}"
-    );
-    assert_eq!(iface.mac.as_deref(), link["address"].as_str(), "{name}");
-    assert_eq!(iface.mtu, link["mtu"].as_u64().map(|m| m as u32), "{name}");
-    assert_eq!(
-        iface.kind.as_deref(),
-        link["linkinfo"]["info_kind"].as_str(),
-        "{name}"
-    );
-    assert_eq!(iface.link_type, Some(LinkType::Ethernet), "{name}");
-    assert!(iface.timestamp.is_some(), "{name} has a timestamp");
-
-    let up = link["operstate"] == "UP";
-    assert_eq!(
-        iface.status,
-        Some(if up { Status::Up } else { Status::Down }),
-        "{name}"
-    );
-    let infos = link["addr_info"].as_array().cloned().unwrap_or_default();
-    let v4 = |secondary: bool| {
-        infos
-            .iter()
-            .filter(move |a| a["family"] == "inet")
-            .filter(move |a| a["secondary"].as_bool().unwrap_or(false) == secondary)
-            .map(|a| {
-                format!(
-                    "{}/{}",
-                    a["local"].as_str().unwrap_or_default(),
-                    a["prefixlen"]
-                )
-            })
-    };
-    let want4: Vec<String> = if up {
-        v4(false).chain(v4(true)).collect()
-    } else {
-        Vec::new()
-    };
-    let got4: Vec<String> = iface
-        .ipv4_addresses
-        .iter()
-        .map(|a| format!("{}/{}", a.address, a.prefixlen))
-        .collect();
-    assert_eq!(got4, want4, "{name}: primaries first, none when down");
-    for a in &iface.ipv4_addresses {
-        assert_eq!(a.subnet.ip(), a.network_address, "{name}");
-        assert_eq!(a.subnet.prefix(), a.prefixlen, "{name}");
-    }
-    let want6: Vec<String> = infos
-        .iter()
-        .filter(|a| a["family"] == "inet6")
-        .map(|a| {
-            format!(
-                "{}/{} {}",
-                a["local"].as_str().unwrap_or_default(),
-                a["prefixlen"],
-                a["scope"].as_str().unwrap_or_default()
-            )
-        })
-        .collect();
-    let got6: Vec<String> = iface
-        .ipv6_addresses
-        .iter()
-        .map(|a| format!("{}/{} {}", a.address, a.prefixlen, a.scope))
-        .collect();
-    assert_eq!(got6, want6, "{name}");
-    let want_gw = if up { ip_gateway(ns, name) } else { None };
-    assert_eq!(iface.gateway.map(|g| g.to_string()), want_gw, "{name}");
-}
-
 #[test]
 fn dump_json_is_a_discovery_event_matching_ip() {
     let ns = lan();
@@ -188,7 +96,7 @@ fn dump_json_is_a_discovery_event_matching_ip() {
     want.sort_by_key(|n| indexes[*n]);
     assert_eq!(names, want);
     for iface in &discovery.interfaces {
-        check_against_ip(&ns, iface);
+        e2e::netmon::assert_matches_ip(&ns, iface);
     }
     let a = &discovery
         .interfaces

@@ -123,3 +123,118 @@ pub fn wait_oper_up(ns: &Netns, names: &[&str]) {
         },
     );
 }
+
+/// What `ip -j` says the gateway of `dev` is: the lowest-metric main-table IPv4
+/// default route through it.
+pub fn ip_gateway(ns: &Netns, dev: &str) -> Option<String> {
+    let routes = ns.json("-4 route show table main default");
+    routes
+        .as_array()
+        .expect("ip -j route is an array")
+        .iter()
+        .filter(|r| r["dev"] == dev && r["gateway"].is_string())
+        .min_by_key(|r| r["metric"].as_u64().unwrap_or(0))
+        .map(|r| r["gateway"].as_str().unwrap_or_default().to_string())
+}
+
+/// Checks one reported interface field by field against `ip -j` in `ns`: index,
+/// operstate, MAC, MTU, kind, type, status (UP, or UNKNOWN with the UP and LOWER_UP
+/// flags), IPv4 addresses (primaries first, none when not up, subnet consistent),
+/// IPv6 addresses with scope, and the gateway (none when not up).
+pub fn assert_matches_ip(ns: &Netns, iface: &Interface) {
+    let name = &iface.interface;
+    let link = &ns.json(&format!("-d addr show dev {name}"))[0];
+    assert_eq!(
+        iface.index,
+        link["ifindex"].as_u64().map(|i| i as u32),
+        "{name} index"
+    );
+    assert_eq!(
+        iface.operstate.as_deref(),
+        link["operstate"].as_str(),
+        "{name} operstate"
+    );
+    assert_eq!(iface.mac.as_deref(), link["address"].as_str(), "{name} mac");
+    assert_eq!(iface.mtu.map(u64::from), link["mtu"].as_u64(), "{name} mtu");
+    assert_eq!(
+        iface.kind.as_deref(),
+        link["linkinfo"]["info_kind"].as_str(),
+        "{name} kind"
+    );
+    assert_eq!(
+        iface.link_type,
+        Some(ipc::LinkType::Ethernet),
+        "{name} type"
+    );
+    assert!(iface.timestamp.is_some(), "{name} has a timestamp");
+
+    let flags: Vec<&str> = link["flags"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    let up = link["operstate"] == "UP"
+        || (link["operstate"] == "UNKNOWN" && flags.contains(&"UP") && flags.contains(&"LOWER_UP"));
+    let want_status = if up {
+        ipc::Status::Up
+    } else {
+        ipc::Status::Down
+    };
+    assert_eq!(iface.status, Some(want_status), "{name} status");
+
+    let infos = link["addr_info"].as_array().cloned().unwrap_or_default();
+    let v4 = |secondary: bool| {
+        infos
+            .iter()
+            .filter(move |a| a["family"] == "inet")
+            .filter(move |a| a["secondary"].as_bool().unwrap_or(false) == secondary)
+            .map(|a| {
+                format!(
+                    "{}/{}",
+                    a["local"].as_str().unwrap_or_default(),
+                    a["prefixlen"]
+                )
+            })
+    };
+    let want4: Vec<String> = if up {
+        v4(false).chain(v4(true)).collect()
+    } else {
+        Vec::new()
+    };
+    let got4: Vec<String> = iface
+        .ipv4_addresses
+        .iter()
+        .map(|a| format!("{}/{}", a.address, a.prefixlen))
+        .collect();
+    assert_eq!(
+        got4, want4,
+        "{name} ipv4_addresses: primaries first, none when down"
+    );
+    for a in &iface.ipv4_addresses {
+        assert_eq!(a.subnet.ip(), a.network_address, "{name} subnet");
+        assert_eq!(a.subnet.prefix(), a.prefixlen, "{name} subnet prefix");
+    }
+    let want6: Vec<String> = infos
+        .iter()
+        .filter(|a| a["family"] == "inet6")
+        .map(|a| {
+            format!(
+                "{}/{} {}",
+                a["local"].as_str().unwrap_or_default(),
+                a["prefixlen"],
+                a["scope"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    let got6: Vec<String> = iface
+        .ipv6_addresses
+        .iter()
+        .map(|a| format!("{}/{} {}", a.address, a.prefixlen, a.scope))
+        .collect();
+    assert_eq!(got6, want6, "{name} ipv6_addresses");
+    let want_gw = if up { ip_gateway(ns, name) } else { None };
+    assert_eq!(
+        iface.gateway.map(|g| g.to_string()),
+        want_gw,
+        "{name} gateway"
+    );
+}
