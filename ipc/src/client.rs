@@ -239,7 +239,7 @@ async fn run(
     events: mpsc::Sender<ClientEvent>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = config.min_backoff;
+    let mut backoff = crate::Backoff::new(config.min_backoff, config.max_backoff);
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -255,8 +255,7 @@ async fn run(
             Ok(s) => s,
             Err(e) => {
                 debug!(path = %config.path.display(), error = %e, "connect failed");
-                let delay = jitter(backoff);
-                backoff = (backoff * 2).min(config.max_backoff);
+                let delay = backoff.next_delay();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
@@ -264,7 +263,7 @@ async fn run(
                 continue;
             }
         };
-        backoff = config.min_backoff;
+        backoff.reset();
         info!(path = %config.path.display(), "connected");
         let reason = serve(stream, &client, &events, &shutdown).await;
         if let Ok(mut o) = client.outbox.lock() {
@@ -287,7 +286,7 @@ async fn run(
         // A server that accepts and drops us at once must not be hammered.
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(jitter(config.min_backoff)) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
 }
@@ -347,54 +346,81 @@ async fn serve(
     }
 }
 
-fn jitter(d: Duration) -> Duration {
-    // 50% to 100% of the nominal delay, so many clients do not reconnect in step.
-    let ms = d.as_millis() as u64;
-    Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
+/// Waits until `path` exists or `limit` has passed, using inotify on the nearest
+/// directory that exists (the socket's own, or an ancestor while that one is missing:
+/// systemd removes netmon's RuntimeDirectory when netmon stops). When nothing can be
+/// watched it sleeps instead: it never returns early without the file, so a caller's
+/// retry loop cannot spin.
+pub async fn wait_for_file(path: &Path, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut watching: Option<(PathBuf, DirWatch)> = None;
+    while !path.exists() {
+        let dir = nearest_existing_dir(path);
+        if watching.as_ref().map(|(d, _)| d) != Some(&dir) {
+            watching = DirWatch::new(&dir).map(|w| (dir, w));
+            // The file may have appeared between the check and the watch.
+            continue;
+        }
+        let woke = match watching.as_mut() {
+            Some((_, w)) => tokio::time::timeout_at(deadline, w.rx.recv()).await,
+            None => {
+                let nap = tokio::time::Instant::now() + Duration::from_millis(500);
+                tokio::time::sleep_until(nap.min(deadline)).await;
+                Ok(Some(()))
+            }
+        };
+        match woke {
+            Err(_) => return,
+            // The watcher died: poll from now on.
+            Ok(None) => watching = None,
+            Ok(Some(())) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+    }
 }
 
-/// Waits until `path` exists, using inotify on its directory; returns after at most
-/// `limit` anyway (a directory that does not exist yet cannot be watched).
-pub async fn wait_for_file(path: &Path, limit: Duration) {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = mpsc::channel::<()>(4);
-    let dir = path
+/// The path's parent, or its nearest ancestor that exists.
+fn nearest_existing_dir(path: &Path) -> PathBuf {
+    let mut dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = tx.try_send(());
+    while !dir.is_dir() {
+        match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => dir = p,
+            None => return PathBuf::from("/"),
         }
-    });
-    let _guard = match watcher {
-        Ok(mut w) => match w.watch(dir, RecursiveMode::NonRecursive) {
-            Ok(()) => Some(w),
-            Err(e) => {
-                debug!(dir = %dir.display(), error = %e, "cannot watch; will retry");
-                None
-            }
-        },
-        Err(e) => {
-            debug!(error = %e, "no inotify watcher; will retry");
-            None
-        }
-    };
-    // The file may have appeared between the caller's check and the watch.
-    if path.exists() {
-        return;
     }
-    let deadline = tokio::time::sleep(limit);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => return,
-            r = rx.recv() => {
-                if r.is_none() || path.exists() {
-                    return;
-                }
+    dir.to_path_buf()
+}
+
+/// An inotify watch on one directory; every change in it wakes `rx`.
+struct DirWatch {
+    _watcher: notify::RecommendedWatcher,
+    rx: mpsc::Receiver<()>,
+}
+
+impl DirWatch {
+    fn new(dir: &Path) -> Option<DirWatch> {
+        use notify::{RecursiveMode, Watcher};
+        let (tx, rx) = mpsc::channel::<()>(1);
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.try_send(());
             }
-        }
+        })
+        .map_err(|e| debug!(error = %e, "no inotify watcher; polling"))
+        .ok()?;
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| debug!(dir = %dir.display(), error = %e, "cannot watch; polling"))
+            .ok()?;
+        Some(DirWatch {
+            _watcher: watcher,
+            rx,
+        })
     }
 }
 
@@ -451,6 +477,39 @@ mod tests {
         shutdown.cancel();
         server.abort();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_file_in_a_missing_directory_neither_spins_nor_misses_it() {
+        let root = std::env::temp_dir().join(format!("ipc-wait-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&root).unwrap();
+        let path = root.join("gone/deeper/s.sock");
+        // Nothing appears: it returns at the limit, not before.
+        let t = std::time::Instant::now();
+        wait_for_file(&path, Duration::from_millis(400)).await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(390),
+            "{:?}",
+            t.elapsed()
+        );
+        // The directories and the file appear later: it notices within moments.
+        let p2 = path.clone();
+        let maker = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            std::fs::create_dir_all(p2.parent().unwrap()).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            std::fs::write(&p2, b"").unwrap();
+            std::time::Instant::now()
+        });
+        wait_for_file(&path, Duration::from_secs(20)).await;
+        let made = maker.await.unwrap();
+        assert!(path.exists());
+        assert!(
+            made.elapsed() < Duration::from_secs(2),
+            "noticed late: {:?}",
+            made.elapsed()
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[tokio::test]
