@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::engine::{ContainerInfo, Docker, EngineError};
@@ -17,7 +17,7 @@ use crate::plan::{Phase, Step};
 use crate::vnics::MacMethod;
 
 /// The outcome of one step.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct StepResult {
     pub step: Step,
     pub ok: bool,

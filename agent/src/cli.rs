@@ -6,12 +6,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ipc::{Connection, Reply, Request};
-use serde_json::Value;
+use futures::StreamExt;
+use ipc::{JsonLines, MAX_LINE_LEN};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio_util::codec::FramedRead;
 
+use crate::control::protocol::{
+    Created, Deleted, Envelope, Lifecycle, Reply, Request, RuntimeList, StoreOutcome,
+};
 use crate::daemon::Config;
+use crate::reconcile::ReconcileReport;
 use crate::runtime::{CreateRequest, parse_vnic};
-use crate::status::{self, StatusView};
+use crate::status::{self, HealthReport, StatusView, VnicView};
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/agent/agent.sock";
 
@@ -37,6 +44,10 @@ pub struct Cli {
     /// Log level or filter (tracing env-filter syntax).
     #[arg(long, global = true, env = "AGENT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// How long a command that needs the container engine waits for the agent to
+    /// reach it (e.g. right after `agent run` starts) before failing with the reason.
+    #[arg(long, global = true, env = "AGENT_WAIT", default_value = "10s", value_parser = parse_wait)]
+    pub wait: Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -136,8 +147,17 @@ pub enum RuntimeCommand {
 pub enum StoreCommand {
     /// Re-read runtime_vnics.json (after an operator repaired it).
     Reload,
-    /// Start from an empty store (the faulted file stays moved aside).
-    Reset,
+    /// Start from an empty store. Refused on a healthy store unless --force; the
+    /// current file is always kept as runtime_vnics.json.reset-<time>.
+    Reset {
+        /// Forget every runtime of a healthy store.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 10s, 0s)"))
 }
 
 /// A humantime duration of at least one second (a zero interval would spin).
@@ -163,28 +183,35 @@ impl RunArgs {
     }
 }
 
-/// Sends one request and returns the reply; a refused or failed request is an error
-/// with the agent's reason.
-async fn call(socket: &Path, req: Request) -> Result<Reply> {
-    let mut conn = Connection::connect(socket).await.map_err(|e| {
+/// Sends one request and returns its typed result, or the agent's error.
+async fn call<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    wait: Duration,
+    request: Request,
+) -> Result<T> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot reach the agent at {}: is `agent run` running? ({e})",
             socket.display()
         )
     })?;
-    let reply = conn
-        .request(req)
+    let env = Envelope {
+        id: Some(1.into()),
+        wait: Some(wait),
+        request,
+    };
+    let (r, mut w) = stream.into_split();
+    w.write_all(&env.encode()?)
         .await
-        .with_context(|| format!("talking to the agent at {}", socket.display()))?;
-    if !reply.success {
-        bail!(
-            "{}",
-            reply
-                .error
-                .unwrap_or_else(|| "the agent refused the request".into())
-        );
-    }
-    Ok(reply)
+        .with_context(|| format!("send to the agent at {}", socket.display()))?;
+    let mut reader = FramedRead::new(r, JsonLines::new(MAX_LINE_LEN * 64));
+    let line = reader
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the agent at {} closed the connection", socket.display()))?
+        .with_context(|| format!("read the agent's reply from {}", socket.display()))?;
+    let reply: Reply = serde_json::from_slice(&line).context("the agent's reply")?;
+    reply.into_result::<T>().map_err(|e| anyhow::anyhow!(e))
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -193,81 +220,61 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 }
 
 /// Runs a client command; returns the process exit code.
-pub async fn client(socket: &Path, command: Command) -> Result<i32> {
+pub async fn client(socket: &Path, wait: Duration, command: Command) -> Result<i32> {
     match command {
         Command::Run(_) => bail!("`agent run` is the daemon, not a client command"),
         Command::Reconcile { dry_run, json } => {
-            let reply = call(
-                socket,
-                Request::new("reconcile").with_arg("dry_run", dry_run),
-            )
-            .await?;
-            let report = reply.extra.get("report").cloned().unwrap_or(Value::Null);
+            let report: ReconcileReport =
+                call(socket, wait, Request::Reconcile { dry_run }).await?;
             if json {
                 print_json(&report)?;
             } else {
-                print!("{}", status::render_report(&report));
+                print!("{report}");
             }
-            let failed = reply.extra.get("failed") == Some(&Value::Bool(true));
-            Ok(i32::from(failed))
+            Ok(i32::from(report.failed()))
         }
         Command::Status { json } => {
-            let reply = call(socket, Request::new("status")).await?;
-            let v = reply.extra.get("status").cloned().unwrap_or(Value::Null);
+            let s: StatusView = call(socket, wait, Request::Status).await?;
             if json {
-                print_json(&v)?;
+                print_json(&s)?;
             } else {
-                let s: StatusView =
-                    serde_json::from_value(v).context("the agent's status reply")?;
                 print!("{}", status::render(&s));
             }
             Ok(0)
         }
-        Command::Health => {
-            let reply = match call(socket, Request::new("health")).await {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("unhealthy: {e:#}");
-                    return Ok(1);
-                }
-            };
-            let problems: Vec<String> = reply
-                .extra
-                .get("problems")
-                .and_then(|p| serde_json::from_value(p.clone()).ok())
-                .unwrap_or_default();
-            if problems.is_empty() {
+        Command::Health => match call::<HealthReport>(socket, wait, Request::Health).await {
+            Ok(h) if h.healthy => {
                 println!("healthy");
                 Ok(0)
-            } else {
-                for p in &problems {
+            }
+            Ok(h) => {
+                for p in &h.problems {
                     eprintln!("unhealthy: {p}");
                 }
                 Ok(1)
             }
-        }
-        Command::Runtime(r) => runtime(socket, r).await,
+            Err(e) => {
+                eprintln!("unhealthy: {e:#}");
+                Ok(1)
+            }
+        },
+        Command::Runtime(r) => runtime(socket, wait, r).await,
         Command::Store(s) => {
-            let cmd = match s {
-                StoreCommand::Reload => "store_reload",
-                StoreCommand::Reset => "store_reset",
+            let (req, verb) = match s {
+                StoreCommand::Reload => (Request::StoreReload, "reloaded"),
+                StoreCommand::Reset { force } => (Request::StoreReset { force }, "reset"),
             };
-            let reply = call(socket, Request::new(cmd)).await?;
-            println!(
-                "store {}: {} runtimes",
-                if cmd == "store_reload" {
-                    "reloaded"
-                } else {
-                    "reset"
-                },
-                reply.extra.get("runtimes").cloned().unwrap_or(Value::Null)
-            );
+            let out: StoreOutcome = call(socket, wait, req).await?;
+            println!("store {verb}: {} runtimes", out.runtimes);
+            if let Some(k) = out.kept_as {
+                println!("  the previous file is kept as {k}");
+            }
             Ok(0)
         }
     }
 }
 
-async fn runtime(socket: &Path, r: RuntimeCommand) -> Result<i32> {
+async fn runtime(socket: &Path, wait: Duration, r: RuntimeCommand) -> Result<i32> {
     match r {
         RuntimeCommand::Create {
             name,
@@ -281,115 +288,82 @@ async fn runtime(socket: &Path, r: RuntimeCommand) -> Result<i32> {
                 .map(|s| parse_vnic(s))
                 .collect::<Result<Vec<_>, _>>()?;
             let req = CreateRequest {
-                name: name.clone(),
+                name,
                 image,
                 cmd,
                 vnics,
             };
-            let Value::Object(args) = serde_json::to_value(&req)? else {
-                bail!("internal: a create request is an object");
-            };
-            let mut request = Request::new("runtime_create");
-            request.args = args;
-            let reply = call(socket, request).await?;
-            let report = reply.extra.get("report").cloned().unwrap_or(Value::Null);
+            let c: Created = call(socket, wait, Request::RuntimeCreate(req)).await?;
             if json {
-                print_json(&reply.extra)?;
-            } else {
-                println!("runtime {name} created");
-                // The attach may have been done by the run the container's start
-                // triggered: show where each vNIC is now rather than only this
-                // run's steps.
-                let now = call(socket, Request::new("status")).await.ok();
-                let vnics = now
-                    .as_ref()
-                    .and_then(|r| r.extra.get("status"))
-                    .and_then(|s| s.get("runtimes"))
-                    .and_then(|r| r.get(&name))
-                    .or_else(|| reply.extra.get("vnics").and_then(|v| v.get(&name)))
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                for n in &vnics {
-                    let f = |k: &str| n.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-                    println!(
-                        "  {} on {}: mac {}, network {}, ipv4 {}",
-                        f("name"),
-                        f("parent"),
-                        f("mac"),
-                        f("network"),
-                        f("ipv4")
-                    );
-                }
-                if report
-                    .get("steps")
-                    .and_then(Value::as_array)
-                    .is_some_and(|s| !s.is_empty())
-                {
-                    print!("{}", status::render_report(&report));
-                }
+                print_json(&c)?;
+                return Ok(0);
             }
-            Ok(i32::from(
-                reply.extra.get("failed") == Some(&Value::Bool(true)),
-            ))
+            println!("runtime {} created", c.runtime);
+            for v in &c.vnics {
+                println!("  {}", vnic_line(v));
+            }
+            match &c.report {
+                Some(r) if r.failed() => print!("attaching is not complete yet:\n{r}"),
+                Some(_) => {}
+                None => println!("attaching is pending: the agent retries"),
+            }
+            Ok(0)
         }
         RuntimeCommand::Delete { name } => {
-            let reply = call(
-                socket,
-                Request::new("runtime_delete").with_arg("name", name.clone()),
-            )
-            .await?;
-            println!("runtime {name} deleted");
-            if let Some(Value::Array(nets)) = reply.extra.get("removed_networks") {
-                for n in nets {
-                    println!("  removed network {}", n.as_str().unwrap_or("?"));
-                }
+            let d: Deleted = call(socket, wait, Request::RuntimeDelete { name }).await?;
+            println!("runtime {} deleted", d.runtime);
+            for n in &d.removed_networks {
+                println!("  removed network {n}");
             }
             Ok(0)
         }
         RuntimeCommand::List { json } => {
-            let reply = call(socket, Request::new("runtime_list")).await?;
-            let v = reply.extra.get("runtimes").cloned().unwrap_or(Value::Null);
+            let list: RuntimeList = call(socket, wait, Request::RuntimeList).await?;
             if json {
-                print_json(&v)?;
-            } else {
-                let s = StatusView {
-                    runtimes: serde_json::from_value(v).context("the agent's list reply")?,
-                    ..Default::default()
-                };
-                for (name, vnics) in &s.runtimes {
-                    println!("{name}");
-                    for v in vnics {
-                        println!(
-                            "  {:<6} parent {:<12} net {:<32} mac {}",
-                            v.name,
-                            v.parent,
-                            v.network.as_deref().unwrap_or("-"),
-                            v.mac.as_deref().unwrap_or("-")
-                        );
-                    }
+                print_json(&list)?;
+                return Ok(0);
+            }
+            for (name, vnics) in &list {
+                println!("{name}");
+                for v in vnics {
+                    println!("  {}", vnic_line(v));
                 }
             }
             Ok(0)
         }
-        RuntimeCommand::Start { name } => lifecycle(socket, "start", name).await,
-        RuntimeCommand::Stop { name } => lifecycle(socket, "stop", name).await,
-        RuntimeCommand::Restart { name } => lifecycle(socket, "restart", name).await,
+        RuntimeCommand::Start { name } => {
+            lifecycle(socket, wait, Request::RuntimeStart { name }).await
+        }
+        RuntimeCommand::Stop { name } => {
+            lifecycle(socket, wait, Request::RuntimeStop { name }).await
+        }
+        RuntimeCommand::Restart { name } => {
+            lifecycle(socket, wait, Request::RuntimeRestart { name }).await
+        }
     }
 }
 
-async fn lifecycle(socket: &Path, verb: &str, name: String) -> Result<i32> {
-    let reply = call(
-        socket,
-        Request::new(format!("runtime_{verb}")).with_arg("name", name.clone()),
+fn vnic_line(v: &VnicView) -> String {
+    format!(
+        "{} on {}: mac {}, network {}, ipv4 {}",
+        v.name,
+        v.parent,
+        v.mac.as_deref().unwrap_or("-"),
+        v.network.as_deref().unwrap_or("-"),
+        v.ipv4.as_deref().unwrap_or("-")
     )
-    .await?;
-    println!("runtime {name}: {verb} done");
-    if let Some(report) = reply.extra.get("report") {
-        print!("{}", status::render_report(report));
+}
+
+async fn lifecycle(socket: &Path, wait: Duration, req: Request) -> Result<i32> {
+    let l: Lifecycle = call(socket, wait, req).await?;
+    println!("runtime {}: {} done", l.runtime, l.action);
+    if let Some(report) = &l.report
+        && !report.steps.is_empty()
+    {
+        print!("{report}");
     }
     Ok(i32::from(
-        reply.extra.get("failed") == Some(&Value::Bool(true)),
+        l.report.as_ref().is_some_and(ReconcileReport::failed),
     ))
 }
 

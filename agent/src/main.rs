@@ -33,7 +33,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
         command => {
             // Client commands log only problems, to stderr, so their output stays clean.
             logging::init(LogFormat::Text, "warn")?;
-            agent::cli::client(&cli.control_socket, command).await
+            agent::cli::client(&cli.control_socket, cli.wait, command).await
         }
     }
 }

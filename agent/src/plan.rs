@@ -13,7 +13,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cache::{InterfaceCache, Lan};
 use crate::engine::{
@@ -22,7 +22,7 @@ use crate::engine::{
 use crate::vnics::{NetworkMode, Runtimes, Vnic};
 
 /// One engine or namespace action. Every step is idempotent.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     Disconnect {
@@ -149,7 +149,7 @@ impl fmt::Display for Step {
 }
 
 /// Information the plan produced that is not a step.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "note", rename_all = "snake_case")]
 pub enum Note {
     /// A static vNIC outside the parent's LAN subnet: its subnet is an extra pool.

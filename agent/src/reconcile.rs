@@ -1,16 +1,19 @@
-//! One reconcile run: observe, plan, apply, verify, record.
+//! One reconcile run: observe, plan, apply, verify. The run borrows the desired
+//! state and returns its report plus the records to merge ([`Record`]); the task that
+//! owns the vNIC store merges them (netavark's `setup()` returning a `StatusBlock`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::apply::StepResult;
 use crate::apply::{self, MacOutcome};
 use crate::cache::InterfaceCache;
 use crate::engine::{CallCounts, ContainerInfo, Docker, EngineError, Observed};
 use crate::plan::{self, Note, Step};
-use crate::vnics::{MacMethod, Runtimes, VnicStore};
+use crate::vnics::{MacMethod, NetworkMode, Runtimes, Vnic, VnicStore};
 
 #[derive(Clone, Debug)]
 pub struct ReconcileOptions {
@@ -29,7 +32,7 @@ impl Default for ReconcileOptions {
     }
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct ReconcileReport {
     /// RFC 3339 start time.
     pub started: String,
@@ -39,7 +42,8 @@ pub struct ReconcileReport {
     pub notes: Vec<Note>,
     /// Engine calls made by this run.
     pub engine_calls: CallCounts,
-    /// The store could not record what this run found (e.g. it is faulted).
+    /// The store could not record what this run found (e.g. it is faulted); set by
+    /// the store's owner after merging.
     pub store_error: Option<String>,
     /// What the verification pass still found wrong after applying.
     pub unconverged: Vec<Step>,
@@ -51,33 +55,116 @@ impl ReconcileReport {
     }
 }
 
+impl StepResult {
+    /// A step of a dry run: planned, not taken.
+    pub fn planned(step: Step) -> StepResult {
+        StepResult {
+            step,
+            ok: true,
+            error: None,
+            duration_ms: 0,
+        }
+    }
+}
+
+/// `agent reconcile`: one line per step, `[eth1] connect plc1/eth0 to NET ... ok 48 ms`.
+impl fmt::Display for StepResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.error, self.ok) {
+            (None, true) => write!(f, "{} ... ok {} ms", self.step, self.duration_ms),
+            (Some(e), _) => write!(f, "{} ... FAILED: {e}", self.step),
+            (None, false) => write!(f, "{} ... FAILED", self.step),
+        }
+    }
+}
+
+/// The whole report: steps (or "planned" lines), notes, what is still wrong, and a
+/// one-line summary.
+impl fmt::Display for ReconcileReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.steps.is_empty() {
+            writeln!(f, "nothing to do: every vNIC is where it should be")?;
+        }
+        for s in &self.steps {
+            if self.dry_run {
+                writeln!(f, "{} ... planned", s.step)?;
+            } else {
+                writeln!(f, "{s}")?;
+            }
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
+        for u in &self.unconverged {
+            writeln!(f, "still to do: {u}")?;
+        }
+        if let Some(e) = &self.store_error {
+            writeln!(f, "store: could not record the results: {e}")?;
+        }
+        let failed = self.steps.iter().filter(|s| !s.ok).count();
+        let calls = &self.engine_calls;
+        writeln!(
+            f,
+            "{} {} step{}{} in {} ms; engine calls: {} changing, {} reads, {} MAC checks",
+            if self.dry_run { "planned" } else { "done:" },
+            self.steps.len(),
+            if self.steps.len() == 1 { "" } else { "s" },
+            if failed > 0 {
+                format!(", {failed} FAILED")
+            } else {
+                String::new()
+            },
+            self.duration_ms,
+            calls.changing(),
+            calls.reads,
+            calls.mac_checks
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("observe the engine: {0}")]
     Engine(#[from] EngineError),
 }
 
-/// observe -> plan -> apply -> verify -> record (see the module docs of `plan` and
-/// `apply`).
+/// What one vNIC's record in the store should now say.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub runtime: String,
+    pub vnic: String,
+    pub parent: String,
+    pub mac_address: Option<String>,
+    pub docker_network_name: Option<String>,
+    pub mac_applied: Option<MacMethod>,
+}
+
+/// A run's findings: the report for the caller, the records for the store's owner.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub report: ReconcileReport,
+    pub records: Vec<Record>,
+}
+
+/// observe -> plan -> apply -> verify. Nothing here writes the store.
 pub async fn reconcile(
     docker: &Docker,
-    store: &mut VnicStore,
+    desired: &Runtimes,
     cache: &InterfaceCache,
     opts: &ReconcileOptions,
-) -> Result<ReconcileReport, ReconcileError> {
+) -> Result<Outcome, ReconcileError> {
     let started = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let t0 = Instant::now();
     let before = docker.counts();
-    let desired = store.runtimes().clone();
     let names: Vec<String> = desired.keys().cloned().collect();
 
     // Look inside only the containers whose MACs the plan must check: those staying
     // attached. A container about to be reconnected gets its one check after the
     // connect, so a move costs one namespace read per container, not two.
     let mut observed = docker.observe_engine(&names).await?;
-    let needs_look = staying_attached(&plan::plan(&desired, cache, &observed).steps);
-    docker.read_links_of(&mut observed, &needs_look).await;
-    let planned = plan::plan(&desired, cache, &observed);
+    let inspect = staying_attached(desired, cache, &observed);
+    docker.read_links_of(&mut observed, &inspect).await;
+    let planned = plan::plan(desired, cache, &observed);
     let mut report = ReconcileReport {
         started,
         duration_ms: 0,
@@ -88,58 +175,23 @@ pub async fn reconcile(
         store_error: None,
         unconverged: Vec::new(),
     };
+    let mut records = Vec::new();
     if opts.dry_run {
-        report.steps = planned
-            .steps
-            .into_iter()
-            .map(|step| StepResult {
-                step,
-                ok: true,
-                error: None,
-                duration_ms: 0,
-            })
-            .collect();
-        report.engine_calls = docker.counts().since(&before);
-        report.duration_ms = t0.elapsed().as_millis() as u64;
-        return Ok(report);
-    }
-
-    let (final_observed, macs) = if planned.steps.is_empty() {
-        (observed, Vec::new())
+        report.steps = planned.steps.into_iter().map(StepResult::planned).collect();
     } else {
-        let (results, macs) = apply::execute(docker, planned.steps.clone(), opts.parallelism).await;
-        report.steps = results;
-        let known = known_containers(&observed, &planned.steps, &macs);
-        let again = docker.observe_reusing(&names, &known).await?;
-        report.unconverged = plan::plan(&desired, cache, &again).steps;
-        (again, macs)
-    };
-
-    let recorded = record(&desired, &final_observed, &macs);
-    if recorded != desired {
-        if let Err(e) = store.update(|r| {
-            // Merge per vNIC so a change made to the store during the run is not lost.
-            for (c, vnics) in r.iter_mut() {
-                let Some(new) = recorded.get(c) else { continue };
-                for v in vnics.iter_mut() {
-                    if let Some(n) = new
-                        .iter()
-                        .find(|n| n.name == v.name && n.parent_interface == v.parent_interface)
-                    {
-                        v.mac_address = n.mac_address.clone();
-                        v.docker_network_name = n.docker_network_name.clone();
-                        v.mac_applied = n.mac_applied;
-                    }
-                }
-            }
-        }) {
-            tracing::error!(error = %e, "cannot record the reconcile's results in the vNIC store");
-            report.store_error = Some(e.to_string());
-        }
-    } else if let Some(f) = store.fault() {
-        report.store_error = Some(f.message.clone());
+        let (final_observed, macs) = if planned.steps.is_empty() {
+            (observed, Vec::new())
+        } else {
+            let (results, macs) =
+                apply::execute(docker, planned.steps.clone(), opts.parallelism).await;
+            report.steps = results;
+            let known = known_containers(&observed, &planned.steps, &macs);
+            let again = docker.observe_reusing(&names, &known).await?;
+            report.unconverged = plan::plan(desired, cache, &again).steps;
+            (again, macs)
+        };
+        records = record(desired, &final_observed, &macs);
     }
-
     report.engine_calls = docker.counts().since(&before);
     report.duration_ms = t0.elapsed().as_millis() as u64;
     tracing::info!(
@@ -147,32 +199,110 @@ pub async fn reconcile(
         failed = report.failed(),
         changing_calls = report.engine_calls.changing(),
         duration_ms = report.duration_ms,
+        dry_run = opts.dry_run,
         "reconcile done"
     );
-    Ok(report)
+    Ok(Outcome { report, records })
 }
 
-/// Containers with a MAC to verify on a vNIC that no step reconnects.
-fn staying_attached(steps: &[Step]) -> BTreeSet<String> {
-    let connected: BTreeSet<(&str, &str)> = steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Connect {
-                container, vnic, ..
-            } => Some((container.as_str(), vnic.as_str())),
-            _ => None,
+/// The store's owner records a run's findings; returns the store's error when it
+/// could not (faulted, or the write failed), for the run's report.
+pub fn record_into(store: &mut VnicStore, records: &[Record]) -> Option<String> {
+    if !records.iter().any(|r| differs(store.runtimes(), r)) {
+        return store.fault().map(|f| f.message.clone());
+    }
+    match store.update(|r| merge(r, records)) {
+        Ok(_) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the reconcile's results in the vNIC store");
+            Some(e.to_string())
+        }
+    }
+}
+
+fn find_mut<'a>(runtimes: &'a mut Runtimes, r: &Record) -> Option<&'a mut Vnic> {
+    runtimes
+        .get_mut(&r.runtime)?
+        .iter_mut()
+        .find(|v| v.name == r.vnic && v.parent_interface == r.parent)
+}
+
+/// Whether merging `r` would change its vNIC.
+fn differs(runtimes: &Runtimes, r: &Record) -> bool {
+    runtimes
+        .get(&r.runtime)
+        .and_then(|vnics| {
+            vnics
+                .iter()
+                .find(|v| v.name == r.vnic && v.parent_interface == r.parent)
         })
-        .collect();
-    steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::SetMac {
-                container, vnic, ..
-            } if !connected.contains(&(container.as_str(), vnic.as_str())) => {
-                Some(container.clone())
-            }
-            _ => None,
+        .is_some_and(|v| {
+            (r.mac_address.is_some() && r.mac_address != v.mac_address)
+                || (r.docker_network_name.is_some()
+                    && r.docker_network_name != v.docker_network_name)
+                || (r.mac_applied.is_some() && r.mac_applied != v.mac_applied)
         })
+}
+
+/// Writes `records` into `runtimes`, per vNIC (matched by runtime, name and parent),
+/// so a runtime created or deleted while the run was in flight is neither lost nor
+/// brought back. Returns whether anything changed.
+pub fn merge(runtimes: &mut Runtimes, records: &[Record]) -> bool {
+    let mut changed = false;
+    for r in records {
+        if !differs(runtimes, r) {
+            continue;
+        }
+        let Some(v) = find_mut(runtimes, r) else {
+            continue;
+        };
+        if r.mac_address.is_some() {
+            v.mac_address = r.mac_address.clone();
+        }
+        if r.docker_network_name.is_some() {
+            v.docker_network_name = r.docker_network_name.clone();
+        }
+        if r.mac_applied.is_some() {
+            v.mac_applied = r.mac_applied;
+        }
+        changed = true;
+    }
+    changed
+}
+
+/// Running containers with a vNIC whose endpoint on a macvlan network of its parent
+/// already has the address it should keep: their MACs are checked in place. The rest
+/// are reconnected, and each gets its one check after the connect.
+fn staying_attached(
+    desired: &Runtimes,
+    cache: &InterfaceCache,
+    observed: &Observed,
+) -> BTreeSet<String> {
+    let keeps = |v: &Vnic, ip: std::net::Ipv4Addr| match v.network_mode {
+        NetworkMode::Static => v.ip == Some(ip),
+        NetworkMode::Dhcp => cache
+            .lan(&v.parent_interface)
+            .is_some_and(|lan| lan.subnet.contains(ip)),
+    };
+    desired
+        .iter()
+        .filter(|(name, vnics)| {
+            let Some(ci) = observed.containers.get(*name).filter(|c| c.running) else {
+                return false;
+            };
+            vnics.iter().any(|v| {
+                observed
+                    .networks
+                    .iter()
+                    .filter(|n| {
+                        n.driver == "macvlan"
+                            && n.parent.as_deref() == Some(v.parent_interface.as_str())
+                    })
+                    .filter_map(|n| ci.endpoint_on(n).and_then(|e| e.ipv4))
+                    .any(|ip| keeps(v, ip))
+            })
+        })
+        .map(|(name, _)| name.clone())
         .collect()
 }
 
@@ -214,19 +344,19 @@ fn known_containers(
     known
 }
 
-/// The store as it should read after this run: each vNIC's network, MAC and how the MAC
-/// got there, from what the engine and the namespaces now show.
-fn record(desired: &Runtimes, observed: &Observed, macs: &[MacOutcome]) -> Runtimes {
+/// What the store should record after this run: each vNIC's network, MAC and how the
+/// MAC got there, from what the engine and the namespaces now show.
+fn record(desired: &Runtimes, observed: &Observed, macs: &[MacOutcome]) -> Vec<Record> {
     let applied: BTreeMap<(&str, &str), MacMethod> = macs
         .iter()
         .map(|m| ((m.container.as_str(), m.vnic.as_str()), m.method))
         .collect();
-    let mut out = desired.clone();
-    for (container, vnics) in out.iter_mut() {
+    let mut out = Vec::new();
+    for (container, vnics) in desired {
         let Some(ci) = observed.containers.get(container) else {
             continue;
         };
-        for v in vnics.iter_mut() {
+        for v in vnics {
             let Some((net, ep)) = ci.endpoints.iter().find_map(|ep| {
                 observed
                     .networks
@@ -240,7 +370,14 @@ fn record(desired: &Runtimes, observed: &Observed, macs: &[MacOutcome]) -> Runti
             }) else {
                 continue;
             };
-            v.docker_network_name = Some(net.name.clone());
+            let mut r = Record {
+                runtime: container.clone(),
+                vnic: v.name.clone(),
+                parent: v.parent_interface.clone(),
+                mac_address: None,
+                docker_network_name: Some(net.name.clone()),
+                mac_applied: None,
+            };
             let inside = ep
                 .ipv4
                 .and_then(|ip| ci.link_with(ip))
@@ -249,8 +386,8 @@ fn record(desired: &Runtimes, observed: &Observed, macs: &[MacOutcome]) -> Runti
                 None => {
                     // First connect without a MAC: the engine's becomes the identity.
                     if let Some(m) = inside.or_else(|| ep.mac.clone()) {
-                        v.mac_address = Some(m);
-                        v.mac_applied = Some(MacMethod::Engine);
+                        r.mac_address = Some(m);
+                        r.mac_applied = Some(MacMethod::Engine);
                     }
                 }
                 Some(stored) => {
@@ -258,13 +395,13 @@ fn record(desired: &Runtimes, observed: &Observed, macs: &[MacOutcome]) -> Runti
                         .as_deref()
                         .is_some_and(|m| m.eq_ignore_ascii_case(&stored))
                     {
-                        v.mac_address = Some(stored);
-                        if let Some(method) = applied.get(&(container.as_str(), v.name.as_str())) {
-                            v.mac_applied = Some(*method);
-                        }
+                        r.mac_address = Some(stored);
+                        r.mac_applied =
+                            applied.get(&(container.as_str(), v.name.as_str())).copied();
                     }
                 }
             }
+            out.push(r);
         }
     }
     out

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Map;
 use tracing::{debug, info, warn};
 
-use crate::engine::{ContainerSpec, Docker, EngineError, managed_labels};
+use crate::engine::{ContainerSpec, Docker, EngineError, is_managed, managed_labels};
 use crate::vnics::{NetworkMode, Runtimes, Vnic};
 
 /// A vNIC as asked for by `agent runtime create --vnic ...`.
@@ -65,6 +65,15 @@ pub enum RuntimeError {
         b: String,
         parent: String,
     },
+    #[error("{}", name_taken(what, name, *ours))]
+    NameTaken {
+        what: &'static str,
+        name: String,
+        /// Carries the agent's label (left over from an earlier runtime).
+        ours: bool,
+    },
+    #[error("{0}")]
+    Engine(String),
     #[error("vNIC {vnic}: MAC {mac} is already used on parent {parent} by {owner}")]
     MacInUse {
         vnic: String,
@@ -72,6 +81,18 @@ pub enum RuntimeError {
         parent: String,
         owner: String,
     },
+}
+
+fn name_taken(what: &str, name: &str, ours: bool) -> String {
+    if ours {
+        format!(
+            "a {what} named {name} already exists (made by this agent for an earlier runtime, but not in its store): remove it (docker {what} rm {name}) or choose another name"
+        )
+    } else {
+        format!(
+            "a {what} named {name} already exists and was not made by this agent: nothing was created; choose another runtime name"
+        )
+    }
 }
 
 /// Parses `name=eth0,parent=ens37,mode=dhcp[,ip=..,subnet=..,gateway=..,mac=..]`.
@@ -385,15 +406,52 @@ async fn connect_self(docker: &Docker, internal: &str) -> Result<(), EngineError
     }
 }
 
+/// What one create made, by id, so a failure undoes exactly that and nothing else.
+#[derive(Default, Debug)]
+struct Made {
+    network: Option<String>,
+    container: Option<String>,
+}
+
+/// Why a create cannot even start: the names it needs are taken.
+async fn names_free(docker: &Docker, name: &str, internal: &str) -> Result<bool, RuntimeError> {
+    let engine = |e: EngineError| RuntimeError::Engine(e.to_string());
+    if let Some(c) = docker.container(name).await.map_err(engine)? {
+        return Err(RuntimeError::NameTaken {
+            what: "container",
+            name: name.to_string(),
+            ours: is_managed(&c.labels),
+        });
+    }
+    let networks = docker.list_networks().await.map_err(engine)?;
+    match networks.iter().find(|n| n.name == internal) {
+        None => Ok(false),
+        // Ours and left over (e.g. from a runtime removed by hand): reused, and so not
+        // removed if this create fails.
+        Some(n) if is_managed(&n.labels) && n.driver == "bridge" => Ok(true),
+        Some(n) => Err(RuntimeError::NameTaken {
+            what: "network",
+            name: internal.to_string(),
+            ours: is_managed(&n.labels),
+        }),
+    }
+}
+
 /// Creates the internal network and the container, starts it, and connects the
-/// agent's own container to the internal network. On failure, whatever was created
-/// is removed again so a retry starts clean.
-pub async fn create_in_engine(docker: &Docker, req: &CreateRequest) -> Result<(), EngineError> {
+/// agent's own container to the internal network. A container or network name that
+/// is already taken is refused before anything is created; on a later failure only
+/// what this call created (by id) is removed again, so a retry starts clean.
+pub async fn create_in_engine(docker: &Docker, req: &CreateRequest) -> Result<(), RuntimeError> {
     let internal = internal_network(&req.name);
+    let reuse_network = names_free(docker, &req.name, &internal).await?;
+    let mut made = Made::default();
     let result = async {
-        docker
+        let net = docker
             .create_internal_network(&internal, &managed_labels())
             .await?;
+        if !reuse_network {
+            made.network = Some(net);
+        }
         let spec = ContainerSpec {
             name: req.name.clone(),
             image: req.image.clone(),
@@ -405,17 +463,34 @@ pub async fn create_in_engine(docker: &Docker, req: &CreateRequest) -> Result<()
             // itself needs no extra privilege.
             cap_add: Vec::new(),
         };
-        docker.create_container(&spec).await?;
+        made.container = Some(docker.create_container(&spec).await?);
         docker.start_container(&req.name).await?;
         connect_self(docker, &internal).await
     }
     .await;
     if let Err(e) = &result {
-        warn!(runtime = %req.name, error = %e, "runtime create failed; removing what was created");
-        let _ = docker.remove_container(&req.name).await;
-        let _ = docker.remove_network(&internal).await;
+        warn!(runtime = %req.name, error = %e, made = ?made, "runtime create failed; removing what it created");
+        undo(docker, &made).await;
     }
-    result
+    result.map_err(|e| RuntimeError::Engine(e.to_string()))
+}
+
+/// Removes what a failed create made, container first (a network with an endpoint
+/// cannot be removed). Best effort: each failure is logged.
+async fn undo(docker: &Docker, made: &Made) {
+    if let Some(id) = &made.container
+        && let Err(e) = docker.remove_container(id).await
+    {
+        warn!(container = %id, error = %e, "could not remove the container this create made");
+    }
+    if let Some(id) = &made.network {
+        if let Some(me) = own_container() {
+            let _ = docker.disconnect(&me.name, id).await;
+        }
+        if let Err(e) = docker.remove_network(id).await {
+            warn!(network = %id, error = %e, "could not remove the network this create made");
+        }
+    }
 }
 
 /// Removes the container, its internal network (after disconnecting the agent's own

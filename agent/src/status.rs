@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::cache::InterfaceCache;
 use crate::engine::ContainerInfo;
-use crate::vnics::Runtimes;
+use crate::plan::Note;
+use crate::reconcile::ReconcileReport;
+use crate::vnics::{MacMethod, NetworkMode, Runtimes, StoreFault};
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct StatusView {
@@ -20,7 +21,7 @@ pub struct StatusView {
     pub runtimes: BTreeMap<String, Vec<VnicView>>,
     pub store: StoreView,
     /// Information from the last reconcile (e.g. a static subnet off the LAN).
-    pub notes: Vec<Value>,
+    pub notes: Vec<Note>,
     pub reconcile: ReconcileState,
 }
 
@@ -67,14 +68,14 @@ pub struct InterfaceView {
 pub struct VnicView {
     pub name: String,
     pub parent: String,
-    pub mode: Value,
+    pub mode: NetworkMode,
     pub network: Option<String>,
     pub mac: Option<String>,
     pub ipv4: Option<String>,
     pub subnet: Option<String>,
     /// How the stored MAC was applied: by the engine, or through the container's
     /// network namespace.
-    pub mac_applied: Value,
+    pub mac_applied: Option<MacMethod>,
     /// Whether the engine shows the container on `network` (unknown when the
     /// engine was not asked).
     #[serde(default)]
@@ -87,18 +88,18 @@ pub struct VnicView {
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct StoreView {
     pub path: String,
-    pub fault: Option<Value>,
+    pub fault: Option<StoreFault>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct ReconcileState {
     pub running: bool,
     pub runs: u64,
-    /// The last run's report (steps, engine calls, notes), as the reconciler wrote it.
-    pub last: Option<Value>,
+    /// The last run's report (steps, engine calls, notes).
+    pub last: Option<ReconcileReport>,
     /// The last run that had steps to take (later runs may have found nothing).
     #[serde(default)]
-    pub last_change: Option<Value>,
+    pub last_change: Option<ReconcileReport>,
     /// Why the last run could not run at all (e.g. the engine was unreachable).
     pub last_error: Option<String>,
 }
@@ -134,12 +135,12 @@ pub fn runtimes(runtimes: &Runtimes) -> BTreeMap<String, Vec<VnicView>> {
                 .map(|v| VnicView {
                     name: v.name.clone(),
                     parent: v.parent_interface.clone(),
-                    mode: serde_json::to_value(v.network_mode).unwrap_or(Value::Null),
+                    mode: v.network_mode,
                     network: v.docker_network_name.clone(),
                     mac: v.stored_mac().map(str::to_string),
                     ipv4: v.ip.map(|i| i.to_string()),
                     subnet: v.subnet.map(|s| s.to_string()),
-                    mac_applied: serde_json::to_value(v.mac_applied).unwrap_or(Value::Null),
+                    mac_applied: v.mac_applied,
                     attached: None,
                     live_mac: None,
                 })
@@ -172,6 +173,23 @@ pub fn fill_observed(view: &mut StatusView, containers: &[ContainerInfo]) {
     }
 }
 
+/// `agent health`: healthy when `problems` is empty.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthReport {
+    pub healthy: bool,
+    pub problems: Vec<String>,
+}
+
+impl HealthReport {
+    pub fn of(s: &StatusView) -> HealthReport {
+        let problems = health_problems(s);
+        HealthReport {
+            healthy: problems.is_empty(),
+            problems,
+        }
+    }
+}
+
 /// Why the agent is not healthy; empty when it is.
 pub fn health_problems(s: &StatusView) -> Vec<String> {
     let mut p = Vec::new();
@@ -198,21 +216,9 @@ pub fn health_problems(s: &StatusView) -> Vec<String> {
         ));
     }
     if let Some(f) = &s.store.fault {
-        p.push(format!("the vNIC store is faulted: {}", compact(f)));
+        p.push(format!("the vNIC store is faulted: {}", f.message));
     }
     p
-}
-
-fn compact(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", compact(v)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        other => other.to_string(),
-    }
 }
 
 fn opt(v: &Option<String>) -> &str {
@@ -284,10 +290,14 @@ pub fn render(s: &StatusView) -> String {
                 "    {:<6} parent {:<12} {:<7} net {:<32} mac {} ({}) ipv4 {}{}",
                 v.name,
                 v.parent,
-                v.mode.as_str().unwrap_or("?"),
+                v.mode,
                 opt(&v.network),
                 opt(&v.mac),
-                v.mac_applied.as_str().unwrap_or("not yet"),
+                match v.mac_applied {
+                    Some(MacMethod::Engine) => "by the engine",
+                    Some(MacMethod::Netns) => "set in its namespace",
+                    None => "not applied yet",
+                },
                 opt(&v.ipv4),
                 match (v.attached, &v.live_mac) {
                     (Some(false), _) => "  NOT ATTACHED".to_string(),
@@ -306,128 +316,51 @@ pub fn render(s: &StatusView) -> String {
         s.store
             .fault
             .as_ref()
-            .map(|f| format!(" FAULTED: {} (writes refused until `agent store reset` or the file is repaired and `agent store reload`)", compact(f)))
+            .map(|f| format!(" FAULTED: {} (writes refused until `agent store reset` or the file is repaired and `agent store reload`)", f.message))
             .unwrap_or_default()
     );
     for n in &s.notes {
-        let _ = writeln!(o, "note: {}", compact(n));
+        let _ = writeln!(o, "note: {n}");
     }
+    let running = if s.reconcile.running {
+        " (one is running now)"
+    } else {
+        ""
+    };
     match (&s.reconcile.last, &s.reconcile.last_error) {
         (Some(r), _) => {
-            let steps = r.get("steps").and_then(Value::as_array);
-            let failed = steps
-                .map(|s| {
-                    s.iter()
-                        .filter(|x| x.get("ok") == Some(&Value::Bool(false)))
-                        .count()
-                })
-                .unwrap_or(0);
+            let failed = r.steps.iter().filter(|x| !x.ok).count();
             let _ = writeln!(
                 o,
-                "last reconcile: started {}, {} ms, {} steps, {} failed{}",
-                r.get("started").map(compact).unwrap_or_default(),
-                r.get("duration_ms").map(compact).unwrap_or_default(),
-                steps.map(Vec::len).unwrap_or(0),
-                failed,
-                if s.reconcile.running {
-                    " (another is running)"
-                } else {
-                    ""
-                }
+                "last reconcile: started {}, {} ms, {} steps, {failed} failed{running}",
+                r.started,
+                r.duration_ms,
+                r.steps.len(),
             );
         }
         (None, Some(e)) => {
-            let _ = writeln!(o, "last reconcile: could not run: {e}");
+            let _ = writeln!(o, "last reconcile: could not run: {e}{running}");
         }
         (None, None) => {
-            let _ = writeln!(
-                o,
-                "last reconcile: none yet{}",
-                if s.reconcile.running {
-                    " (one is running)"
-                } else {
-                    ""
-                }
-            );
+            let _ = writeln!(o, "last reconcile: none yet{running}");
         }
     }
     if let Some(r) = &s.reconcile.last_change {
-        let steps = r.get("steps").and_then(Value::as_array);
         let _ = writeln!(
             o,
             "last change: started {}, {} ms, {} steps{}",
-            r.get("started").map(compact).unwrap_or_default(),
-            r.get("duration_ms").map(compact).unwrap_or_default(),
-            steps.map(Vec::len).unwrap_or(0),
-            steps
-                .and_then(|s| s.last())
-                .and_then(|x| x.get("step"))
-                .map(|x| format!(", last: {}", compact(x)))
+            r.started,
+            r.duration_ms,
+            r.steps.len(),
+            r.steps
+                .last()
+                .map(|x| format!(", last: {}", x.step))
                 .unwrap_or_default()
         );
     }
     if let (Some(_), Some(e)) = (&s.reconcile.last, &s.reconcile.last_error) {
         let _ = writeln!(o, "last reconcile attempt failed: {e}");
     }
-    o
-}
-
-/// The text of `agent reconcile`: one line per step with its result.
-pub fn render_report(report: &Value) -> String {
-    let mut o = String::new();
-    let dry = report.get("dry_run") == Some(&Value::Bool(true));
-    let steps = report
-        .get("steps")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if steps.is_empty() {
-        let _ = writeln!(o, "nothing to do: every vNIC is where it should be");
-    }
-    for s in &steps {
-        let step = s.get("step").map(compact).unwrap_or_default();
-        let desc = s
-            .get("description")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or(step);
-        let status = if dry {
-            "planned".to_string()
-        } else if s.get("ok") == Some(&Value::Bool(true)) {
-            "ok".to_string()
-        } else {
-            format!(
-                "FAILED: {}",
-                s.get("error").map(compact).unwrap_or_else(|| "?".into())
-            )
-        };
-        let ms = s.get("duration_ms").and_then(Value::as_u64);
-        let _ = writeln!(
-            o,
-            "{status:>8}  {desc}{}",
-            ms.filter(|_| !dry)
-                .map(|m| format!(" ({m} ms)"))
-                .unwrap_or_default()
-        );
-    }
-    if let Some(notes) = report.get("notes").and_then(Value::as_array) {
-        for n in notes {
-            let _ = writeln!(o, "    note  {}", compact(n));
-        }
-    }
-    if let Some(e) = report.get("store_error").filter(|e| !e.is_null()) {
-        let _ = writeln!(o, "store: {}", compact(e));
-    }
-    let calls = report.get("engine_calls").map(compact).unwrap_or_default();
-    let _ = writeln!(
-        o,
-        "{} in {} ms; engine calls: {calls}",
-        if dry { "planned" } else { "done" },
-        report
-            .get("duration_ms")
-            .map(compact)
-            .unwrap_or_else(|| "?".into())
-    );
     o
 }
 
@@ -441,7 +374,11 @@ mod tests {
         s.netmon.socket = "/run/netmon/netmon.sock".into();
         s.engine.host = "unix:///var/run/docker.sock".into();
         s.engine.last_error = Some("connection refused".into());
-        s.store.fault = Some(serde_json::json!({"error": "parse"}));
+        s.store.fault = Some(StoreFault {
+            message: "parse".into(),
+            moved_to: None,
+            since: 0,
+        });
         let p = health_problems(&s);
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[1].contains("connection refused"));
@@ -450,18 +387,5 @@ mod tests {
         s.store.fault = None;
         assert!(health_problems(&s).is_empty());
         assert!(render(&s).contains("engine: reachable"));
-    }
-
-    #[test]
-    fn report_rendering_marks_failures() {
-        let r = serde_json::json!({
-            "dry_run": false, "duration_ms": 12,
-            "steps": [{"step": "connect a to b", "ok": true, "duration_ms": 3},
-                      {"step": "disconnect a", "ok": false, "error": "boom"}],
-            "notes": [], "engine_calls": {"connect": 1}
-        });
-        let t = render_report(&r);
-        assert!(t.contains("ok  connect a to b"), "{t}");
-        assert!(t.contains("FAILED: boom"), "{t}");
     }
 }

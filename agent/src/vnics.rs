@@ -19,11 +19,21 @@ use serde::{Deserialize, Serialize};
 pub const STORE_FILE: &str = "runtime_vnics.json";
 const CORRUPT_PREFIX: &str = "runtime_vnics.json.corrupt-";
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
+    #[default]
     Dhcp,
     Static,
+}
+
+impl std::fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            NetworkMode::Dhcp => "dhcp",
+            NetworkMode::Static => "static",
+        })
+    }
 }
 
 /// How a vNIC's MAC got into its container.
@@ -113,7 +123,7 @@ impl Vnic {
 pub type Runtimes = BTreeMap<String, Vec<Vnic>>;
 
 /// Why the store refuses writes.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct StoreFault {
     pub message: String,
     /// Where the unreadable file was moved.
@@ -135,6 +145,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the vNIC store is healthy and holds {0} runtimes: `agent store reset --force` forgets them all (a copy of the file is kept)"
+    )]
+    Healthy(usize),
     #[error("encode the vNIC store: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -284,13 +298,37 @@ impl VnicStore {
         }
     }
 
-    /// Starts over with an empty store; the corrupt copies are kept.
-    pub fn reset(&mut self) -> Result<(), StoreError> {
+    /// Starts over with an empty store. A healthy store that holds runtimes is reset
+    /// only with `force`. The current file, if any, is always kept as
+    /// `runtime_vnics.json.reset-<unix time>` (returned); corrupt copies stay too.
+    pub fn reset(&mut self, force: bool) -> Result<Option<PathBuf>, StoreError> {
+        if self.fault.is_none() && !self.runtimes.is_empty() && !force {
+            return Err(StoreError::Healthy(self.runtimes.len()));
+        }
+        let current = self.path();
+        let kept = if current.exists() {
+            let to = self.dir.join(format!("{STORE_FILE}.reset-{}", now_secs()));
+            fs::copy(&current, &to).map_err(|source| StoreError::Io {
+                what: "keep a copy of",
+                path: current.clone(),
+                source,
+            })?;
+            File::open(&to)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| StoreError::Io {
+                    what: "sync",
+                    path: to.clone(),
+                    source,
+                })?;
+            Some(to)
+        } else {
+            None
+        };
         let empty = Runtimes::new();
         self.write(&empty)?;
         self.runtimes = empty;
         self.fault = None;
-        Ok(())
+        Ok(kept)
     }
 
     fn write(&self, runtimes: &Runtimes) -> Result<(), StoreError> {
@@ -527,7 +565,11 @@ mod tests {
         let d = Dir::new();
         fs::write(d.0.join(STORE_FILE), b"not json").unwrap();
         let mut s = VnicStore::open(&d.0);
-        s.reset().unwrap();
+        assert_eq!(
+            s.reset(false).unwrap(),
+            None,
+            "a faulted store needs no --force"
+        );
         assert!(s.fault().is_none());
         assert!(s.runtimes().is_empty());
         let files = d.files();
@@ -548,5 +590,30 @@ mod tests {
         let d = Dir::new();
         fs::write(d.0.join(STORE_FILE), br#"{"c1": [{"name": "eth0"}]}"#).unwrap();
         assert!(VnicStore::open(&d.0).fault().is_some());
+    }
+
+    #[test]
+    fn reset_of_a_healthy_store_needs_force_and_keeps_a_copy() {
+        let d = Dir::new();
+        fs::write(d.0.join(STORE_FILE), PYTHON_FILE).unwrap();
+        let mut s = VnicStore::open(&d.0);
+        let e = s.reset(false).unwrap_err();
+        assert!(matches!(e, StoreError::Healthy(1)), "{e}");
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!(
+            fs::read(d.0.join(STORE_FILE)).unwrap(),
+            PYTHON_FILE.as_bytes()
+        );
+        assert_eq!(s.runtimes().len(), 1, "nothing forgotten");
+        let kept = s.reset(true).unwrap().expect("a copy");
+        assert_eq!(fs::read(&kept).unwrap(), PYTHON_FILE.as_bytes());
+        assert!(
+            kept.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("runtime_vnics.json.reset-")
+        );
+        assert!(s.runtimes().is_empty());
+        assert!(VnicStore::open(&d.0).runtimes().is_empty());
     }
 }

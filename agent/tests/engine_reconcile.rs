@@ -46,9 +46,11 @@ impl Rig {
             dry_run: false,
             parallelism: 8,
         };
-        let r = reconcile(&self.docker, &mut self.store, &self.cache, &opts)
+        let out = reconcile(&self.docker, self.store.runtimes(), &self.cache, &opts)
             .await
             .expect("reconcile");
+        let mut r = out.report;
+        r.store_error = agent::reconcile::record_into(&mut self.store, &out.records);
         assert!(
             !r.failed(),
             "reconcile failed: {}",
@@ -405,9 +407,10 @@ async fn dry_run_plans_without_changing_anything() {
         dry_run: true,
         parallelism: 4,
     };
-    let r = reconcile(&rig.docker, &mut rig.store, &rig.cache, &opts)
+    let r = reconcile(&rig.docker, rig.store.runtimes(), &rig.cache, &opts)
         .await
-        .expect("dry run");
+        .expect("dry run")
+        .report;
     assert!(r.dry_run);
     assert_eq!(r.steps.len(), 3, "{:#?}", r.steps);
     assert_eq!(r.engine_calls.changing(), 0);
@@ -442,9 +445,10 @@ async fn failed_network_creation_is_reported_and_its_connects_skipped() {
         dry_run: false,
         parallelism: 4,
     };
-    let r = reconcile(&rig.docker, &mut rig.store, &rig.cache, &opts)
+    let r = reconcile(&rig.docker, rig.store.runtimes(), &rig.cache, &opts)
         .await
-        .expect("reconcile runs");
+        .expect("reconcile runs")
+        .report;
     assert!(r.failed());
     let create = r
         .steps

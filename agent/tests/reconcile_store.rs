@@ -3,7 +3,7 @@
 
 use agent::cache::InterfaceCache;
 use agent::engine::Docker;
-use agent::reconcile::{ReconcileOptions, reconcile};
+use agent::reconcile::{ReconcileOptions, ReconcileReport, reconcile, record_into};
 use agent::vnics::{STORE_FILE, Vnic, VnicStore};
 use e2e::TempDir;
 use e2e::docker::{Container, Lan, discovery, require_engine};
@@ -15,6 +15,16 @@ fn opts() -> ReconcileOptions {
     }
 }
 
+/// One run, its findings recorded by the store's owner, as the daemon does.
+async fn run(docker: &Docker, store: &mut VnicStore, cache: &InterfaceCache) -> ReconcileReport {
+    let out = reconcile(docker, store.runtimes(), cache, &opts())
+        .await
+        .expect("reconcile");
+    let mut r = out.report;
+    r.store_error = record_into(store, &out.records);
+    r
+}
+
 #[tokio::test]
 async fn faulted_store_is_reported_and_nothing_is_touched() {
     require_engine();
@@ -23,9 +33,7 @@ async fn faulted_store_is_reported_and_nothing_is_touched() {
     let mut store = VnicStore::open(dir.path());
     assert!(store.fault().is_some());
     let docker = Docker::new(Some("unix:///var/run/docker.sock")).expect("engine handle");
-    let r = reconcile(&docker, &mut store, &InterfaceCache::default(), &opts())
-        .await
-        .expect("reconcile");
+    let r = run(&docker, &mut store, &InterfaceCache::default()).await;
     let err = r.store_error.as_deref().expect("fault reported");
     assert!(
         err.contains("unreadable copy") || err.contains("parse"),
@@ -63,9 +71,7 @@ async fn unwritable_store_is_reported_while_the_engine_is_still_fixed() {
     let mut cache = InterfaceCache::default();
     cache.apply(&discovery(&[&lan]));
     let docker = Docker::new(Some("unix:///var/run/docker.sock")).expect("engine handle");
-    let r = reconcile(&docker, &mut store, &cache, &opts())
-        .await
-        .expect("reconcile");
+    let r = run(&docker, &mut store, &cache).await;
     assert!(r.store_error.is_some(), "{r:#?}");
     assert!(r.steps.iter().all(|s| s.ok), "{:#?}", r.steps);
     assert_eq!(r.engine_calls.connect, 1);

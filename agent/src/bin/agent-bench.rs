@@ -193,7 +193,7 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
     let mut cache = InterfaceCache::default();
     sh(&format!("ip addr add {}/24 dev {parent}", host(s1)))?;
     cache.apply(&discovery(&parent, host(s1), gw(s1)));
-    let r = reconcile(docker, &mut store, &cache, &opts).await?;
+    let r = run(docker, &mut store, &cache, &opts).await?;
     if r.failed() {
         bail!("initial attach failed: {}", serde_json::to_string(&r)?);
     }
@@ -206,7 +206,7 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
     ))?;
     cache.apply(&discovery(&parent, host(s2), gw(s2)));
     let t = Instant::now();
-    let moved = reconcile(docker, &mut store, &cache, &opts).await?;
+    let moved = run(docker, &mut store, &cache, &opts).await?;
     let agent = t.elapsed();
     if moved.failed() {
         bail!("the move failed: {}", serde_json::to_string(&moved)?);
@@ -220,7 +220,7 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
         per(c.mac_checks),
         per(c.mac_sets)
     );
-    let second = reconcile(docker, &mut store, &cache, &opts).await?;
+    let second = run(docker, &mut store, &cache, &opts).await?;
 
     // The floor: the same engine calls straight to the API, `parallelism` in flight.
     let old = network_name(&parent, s2);
@@ -395,4 +395,16 @@ async fn main() -> Result<()> {
         bail!("a network was created more than once or a second reconcile changed something");
     }
     Ok(())
+}
+
+/// One reconcile run, its records merged into the store as the daemon does.
+async fn run(
+    docker: &Docker,
+    store: &mut VnicStore,
+    cache: &InterfaceCache,
+    opts: &ReconcileOptions,
+) -> Result<agent::reconcile::ReconcileReport> {
+    let out = reconcile(docker, store.runtimes(), cache, opts).await?;
+    store.update(|r| agent::reconcile::merge(r, &out.records))?;
+    Ok(out.report)
 }

@@ -1,255 +1,306 @@
-//! The control socket's commands, answered by the state task.
+//! The control socket's commands, one function each, answered by the state task.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use ipc::Reply;
+use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use super::{Deferred, Msg, State, Waiter};
+use super::{Msg, State};
 use crate::control::Call;
-use crate::runtime::{self, CreateRequest};
-use crate::status;
-use crate::vnics::Runtimes;
+use crate::control::protocol::{Created, Deleted, Lifecycle, Pong, Reply, Request, StoreOutcome};
+use crate::reconcile::ReconcileReport;
+use crate::runtime::{self, CreateRequest, RuntimeError};
+use crate::status::{self, HealthReport, StatusView};
 
-/// Commands that write the store.
-fn writes_store(command: &str) -> bool {
-    matches!(
-        command,
-        "runtime_create" | "runtime_delete" | "store_reload" | "store_reset"
-    )
+/// Where one request's reply goes.
+pub(crate) struct Responder {
+    id: Option<Value>,
+    tx: oneshot::Sender<Reply>,
+}
+
+impl Responder {
+    pub(crate) fn ok(self, result: &impl Serialize) {
+        let _ = self.tx.send(Reply::ok(self.id, result));
+    }
+
+    pub(crate) fn err(self, error: impl Into<String>) {
+        let _ = self.tx.send(Reply::err(self.id, error));
+    }
+}
+
+/// A request waiting for the report of a reconcile run.
+pub(crate) enum Waiter {
+    Reconcile(Responder),
+    /// `runtime_create`: answered with where the new runtime's vNICs are.
+    Created {
+        name: String,
+        reply: Responder,
+    },
+    /// `runtime_start` / `runtime_restart`: answered once its vNICs are verified.
+    Started {
+        name: String,
+        action: &'static str,
+        reply: Responder,
+    },
 }
 
 impl State {
     pub(super) fn on_call(&mut self, call: Call) {
-        let Call { request, reply } = call;
-        let id = request.id.clone();
-        let cmd = request.command.clone();
-        debug!(command = %cmd, "control request");
-        if writes_store(&cmd) && self.store.is_none() {
-            self.deferred
-                .push_back(Deferred::Call(Call { request, reply }));
-            return;
+        let Call { env, reply, waited } = call;
+        debug!(command = env.request.name(), "control request");
+        if env.request.needs_engine() && !self.view.engine.reachable {
+            match env.wait.filter(|w| !w.is_zero() && !waited) {
+                Some(wait) => return self.wait_for_engine(Call { env, reply, waited }, wait),
+                None => {
+                    let why = format!(
+                        "{} needs the container engine, which is {}{}",
+                        env.request.name().replace('_', " "),
+                        self.engine_unreachable(),
+                        if waited { " (waited for it)" } else { "" }
+                    );
+                    let _ = reply.send(Reply::err(env.id, why));
+                    return;
+                }
+            }
         }
-        let arg_name = || {
-            request
-                .args
-                .get("name")
-                .and_then(Value::as_str)
-                .map(str::to_string)
+        let r = Responder {
+            id: env.id,
+            tx: reply,
         };
-        macro_rules! answer {
-            ($r:expr $(,)?) => {{
-                let _ = reply.send($r);
-            }};
+        match env.request {
+            Request::Ping => r.ok(&Pong {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+            }),
+            Request::Status => self.status_cmd(r),
+            Request::Health => r.ok(&HealthReport::of(&self.status())),
+            Request::Reconcile { dry_run } => self.reconcile_cmd(dry_run, r),
+            Request::RuntimeList => r.ok(&status::runtimes(self.store.runtimes())),
+            Request::RuntimeCreate(req) => self.create_cmd(req, r),
+            Request::RuntimeDelete { name } => self.delete_cmd(name, r),
+            Request::RuntimeStart { name } => self.lifecycle_cmd(name, "start", r),
+            Request::RuntimeStop { name } => self.lifecycle_cmd(name, "stop", r),
+            Request::RuntimeRestart { name } => self.lifecycle_cmd(name, "restart", r),
+            Request::StoreReload => self.store_cmd(None, r),
+            Request::StoreReset { force } => self.store_cmd(Some(force), r),
         }
-        match cmd.as_str() {
-            "status" => {
-                let mut view = self.status();
-                if !self.view.engine.reachable || view.runtimes.is_empty() {
-                    return answer!(Reply::ok(id).with("status", view));
+    }
+
+    /// Parks a command that needs the engine until it answers or `wait` passes; then
+    /// it comes back once (answered with the reason if the engine is still away).
+    fn wait_for_engine(&self, mut call: Call, wait: Duration) {
+        let mut up = self.engine_up.subscribe();
+        let tx = self.tx.clone();
+        call.waited = true;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(wait, up.wait_for(|up| *up)).await;
+            let _ = tx.send(Msg::Retry(call)).await;
+        });
+    }
+
+    pub(super) fn status(&self) -> StatusView {
+        let mut v = self.view.clone();
+        v.agent.uptime_s = self.started.elapsed().as_secs();
+        v.interfaces = status::interfaces(&self.cache);
+        v.runtimes = status::runtimes(self.store.runtimes());
+        v.store.fault = self.store.fault().cloned();
+        v.reconcile.running = self.runs.running.is_some();
+        v.reconcile.runs = self.runs.count;
+        v.notes = v
+            .reconcile
+            .last
+            .as_ref()
+            .map(|r| r.notes.clone())
+            .unwrap_or_default();
+        v
+    }
+
+    fn status_cmd(&self, r: Responder) {
+        let mut view = self.status();
+        if !self.view.engine.reachable || view.runtimes.is_empty() {
+            return r.ok(&view);
+        }
+        // Addresses of DHCP-mode vNICs live only in the engine: ask it, but never let
+        // a slow engine hold the reply.
+        let docker = self.docker.clone();
+        let names: Vec<String> = view.runtimes.keys().cloned().collect();
+        tokio::spawn(async move {
+            let look = futures::stream::iter(names)
+                .map(|n| {
+                    let docker = docker.clone();
+                    async move { docker.container(&n).await }
+                })
+                .buffer_unordered(8)
+                .filter_map(|r| async move { r.ok().flatten() })
+                .collect::<Vec<_>>();
+            match tokio::time::timeout(Duration::from_secs(2), look).await {
+                Ok(found) => status::fill_observed(&mut view, &found),
+                Err(_) => debug!("engine too slow for status addresses"),
+            }
+            r.ok(&view);
+        });
+    }
+
+    fn reconcile_cmd(&mut self, dry_run: bool, r: Responder) {
+        let w = Waiter::Reconcile(r);
+        if !dry_run {
+            return self.trigger(Some(w));
+        }
+        if self.runs.request_dry(w) {
+            self.start_run(true);
+        }
+    }
+
+    fn create_cmd(&mut self, req: CreateRequest, r: Responder) {
+        let vnics = match runtime::validate(&req, self.store.runtimes()) {
+            Ok(v) => v,
+            Err(e) => return r.err(e.to_string()),
+        };
+        let stored = self.store.update(|rt| {
+            rt.insert(req.name.clone(), vnics.clone());
+        });
+        if let Err(e) = stored {
+            return r.err(format!("store: {e}"));
+        }
+        info!(runtime = %req.name, vnics = vnics.len(), "runtime stored; creating it");
+        let docker = self.docker.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = runtime::create_in_engine(&docker, &req)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tx
+                .send(Msg::Created {
+                    name: req.name,
+                    result,
+                    reply: r,
+                })
+                .await;
+        });
+    }
+
+    /// The engine part of a create finished: attach the runtime, or forget it so the
+    /// same command can be retried.
+    pub(super) fn created(&mut self, name: String, result: Result<(), String>, reply: Responder) {
+        match result {
+            Ok(()) => self.trigger(Some(Waiter::Created { name, reply })),
+            Err(e) => {
+                if let Err(se) = self.store.update(|r| r.remove(&name)) {
+                    tracing::warn!(runtime = %name, error = %se, "could not forget a failed runtime");
                 }
-                // Addresses of DHCP-mode vNICs live only in the engine: ask it, but
-                // never let a slow engine hold the reply.
-                let docker = self.docker.clone();
-                let names: Vec<String> = view.runtimes.keys().cloned().collect();
-                tokio::spawn(async move {
-                    let look = futures::stream::iter(names)
-                        .map(|n| {
-                            let docker = docker.clone();
-                            async move { docker.container(&n).await }
-                        })
-                        .buffer_unordered(8)
-                        .filter_map(|r| async move { r.ok().flatten() })
-                        .collect::<Vec<_>>();
-                    match tokio::time::timeout(Duration::from_secs(2), look).await {
-                        Ok(found) => status::fill_observed(&mut view, &found),
-                        Err(_) => debug!("engine too slow for status addresses"),
-                    }
-                    let _ = reply.send(Reply::ok(id).with("status", view));
-                });
+                reply.err(format!("runtime {name}: {e}"));
             }
-            "health" => {
-                let s = self.status();
-                let problems = status::health_problems(&s);
-                answer!(
-                    Reply::ok(id)
-                        .with("healthy", problems.is_empty())
-                        .with("problems", problems),
-                )
+        }
+    }
+
+    fn delete_cmd(&mut self, name: String, r: Responder) {
+        let Some(vnics) = self.store.runtimes().get(&name).cloned() else {
+            return r.err(RuntimeError::NoSuchRuntime(name).to_string());
+        };
+        if let Err(e) = self.store.update(|rt| rt.remove(&name)) {
+            return r.err(format!("store: {e}"));
+        }
+        let unused: Vec<String> = vnics
+            .iter()
+            .map(|v| v.parent_interface.clone())
+            .filter(|p| !self.uses_parent(p))
+            .collect();
+        info!(runtime = %name, "runtime forgotten; removing it from the engine");
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            match runtime::delete_in_engine(&docker, &name, &unused).await {
+                Ok(removed_networks) => r.ok(&Deleted {
+                    runtime: name,
+                    removed_networks,
+                }),
+                Err(e) => r.err(format!(
+                    "runtime {name}: its vNIC records are removed but the engine said: {e}"
+                )),
             }
-            "ping" => answer!(Reply::ok(id)),
-            "reconcile" => {
-                let dry = request.args.get("dry_run").and_then(Value::as_bool) == Some(true);
-                if let Some(r) = self.needs_engine(&id, "reconcile") {
-                    return answer!(r);
-                }
-                let w = Waiter::new(id, reply);
-                if dry {
-                    if self.runs.request_dry(w) {
-                        self.start_run(true);
-                    }
-                } else {
-                    self.trigger(Some(w));
-                }
-            }
-            "runtime_list" => {
-                answer!(Reply::ok(id).with("runtimes", status::runtimes(&self.runtimes_view)),)
-            }
-            "runtime_create" => {
-                let req: CreateRequest =
-                    match serde_json::from_value(Value::Object(request.args.clone())) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            return answer!(Reply::err(id, format!("runtime_create: {e}")));
-                        }
+        });
+    }
+
+    fn lifecycle_cmd(&mut self, name: String, action: &'static str, r: Responder) {
+        if !self.store.runtimes().contains_key(&name) {
+            return r.err(RuntimeError::NoSuchRuntime(name).to_string());
+        }
+        let docker = self.docker.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = match action {
+                "start" => docker.start_container(&name).await,
+                "stop" => docker.stop_container(&name).await,
+                _ => docker.restart_container(&name).await,
+            };
+            match result {
+                Err(e) => r.err(format!("{name}: {e}")),
+                Ok(()) if action == "stop" => r.ok(&Lifecycle {
+                    runtime: name,
+                    action: action.into(),
+                    report: None,
+                }),
+                // Started: answer once its vNICs are verified, so the caller sees the
+                // MAC back in place.
+                Ok(()) => {
+                    let w = Waiter::Started {
+                        name,
+                        action,
+                        reply: r,
                     };
-                if let Some(r) = self.needs_engine(&id, "runtime create") {
-                    return answer!(r);
-                }
-                let Some(store) = self.store.as_mut() else {
-                    return;
-                };
-                let vnics = match runtime::validate(&req, store.runtimes()) {
-                    Ok(v) => v,
-                    Err(e) => return answer!(Reply::err(id, e.to_string())),
-                };
-                let stored = store.update(|r| {
-                    r.insert(req.name.clone(), vnics.clone());
-                });
-                self.refresh_store_view();
-                if let Err(e) = stored {
-                    return answer!(Reply::err(id, format!("store: {e}")));
-                }
-                info!(runtime = %req.name, vnics = vnics.len(), "runtime stored; creating it");
-                let docker = self.docker.clone();
-                let tx = self.tx.clone();
-                let mut waiter = Waiter::new(id, reply);
-                waiter.extra.push((
-                    "vnics".into(),
-                    serde_json::to_value(status::runtimes(&Runtimes::from([(
-                        req.name.clone(),
-                        vnics,
-                    )])))
-                    .unwrap_or(Value::Null),
-                ));
-                tokio::spawn(async move {
-                    let result = runtime::create_in_engine(&docker, &req)
-                        .await
-                        .map_err(|e| e.to_string());
-                    let _ = tx
-                        .send(Msg::Created {
-                            req,
-                            result,
-                            waiter,
-                        })
-                        .await;
-                });
-            }
-            "runtime_delete" => {
-                let Some(name) = arg_name() else {
-                    return answer!(Reply::err(id, "runtime_delete needs \"name\""));
-                };
-                if let Some(r) = self.needs_engine(&id, "runtime delete") {
-                    return answer!(r);
-                }
-                let Some(store) = self.store.as_mut() else {
-                    return;
-                };
-                let Some(vnics) = store.runtimes().get(&name).cloned() else {
-                    return answer!(Reply::err(
-                        id,
-                        runtime::RuntimeError::NoSuchRuntime(name).to_string(),
-                    ));
-                };
-                if let Err(e) = store.update(|r| r.remove(&name)) {
-                    return answer!(Reply::err(id, format!("store: {e}")));
-                }
-                self.refresh_store_view();
-                let unused: Vec<String> = vnics
-                    .iter()
-                    .map(|v| v.parent_interface.clone())
-                    .filter(|p| !self.uses_parent(p))
-                    .collect();
-                info!(runtime = %name, "runtime forgotten; removing it from the engine");
-                let docker = self.docker.clone();
-                tokio::spawn(async move {
-                    let r = match runtime::delete_in_engine(&docker, &name, &unused).await {
-                        Ok(removed) => Reply::ok(id)
-                            .with("runtime", &name)
-                            .with("removed_networks", removed),
-                        Err(e) => Reply::err(
-                            id,
-                            format!(
-                                "runtime {name}: its vNIC records are removed but the engine said: {e}"
-                            ),
-                        ),
-                    };
-                    let _ = reply.send(r);
-                });
-            }
-            "runtime_start" | "runtime_stop" | "runtime_restart" => {
-                let Some(name) = arg_name() else {
-                    return answer!(Reply::err(id, format!("{cmd} needs \"name\"")));
-                };
-                if !self.runtimes_view.contains_key(&name) {
-                    return answer!(Reply::err(
-                        id,
-                        runtime::RuntimeError::NoSuchRuntime(name).to_string(),
-                    ));
-                }
-                if let Some(r) = self.needs_engine(&id, &cmd.replace('_', " ")) {
-                    return answer!(r);
-                }
-                let docker = self.docker.clone();
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let r = match cmd.as_str() {
-                        "runtime_start" => docker.start_container(&name).await,
-                        "runtime_stop" => docker.stop_container(&name).await,
-                        _ => docker.restart_container(&name).await,
-                    };
-                    let result = r.map_err(|e| e.to_string());
-                    if cmd == "runtime_stop" || result.is_err() {
-                        let r = match result {
-                            Ok(()) => Reply::ok(id).with("runtime", &name),
-                            Err(e) => Reply::err(id, format!("{name}: {e}")),
-                        };
-                        let _ = reply.send(r);
-                        return;
-                    }
-                    // Started: answer once its vNICs are verified, so the caller sees
-                    // the MAC back in place.
-                    let mut waiter = Waiter::new(id, reply);
-                    waiter.extra.push(("runtime".into(), Value::from(name)));
-                    let _ = tx.send(Msg::Reconcile(waiter)).await;
-                });
-            }
-            "store_reload" | "store_reset" => {
-                let Some(store) = self.store.as_mut() else {
-                    return;
-                };
-                let r = if cmd == "store_reload" {
-                    store.reload()
-                } else {
-                    store.reset()
-                };
-                self.refresh_store_view();
-                match r {
-                    Ok(()) => {
-                        info!(command = %cmd, "store reloaded");
-                        answer!(
-                            Reply::ok(id)
-                                .with("runtimes", self.runtimes_view.len())
-                                .with("fault", &self.fault_view),
-                        );
-                        self.trigger(None);
-                    }
-                    Err(e) => answer!(Reply::err(id, format!("{cmd}: {e}"))),
+                    let _ = tx.send(Msg::Reconcile(w)).await;
                 }
             }
-            other => answer!(Reply::err(id, format!("Unknown command: {other}"))),
+        });
+    }
+
+    /// `store_reload` (`reset` = None) or `store_reset` (`Some(force)`).
+    fn store_cmd(&mut self, reset: Option<bool>, r: Responder) {
+        let result = match reset {
+            None => self.store.reload().map(|()| None),
+            Some(force) => self.store.reset(force),
+        };
+        match result {
+            Ok(kept) => {
+                info!(reset = reset.is_some(), "store reloaded");
+                r.ok(&StoreOutcome {
+                    runtimes: self.store.runtimes().len(),
+                    kept_as: kept.map(|p| p.display().to_string()),
+                });
+                self.trigger(None);
+            }
+            Err(e) => r.err(e.to_string()),
+        }
+    }
+
+    /// Answers a waiter with the report of the run it waited for.
+    pub(super) fn answer(&self, w: Waiter, result: Result<ReconcileReport, String>) {
+        match w {
+            Waiter::Reconcile(r) => match result {
+                Ok(report) => r.ok(&report),
+                Err(e) => r.err(format!("reconcile: {e}")),
+            },
+            Waiter::Created { name, reply } => {
+                let vnics = status::runtimes(self.store.runtimes())
+                    .remove(&name)
+                    .unwrap_or_default();
+                reply.ok(&Created {
+                    runtime: name,
+                    vnics,
+                    report: result.ok(),
+                });
+            }
+            Waiter::Started {
+                name,
+                action,
+                reply,
+            } => reply.ok(&Lifecycle {
+                runtime: name,
+                action: action.into(),
+                report: result.ok(),
+            }),
         }
     }
 }

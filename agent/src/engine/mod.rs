@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use docker::Docker;
 
@@ -26,14 +26,14 @@ pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
 }
 
 /// One IPAM pool of a network.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pool {
     pub subnet: Ipv4Network,
     pub gateway: Option<Ipv4Addr>,
 }
 
 /// A macvlan network to create.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct NetworkSpec {
     pub name: String,
     pub parent: String,
@@ -143,7 +143,7 @@ pub enum EngineEvent {
 
 /// Engine calls made, cumulative. "Changing" calls are everything but `reads`,
 /// `mac_checks`.
-#[derive(Serialize, Default, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
 pub struct CallCounts {
     pub reads: u64,
     pub network_create: u64,

@@ -1,9 +1,11 @@
 //! The control socket: JSON lines (`ipc`'s codec, requests and replies) for the
 //! agent's own CLI. Only root or members of the configured group are served.
 //!
-//! Each connection is read by its own task and every request is handed to the
-//! daemon's state task as a [`Call`]; nothing here waits for start-up, so a command
-//! sent while the agent is still looking for the engine is answered at once.
+//! Each connection is read by its own task and every request is decoded here, at
+//! the edge, into the typed [`protocol::Request`] and handed to the daemon's state
+//! task as a [`Call`].
+
+pub mod protocol;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,23 +13,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use ipc::{JsonLines, MAX_LINE_LEN, Reply, Request};
+use ipc::{JsonLines, MAX_LINE_LEN};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use protocol::{Envelope, Reply};
+
 /// One request from a client and where its reply goes.
 pub struct Call {
-    pub request: Request,
+    pub env: Envelope,
     pub reply: oneshot::Sender<Reply>,
+    /// It already waited for the engine once (see `wait_ms`).
+    pub waited: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("another agent is already serving {0}: stop it first")]
     InUse(PathBuf),
+    #[error(
+        "{0} exists and is not a socket: it was left as it is; remove it or choose another --control-socket"
+    )]
+    NotASocket(PathBuf),
+    #[error(
+        "{0} is a socket that accepts connections but did not answer in time: another agent may be starting; stop it or choose another --control-socket"
+    )]
+    Busy(PathBuf),
     #[error("control socket {path}: {source}")]
     Io {
         path: PathBuf,
@@ -102,12 +116,21 @@ pub async fn bind(path: &Path, access: &Access) -> Result<UnixListener, ControlE
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    if path.exists() {
-        match tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path)).await {
-            Ok(Ok(_)) => return Err(ControlError::InUse(path.to_path_buf())),
-            _ => {
-                info!(path = %path.display(), "replacing a stale control socket");
-                std::fs::remove_file(path).map_err(io)?;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+        Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            return Err(ControlError::NotASocket(path.to_path_buf()));
+        }
+        Ok(_) => {
+            match tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path)).await {
+                Ok(Ok(_)) => return Err(ControlError::InUse(path.to_path_buf())),
+                Err(_) => return Err(ControlError::Busy(path.to_path_buf())),
+                // Refused: nobody listens; a stale file of an earlier run.
+                Ok(Err(_)) => {
+                    info!(path = %path.display(), "replacing a stale control socket");
+                    std::fs::remove_file(path).map_err(io)?;
+                }
             }
         }
     }
@@ -196,8 +219,8 @@ async fn connection(
         // Answer the first request with its own id so the client shows the reason
         // instead of a bare "connection closed"; then close.
         let id = match tokio::time::timeout(Duration::from_secs(2), reader.next()).await {
-            Ok(Some(Ok(line))) => match Request::parse(&line) {
-                Ok(r) => r.id,
+            Ok(Some(Ok(line))) => match Envelope::decode(&line) {
+                Ok(e) => e.id,
                 Err((_, id)) => id,
             },
             _ => None,
@@ -225,12 +248,17 @@ async fn connection(
                 return;
             }
         };
-        let reply = match Request::parse(&line) {
+        let reply = match Envelope::decode(&line) {
             Err((e, id)) => Reply::err(id, e.to_string()),
-            Ok(request) => {
-                let id = request.id.clone();
+            Ok(env) => {
+                let id = env.id.clone();
                 let (tx, rx) = oneshot::channel();
-                if calls.send(Call { request, reply: tx }).await.is_err() {
+                let call = Call {
+                    env,
+                    reply: tx,
+                    waited: false,
+                };
+                if calls.send(call).await.is_err() {
                     Reply::err(id, "the agent is shutting down")
                 } else {
                     tokio::select! {

@@ -1,0 +1,123 @@
+//! What the state task does with netmon's events, the engine's reachability and
+//! events, and the messages its own tasks send back.
+
+use ipc::{ClientEvent, EventKind};
+use tracing::{debug, info, warn};
+
+use super::{Msg, State};
+use crate::engine::EngineEvent;
+
+impl State {
+    pub(super) fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Netmon(ev) => self.on_netmon(ev),
+            Msg::EngineUp(v) => {
+                info!(version = %v.version, api = %v.api_version, "engine reachable");
+                self.view.engine.reachable = true;
+                self.view.engine.version = Some(v.version);
+                self.view.engine.api_version = Some(v.api_version);
+                self.view.engine.last_error = None;
+                self.view.engine.connects += 1;
+                self.engine_known = true;
+                self.engine_up.send_replace(true);
+                // A (re)connected engine may have lost or changed anything.
+                self.trigger(None);
+            }
+            Msg::EngineDown(reason) => {
+                if self.view.engine.reachable || self.view.engine.last_error.is_none() {
+                    warn!(%reason, "engine unreachable; retrying");
+                }
+                self.view.engine.reachable = false;
+                self.view.engine.last_error = Some(reason);
+                self.engine_known = true;
+                self.engine_up.send_replace(false);
+            }
+            Msg::Engine(ev) => self.on_engine_event(ev),
+            Msg::Retry(call) => self.on_call(call),
+            Msg::Reconcile(w) => self.trigger(Some(w)),
+            Msg::RunDone { dry_run, result } => self.run_done(dry_run, result),
+            Msg::Created {
+                name,
+                result,
+                reply,
+            } => self.created(name, result, reply),
+        }
+    }
+
+    fn on_netmon(&mut self, ev: ClientEvent) {
+        match ev {
+            ClientEvent::Connected => {
+                info!("connected to netmon");
+                self.view.netmon.connected = true;
+                self.view.netmon.last_error = None;
+            }
+            ClientEvent::Disconnected { reason } => {
+                warn!(%reason, "lost netmon; the client reconnects");
+                self.view.netmon.connected = false;
+                self.view.netmon.last_error = Some(reason);
+            }
+            ClientEvent::Event(ev) => {
+                self.view.netmon.events += 1;
+                if ev.instance.is_some() {
+                    self.view.netmon.instance = ev.instance.clone();
+                }
+                let changed = self.cache.apply(&ev);
+                match &ev.kind {
+                    EventKind::NetworkDiscovery(d) => {
+                        self.view.netmon.discoveries += 1;
+                        info!(interfaces = d.interfaces.len(), "netmon discovery");
+                        self.trigger(None);
+                    }
+                    EventKind::NetworkChange(_) => {
+                        let relevant: Vec<&String> =
+                            changed.iter().filter(|n| self.uses_parent(n)).collect();
+                        if !relevant.is_empty() {
+                            info!(parents = ?relevant, "a vNIC parent changed");
+                            self.trigger(None);
+                        }
+                    }
+                    EventKind::Other(..) => {}
+                }
+            }
+        }
+    }
+
+    fn on_engine_event(&mut self, ev: EngineEvent) {
+        match ev {
+            EngineEvent::ContainerStarted { name } => {
+                if self.store.runtimes().contains_key(&name) {
+                    info!(container = %name, "runtime started; verifying its vNICs");
+                    self.trigger(None);
+                }
+            }
+            EngineEvent::NetworkGone { name, id } => {
+                // Only a network some vNIC sits on matters; reacting to every network
+                // removed on the host would make other users' churn cost us runs.
+                let ours = self
+                    .store
+                    .runtimes()
+                    .values()
+                    .flatten()
+                    .any(|v| v.docker_network_name.as_deref() == Some(name.as_str()));
+                if ours {
+                    info!(network = %name, %id, "a network carrying vNICs disappeared");
+                    self.trigger(None);
+                } else {
+                    debug!(network = %name, %id, "a network that carries no vNIC disappeared");
+                }
+            }
+            EngineEvent::ContainerGone { name } => {
+                debug!(container = %name, "container gone");
+            }
+            EngineEvent::Other => {}
+        }
+    }
+
+    pub(super) fn uses_parent(&self, name: &str) -> bool {
+        self.store
+            .runtimes()
+            .values()
+            .flatten()
+            .any(|v| v.parent_interface == name)
+    }
+}
