@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio_util::codec::FramedRead;
 
+use crate::control::BUSY_PREFIX;
 use crate::control::protocol::{
     Created, Deleted, Envelope, Lifecycle, Reply, Request, RuntimeList, StoreOutcome,
 };
@@ -183,35 +184,81 @@ impl RunArgs {
     }
 }
 
-/// Sends one request and returns its typed result, or the agent's error.
+/// Sends one request and returns its typed result, or the agent's error. A socket
+/// that is not there yet (the agent is starting) or a busy agent is retried until
+/// `wait` has passed.
 async fn call<T: serde::de::DeserializeOwned>(
     socket: &Path,
     wait: Duration,
     request: Request,
 ) -> Result<T> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the agent at {}: is `agent run` running? ({e})",
-            socket.display()
-        )
-    })?;
+    let deadline = tokio::time::Instant::now() + wait;
     let env = Envelope {
         id: Some(1.into()),
         wait: Some(wait),
         request,
     };
+    loop {
+        let retry = match exchange(socket, &env).await {
+            Ok(reply) => match reply.into_result::<T>() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.starts_with(BUSY_PREFIX) => anyhow::anyhow!(e),
+                Err(e) => bail!(e),
+            },
+            Err(Exchange::Connect(e)) => anyhow::anyhow!(
+                "cannot reach the agent at {}: is `agent run` running? ({e})",
+                socket.display()
+            ),
+            Err(Exchange::Other(e)) => return Err(e),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(retry);
+        }
+        if socket.exists() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        } else {
+            ipc::client::wait_for_file(socket, deadline - tokio::time::Instant::now()).await;
+        }
+    }
+}
+
+enum Exchange {
+    /// The socket is missing or refuses connections: worth retrying.
+    Connect(std::io::Error),
+    Other(anyhow::Error),
+}
+
+/// One connection, one request, one reply.
+async fn exchange(socket: &Path, env: &Envelope) -> Result<Reply, Exchange> {
+    let stream = UnixStream::connect(socket).await.map_err(Exchange::Connect)?;
+    let other = |e: anyhow::Error| Exchange::Other(e);
     let (r, mut w) = stream.into_split();
-    w.write_all(&env.encode()?)
-        .await
-        .with_context(|| format!("send to the agent at {}", socket.display()))?;
+    let line = env.encode().map_err(|e| other(e.into()))?;
+    // An agent over its client cap answers "busy" and closes before reading: the
+    // write may fail, and that reply is still there to read.
+    let sent = w.write_all(&line).await;
     let mut reader = FramedRead::new(r, JsonLines::new(MAX_LINE_LEN * 64));
-    let line = reader
-        .next()
-        .await
-        .ok_or_else(|| anyhow::anyhow!("the agent at {} closed the connection", socket.display()))?
-        .with_context(|| format!("read the agent's reply from {}", socket.display()))?;
-    let reply: Reply = serde_json::from_slice(&line).context("the agent's reply")?;
-    reply.into_result::<T>().map_err(|e| anyhow::anyhow!(e))
+    let line = match reader.next().await {
+        Some(Ok(line)) => line,
+        Some(Err(e)) => {
+            return Err(other(anyhow::anyhow!(
+                "read the agent's reply from {}: {e}",
+                socket.display()
+            )));
+        }
+        None => {
+            return Err(match sent {
+                Err(e) => Exchange::Connect(e),
+                Ok(()) => other(anyhow::anyhow!(
+                    "the agent at {} closed the connection",
+                    socket.display()
+                )),
+            });
+        }
+    };
+    serde_json::from_slice(&line)
+        .context("the agent's reply")
+        .map_err(other)
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::apply::StepResult;
 use crate::apply::{self, MacOutcome};
 use crate::cache::InterfaceCache;
-use crate::engine::{CallCounts, ContainerInfo, Docker, EngineError, Observed};
+use crate::engine::{CallCounts, ContainerInfo, Docker, EngineError, NetworkInfo, Observed};
 use crate::plan::{self, Note, Step};
 use crate::vnics::{MacMethod, NetworkMode, Runtimes, Vnic, VnicStore};
 
@@ -278,11 +278,20 @@ fn staying_attached(
     cache: &InterfaceCache,
     observed: &Observed,
 ) -> BTreeSet<String> {
-    let keeps = |v: &Vnic, ip: std::net::Ipv4Addr| match v.network_mode {
-        NetworkMode::Static => v.ip == Some(ip),
-        NetworkMode::Dhcp => cache
-            .lan(&v.parent_interface)
-            .is_some_and(|lan| lan.subnet.contains(ip)),
+    // Staying means: the network already carries the parent's current LAN subnet
+    // (else it is replaced), and the address is one the vNIC keeps.
+    let keeps = |v: &Vnic, n: &NetworkInfo, ip: std::net::Ipv4Addr| {
+        let Some(lan) = cache.lan(&v.parent_interface) else {
+            return false;
+        };
+        let lan_net = (lan.subnet.network(), lan.subnet.prefix());
+        n.pools
+            .iter()
+            .any(|p| (p.subnet.network(), p.subnet.prefix()) == lan_net)
+            && match v.network_mode {
+                NetworkMode::Static => v.ip == Some(ip),
+                NetworkMode::Dhcp => lan.subnet.contains(ip),
+            }
     };
     desired
         .iter()
@@ -298,8 +307,11 @@ fn staying_attached(
                         n.driver == "macvlan"
                             && n.parent.as_deref() == Some(v.parent_interface.as_str())
                     })
-                    .filter_map(|n| ci.endpoint_on(n).and_then(|e| e.ipv4))
-                    .any(|ip| keeps(v, ip))
+                    .any(|n| {
+                        ci.endpoint_on(n)
+                            .and_then(|e| e.ipv4)
+                            .is_some_and(|ip| keeps(v, n, ip))
+                    })
             })
         })
         .map(|(name, _)| name.clone())

@@ -86,6 +86,8 @@ fn agent_survives_a_late_engine_sigkill_mid_reconcile_and_a_netmon_restart() {
     let why = String::from_utf8_lossy(&h.stderr);
     assert!(why.contains("engine is not reachable"), "{why}");
     let refused = agent.cli(&[
+        "--wait",
+        "1s",
         "runtime",
         "create",
         &rt,
@@ -97,6 +99,7 @@ fn agent_survives_a_late_engine_sigkill_mid_reconcile_and_a_netmon_restart() {
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("needs the container engine"), "{why}");
+    assert!(why.contains("waited for it"), "{why}");
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "start-up commands stalled"

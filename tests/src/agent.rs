@@ -98,6 +98,18 @@ impl AgentProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> AgentProc {
+        let mut a = Self::configured(dir, netmon_socket, extra, env);
+        a.spawn();
+        a
+    }
+
+    /// The agent's command line, not started yet ([`AgentProc::spawn`] or `launch`).
+    pub fn configured(
+        dir: &Path,
+        netmon_socket: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let control = dir.join("agent.sock");
         let state_dir = dir.join("state");
         let mut args: Vec<String> = vec![
@@ -110,7 +122,7 @@ impl AgentProc {
             state_dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut a = AgentProc {
+        AgentProc {
             child: ChildGuard(None),
             control,
             state_dir,
@@ -119,12 +131,28 @@ impl AgentProc {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        a.spawn();
-        a
+        }
     }
 
+    /// Starts the process again and waits for its control socket.
     pub fn spawn(&mut self) {
+        self.launch();
+        let s = self.control.clone();
+        let child = &mut self.child;
+        wait_for(
+            Duration::from_secs(10),
+            "the agent's control socket",
+            || {
+                if let Ok(Some(st)) = child.child().try_wait() {
+                    panic!("agent exited early: {st}");
+                }
+                s.exists().then_some(())
+            },
+        );
+    }
+
+    /// Starts the process and returns at once (start-up races are tested with it).
+    pub fn launch(&mut self) {
         let child = Command::new(bin("agent"))
             .args(&self.args)
             .env(
@@ -138,18 +166,6 @@ impl AgentProc {
             .spawn()
             .expect("spawn agent");
         self.child = ChildGuard(Some(child));
-        let s = self.control.clone();
-        let child = &mut self.child;
-        wait_for(
-            Duration::from_secs(10),
-            "the agent's control socket",
-            || {
-                if let Ok(Some(st)) = child.child().try_wait() {
-                    panic!("agent exited early: {st}");
-                }
-                s.exists().then_some(())
-            },
-        );
     }
 
     /// SIGKILL (no clean-up at all), then wait for the process to be gone.

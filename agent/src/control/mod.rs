@@ -183,6 +183,11 @@ pub async fn serve(
 /// Control clients served at once; more are told so and closed, so a runaway
 /// script cannot exhaust the agent.
 const MAX_CLIENTS: usize = 64;
+/// A connection that sends no request for this long is closed, so idle clients
+/// cannot hold every slot and lock out `agent health`.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The start of the error of a client refused over the cap; the CLI retries on it.
+pub const BUSY_PREFIX: &str = "busy:";
 
 async fn refuse_busy(stream: UnixStream) {
     let (_r, w) = stream.into_split();
@@ -191,7 +196,7 @@ async fn refuse_busy(stream: UnixStream) {
         Duration::from_secs(1),
         writer.send(&Reply::err(
             None,
-            format!("the agent is serving {MAX_CLIENTS} control clients already; retry later"),
+            format!("{BUSY_PREFIX} the agent is serving {MAX_CLIENTS} control clients already; try again"),
         )),
     )
     .await;
@@ -238,7 +243,13 @@ async fn connection(
     loop {
         let line = tokio::select! {
             _ = shutdown.cancelled() => return,
-            l = reader.next() => l,
+            l = tokio::time::timeout(IDLE_TIMEOUT, reader.next()) => match l {
+                Ok(l) => l,
+                Err(_) => {
+                    debug!("closing an idle control connection");
+                    return;
+                }
+            },
         };
         let line = match line {
             None => return,
