@@ -230,7 +230,9 @@ enum Exchange {
 
 /// One connection, one request, one reply.
 async fn exchange(socket: &Path, env: &Envelope) -> Result<Reply, Exchange> {
-    let stream = UnixStream::connect(socket).await.map_err(Exchange::Connect)?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(Exchange::Connect)?;
     let other = |e: anyhow::Error| Exchange::Other(e);
     let (r, mut w) = stream.into_split();
     let line = env.encode().map_err(|e| other(e.into()))?;

@@ -102,6 +102,9 @@ pub struct ReconcileState {
     pub last_change: Option<ReconcileReport>,
     /// Why the last run could not run at all (e.g. the engine was unreachable).
     pub last_error: Option<String>,
+    /// The last run left something wrong: the next try is this far after it.
+    #[serde(default)]
+    pub next_retry_ms: Option<u64>,
 }
 
 pub fn interfaces(cache: &InterfaceCache) -> Vec<InterfaceView> {
@@ -228,6 +231,15 @@ fn opt(v: &Option<String>) -> &str {
 /// The text of `agent status`.
 pub fn render(s: &StatusView) -> String {
     let mut o = String::new();
+    render_links(&mut o, s);
+    render_interfaces(&mut o, s);
+    render_runtimes(&mut o, s);
+    render_store(&mut o, s);
+    render_reconcile(&mut o, s);
+    o
+}
+
+fn render_links(o: &mut String, s: &StatusView) {
     let _ = writeln!(
         o,
         "agent {} (pid {}, up {}s), state {}",
@@ -266,6 +278,9 @@ pub fn render(s: &StatusView) -> String {
             _ => String::new(),
         }
     );
+}
+
+fn render_interfaces(o: &mut String, s: &StatusView) {
     let _ = writeln!(o, "interfaces ({}):", s.interfaces.len());
     for i in &s.interfaces {
         let _ = writeln!(
@@ -281,6 +296,9 @@ pub fn render(s: &StatusView) -> String {
             opt(&i.gateway)
         );
     }
+}
+
+fn render_runtimes(o: &mut String, s: &StatusView) {
     let _ = writeln!(o, "runtimes ({}):", s.runtimes.len());
     for (name, vnics) in &s.runtimes {
         let _ = writeln!(o, "  {name}");
@@ -309,6 +327,9 @@ pub fn render(s: &StatusView) -> String {
             );
         }
     }
+}
+
+fn render_store(o: &mut String, s: &StatusView) {
     let _ = writeln!(
         o,
         "store: {}{}",
@@ -322,6 +343,9 @@ pub fn render(s: &StatusView) -> String {
     for n in &s.notes {
         let _ = writeln!(o, "note: {n}");
     }
+}
+
+fn render_reconcile(o: &mut String, s: &StatusView) {
     let running = if s.reconcile.running {
         " (one is running now)"
     } else {
@@ -361,7 +385,6 @@ pub fn render(s: &StatusView) -> String {
     if let (Some(_), Some(e)) = (&s.reconcile.last, &s.reconcile.last_error) {
         let _ = writeln!(o, "last reconcile attempt failed: {e}");
     }
-    o
 }
 
 #[cfg(test)]

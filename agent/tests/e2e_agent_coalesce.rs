@@ -205,30 +205,10 @@ fn requests_during_a_run_make_exactly_one_more_run() {
             "1h",
         ],
     );
-    wait_for(
-        Duration::from_secs(20),
-        "agent linked to netmon and the engine",
-        || {
-            let s = agent.status();
-            let ok = s["netmon"]["connected"] == true
-                && s["engine"]["reachable"] == true
-                && s["interfaces"]
-                    .as_array()
-                    .is_some_and(|i| i.iter().any(|x| x["name"] == p.as_str()));
-            ok.then_some(())
-        },
-    );
+    agent.wait_linked(&[&p]);
 
     for rt in &rts {
-        agent.must(&[
-            "runtime",
-            "create",
-            rt,
-            "--image",
-            &image,
-            "--vnic",
-            &format!("name=eth1,parent={p},mode=dhcp"),
-        ]);
+        agent.create_dhcp(rt, &image, "eth1", &p);
     }
     let net = network_name(&p, format!("{a}.0/24").parse().unwrap());
     let macs: Vec<String> = rts.iter().map(|r| stored_mac(&agent, r, &p)).collect();

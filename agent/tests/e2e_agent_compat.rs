@@ -201,11 +201,7 @@ fn agent_follows_the_older_sidecars_events() {
         .parse::<u64>()
         .unwrap();
     let rt = unique("rt");
-    let _cleanup = DockerCleanup {
-        containers: vec![rt.clone()],
-        networks: vec![format!("{rt}_internal")],
-        parents: vec![p.clone()],
-    };
+    let _cleanup = DockerCleanup::runtimes(&[&rt], &[&p]);
     let sidecar = OldSidecar::start(&dir.join("sidecar.sock"), vec![old_up(&p, &a)]);
     let agent = AgentProc::start(dir.path(), &sidecar.path, &[]);
 
@@ -228,15 +224,7 @@ fn agent_follows_the_older_sidecars_events() {
     assert!(s["netmon"]["discoveries"].as_u64() >= Some(1), "{s}");
 
     // A DHCP-mode runtime lands on the network of the subnet the sidecar reported.
-    agent.must(&[
-        "runtime",
-        "create",
-        &rt,
-        "--image",
-        &image,
-        "--vnic",
-        &format!("name=eth1,parent={p},mode=dhcp"),
-    ]);
+    agent.create_dhcp(&rt, &image, "eth1", &p);
     let mac = stored_mac(&agent, &rt, &p);
     let net_a = network_name(&p, format!("{a}.0/24").parse().unwrap());
     let net_b = network_name(&p, format!("{b}.0/24").parse().unwrap());

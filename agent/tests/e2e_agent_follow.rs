@@ -30,27 +30,11 @@ fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
     let _lan_b = HostLan::new(&pb, &format!("{b}.2/24"), &format!("{b}.1/24"));
     let rt1 = unique("rt");
     let rt2 = unique("rt");
-    let _cleanup = DockerCleanup {
-        containers: vec![rt1.clone(), rt2.clone()],
-        networks: vec![format!("{rt1}_internal"), format!("{rt2}_internal")],
-        parents: vec![pa.clone(), pb.clone()],
-    };
+    let _cleanup = DockerCleanup::runtimes(&[&rt1, &rt2], &[&pa, &pb]);
     let netmon = HostNetmon::start(dir.path(), &[&pa, &pb]);
     let agent = AgentProc::start(dir.path(), &netmon.socket, &[]);
 
-    wait_for(
-        Duration::from_secs(20),
-        "agent linked to netmon and the engine",
-        || {
-            let s = agent.status();
-            let ok = s["netmon"]["connected"] == true
-                && s["engine"]["reachable"] == true
-                && s["interfaces"]
-                    .as_array()
-                    .is_some_and(|i| i.iter().any(|x| x["name"] == pa.as_str()));
-            ok.then_some(())
-        },
-    );
+    agent.wait_linked(&[&pa]);
 
     agent.must(&[
         "runtime",

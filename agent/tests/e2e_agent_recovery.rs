@@ -61,11 +61,7 @@ fn agent_survives_a_late_engine_sigkill_mid_reconcile_and_a_netmon_restart() {
     let p = unique("gr");
     let lan = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
     let rt = unique("rt");
-    let _cleanup = DockerCleanup {
-        containers: vec![rt.clone()],
-        networks: vec![format!("{rt}_internal")],
-        parents: vec![p.clone()],
-    };
+    let _cleanup = DockerCleanup::runtimes(&[&rt], &[&p]);
     let mut netmon = HostNetmon::start(dir.path(), &[&p]);
     // The engine's socket does not exist yet: a proxy to the real one appears later.
     let proxy_sock = dir.join("d.sock");
@@ -115,15 +111,7 @@ fn agent_survives_a_late_engine_sigkill_mid_reconcile_and_a_netmon_restart() {
             (s["engine"]["reachable"] == true && s["netmon"]["connected"] == true).then_some(())
         },
     );
-    agent.must(&[
-        "runtime",
-        "create",
-        &rt,
-        "--image",
-        &image,
-        "--vnic",
-        &format!("name=eth1,parent={p},mode=dhcp"),
-    ]);
+    agent.create_dhcp(&rt, &image, "eth1", &p);
     let mac = stored_mac(&agent, &rt, &p);
     wait_for(
         Duration::from_secs(20),

@@ -209,11 +209,7 @@ fn a_create_sent_with_agent_run_succeeds_and_idle_clients_cannot_lock_out_health
     let (s1, _, _) = subnets();
     let _lan = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
     let rt = unique("rt");
-    let _cleanup = DockerCleanup {
-        containers: vec![rt.clone()],
-        networks: vec![format!("{rt}_internal")],
-        parents: vec![p.clone()],
-    };
+    let _cleanup = DockerCleanup::runtimes(&[&rt], &[&p]);
     let netmon = HostNetmon::start(dir.path(), &[&p]);
     let mut agent = AgentProc::configured(dir.path(), &netmon.socket, &[], &[]);
     // The same instant: the CLI starts before the agent has even bound its socket.

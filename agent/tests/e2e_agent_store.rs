@@ -164,15 +164,7 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
 
     // X1 and X10 each get their own network; moving X1 leaves X10's alone.
     for (rt, p) in [(&rt1, &p1), (&rt10, &p10)] {
-        agent.must(&[
-            "runtime",
-            "create",
-            rt,
-            "--image",
-            &image,
-            "--vnic",
-            &format!("name=eth1,parent={p},mode=dhcp"),
-        ]);
+        agent.create_dhcp(rt, &image, "eth1", p);
     }
     // The agent's own container joins each runtime's internal network.
     for rt in [&rt1, &rt10] {

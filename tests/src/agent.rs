@@ -209,6 +209,41 @@ impl AgentProc {
     pub fn status(&self) -> Value {
         self.json(&["status"])
     }
+
+    /// Waits until the agent is linked to netmon and the engine and netmon reports
+    /// each of `parents`.
+    pub fn wait_linked(&self, parents: &[&str]) {
+        wait_for(
+            Duration::from_secs(20),
+            "agent linked to netmon and the engine",
+            || {
+                let s = self.status();
+                let seen = |p: &str| {
+                    s["interfaces"]
+                        .as_array()
+                        .is_some_and(|i| i.iter().any(|x| x["name"] == p))
+                };
+                let ok = s["netmon"]["connected"] == true
+                    && s["engine"]["reachable"] == true
+                    && parents.iter().all(|p| seen(p));
+                ok.then_some(())
+            },
+        );
+    }
+
+    /// `agent runtime create NAME --image IMAGE --vnic name=VNIC,parent=PARENT,mode=dhcp`,
+    /// which must succeed; its stdout.
+    pub fn create_dhcp(&self, name: &str, image: &str, vnic: &str, parent: &str) -> String {
+        self.must(&[
+            "runtime",
+            "create",
+            name,
+            "--image",
+            image,
+            "--vnic",
+            &format!("name={vnic},parent={parent},mode=dhcp"),
+        ])
+    }
 }
 
 /// A LAN: a veth `parent` in the host namespace (the MACVLAN parent) whose peer
@@ -259,6 +294,17 @@ pub struct DockerCleanup {
     pub networks: Vec<String>,
     /// Remove every network on these parents (the macvlan networks the agent made).
     pub parents: Vec<String>,
+}
+
+impl DockerCleanup {
+    /// The runtimes' containers and internal networks, and every network on `parents`.
+    pub fn runtimes(runtimes: &[&String], parents: &[&String]) -> DockerCleanup {
+        DockerCleanup {
+            containers: runtimes.iter().map(|r| r.to_string()).collect(),
+            networks: runtimes.iter().map(|r| format!("{r}_internal")).collect(),
+            parents: parents.iter().map(|p| p.to_string()).collect(),
+        }
+    }
 }
 
 impl Drop for DockerCleanup {

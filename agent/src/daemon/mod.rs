@@ -18,7 +18,7 @@ use crate::cache::InterfaceCache;
 use crate::control::{self, Access, Call};
 use crate::engine::{Docker, EngineError, EngineEvent, EngineVersion};
 use crate::netmon_link;
-use crate::reconcile::{Outcome, ReconcileOptions, reconcile};
+use crate::reconcile::{Outcome, ReconcileOptions, ReconcileReport, reconcile};
 use crate::status::StatusView;
 use crate::vnics::VnicStore;
 
@@ -94,7 +94,15 @@ struct State {
     engine_up: watch::Sender<bool>,
     /// The engine has answered, or failed, at least once (READY=1 waits for it).
     engine_known: bool,
+    /// After a run that left something wrong: when to try again, and the backoff.
+    retry_at: Option<tokio::time::Instant>,
+    retry: ipc::Backoff,
 }
+
+/// Retries after a run that did not converge: the first within a second, then
+/// doubling up to this cap, until a run converges.
+const RETRY_FIRST: Duration = Duration::from_millis(700);
+const RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for a reconcile in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -165,6 +173,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 ready = true;
                 ipc::systemd::notify_ready("serving the control socket; the engine has not answered yet");
             }
+            _ = sleep_until(state.retry_at), if state.retry_at.is_some() => {
+                state.retry_at = None;
+                debug!("retrying the reconcile that did not converge");
+                state.trigger(None);
+            }
             Some(msg) = rx.recv() => state.on_msg(msg),
             Some(call) = call_rx.recv() => state.on_call(call),
             _ = timer.tick() => {
@@ -210,6 +223,8 @@ impl State {
             tx,
             engine_up: watch::Sender::new(false),
             engine_known: false,
+            retry_at: None,
+            retry: ipc::Backoff::new(RETRY_FIRST, RETRY_CAP),
         }
     }
 
@@ -275,12 +290,31 @@ impl State {
                 self.view.reconcile.last_error = Some(e.clone());
             }
         }
+        if !dry_run {
+            self.schedule_retry(result.as_ref().map(ReconcileReport::failed).unwrap_or(true));
+        }
         for w in waiters {
             self.answer(w, result.clone());
         }
         if let Some(dry) = self.runs.next_run() {
             self.start_run(dry);
         }
+    }
+
+    /// After a real run: converged resets the backoff; anything left wrong (a failed
+    /// step, an unconverged verify, an engine error) tries again without waiting for
+    /// an event.
+    fn schedule_retry(&mut self, failed: bool) {
+        if !failed {
+            self.retry.reset();
+            self.retry_at = None;
+            self.view.reconcile.next_retry_ms = None;
+            return;
+        }
+        let delay = self.retry.next_delay();
+        info!(?delay, "the last reconcile left something wrong; retrying");
+        self.retry_at = Some(tokio::time::Instant::now() + delay);
+        self.view.reconcile.next_retry_ms = Some(delay.as_millis() as u64);
     }
 
     /// Records what a run found; the error to show when the store refused it.
@@ -330,5 +364,13 @@ impl State {
                 .as_deref()
                 .unwrap_or("not connected yet")
         )
+    }
+}
+
+/// Sleeps until `at`; never returns when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
