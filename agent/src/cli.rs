@@ -101,6 +101,13 @@ pub struct RunArgs {
     /// Slow periodic reconcile, e.g. 5m.
     #[arg(long, env = "AGENT_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_interval)]
     pub reconcile_interval: Duration,
+    /// `agent health` fails once a vNIC has been pending or failed this long.
+    #[arg(long, env = "AGENT_HEALTH_GRACE", default_value = "10s", value_parser = parse_wait)]
+    pub health_grace: Duration,
+    /// The range each runtime's NAME_internal bridge gets a /28 from (not the
+    /// engine's default pools, and not a range a LAN is likely to use).
+    #[arg(long, env = "AGENT_INTERNAL_POOL", default_value = crate::internal_pool::DEFAULT_POOL, value_parser = crate::internal_pool::parse_pool)]
+    pub internal_pool: ipnetwork::Ipv4Network,
     /// Containers handled in parallel.
     #[arg(long, env = "AGENT_PARALLELISM", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallelism: u16,
@@ -180,6 +187,8 @@ impl RunArgs {
             docker_host: self.docker_host.clone(),
             reconcile_interval: self.reconcile_interval,
             parallelism: usize::from(self.parallelism),
+            health_grace: self.health_grace,
+            internal_pool: self.internal_pool,
         }
     }
 }
@@ -394,9 +403,13 @@ async fn runtime(socket: &Path, wait: Duration, r: RuntimeCommand) -> Result<i32
 
 fn vnic_line(v: &VnicView) -> String {
     format!(
-        "{} on {}: mac {}, network {}, ipv4 {}",
+        "{} on {}: {}; mac {}, network {}, ipv4 {}",
         v.name,
         v.parent,
+        v.state
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "state unknown".into()),
         v.mac.as_deref().unwrap_or("-"),
         v.network.as_deref().unwrap_or("-"),
         v.ipv4.as_deref().unwrap_or("-")

@@ -13,6 +13,7 @@ use serde_json::Map;
 use tracing::{debug, info, warn};
 
 use crate::engine::{ContainerSpec, Docker, EngineError, is_managed, managed_labels};
+use crate::internal_pool;
 use crate::vnics::{NetworkMode, Runtimes, Vnic};
 
 /// A vNIC as asked for by `agent runtime create --vnic ...`.
@@ -413,8 +414,23 @@ struct Made {
     container: Option<String>,
 }
 
-/// Why a create cannot even start: the names it needs are taken.
-async fn names_free(docker: &Docker, name: &str, internal: &str) -> Result<bool, RuntimeError> {
+/// How a create gets its internal network.
+enum Internal {
+    /// Ours and left over (e.g. from a runtime removed by hand): reused, and so not
+    /// removed if this create fails.
+    Reuse,
+    /// To be made on this subnet of the internal pool.
+    New(Ipv4Network),
+}
+
+/// Refuses a create whose names are taken, and finds its internal subnet: the first
+/// free one of `pool`, avoiding every subnet the engine's networks use.
+async fn prepare(
+    docker: &Docker,
+    name: &str,
+    internal: &str,
+    pool: Ipv4Network,
+) -> Result<Internal, RuntimeError> {
     let engine = |e: EngineError| RuntimeError::Engine(e.to_string());
     if let Some(c) = docker.container(name).await.map_err(engine)? {
         return Err(RuntimeError::NameTaken {
@@ -425,10 +441,16 @@ async fn names_free(docker: &Docker, name: &str, internal: &str) -> Result<bool,
     }
     let networks = docker.list_networks().await.map_err(engine)?;
     match networks.iter().find(|n| n.name == internal) {
-        None => Ok(false),
-        // Ours and left over (e.g. from a runtime removed by hand): reused, and so not
-        // removed if this create fails.
-        Some(n) if is_managed(&n.labels) && n.driver == "bridge" => Ok(true),
+        None => {
+            let taken: Vec<Ipv4Network> = networks
+                .iter()
+                .flat_map(|n| n.pools.iter().map(|p| p.subnet))
+                .collect();
+            internal_pool::allocate(pool, &taken)
+                .map(Internal::New)
+                .map_err(|e| RuntimeError::Engine(e.to_string()))
+        }
+        Some(n) if is_managed(&n.labels) && n.driver == "bridge" => Ok(Internal::Reuse),
         Some(n) => Err(RuntimeError::NameTaken {
             what: "network",
             name: internal.to_string(),
@@ -441,15 +463,19 @@ async fn names_free(docker: &Docker, name: &str, internal: &str) -> Result<bool,
 /// agent's own container to the internal network. A container or network name that
 /// is already taken is refused before anything is created; on a later failure only
 /// what this call created (by id) is removed again, so a retry starts clean.
-pub async fn create_in_engine(docker: &Docker, req: &CreateRequest) -> Result<(), RuntimeError> {
+pub async fn create_in_engine(
+    docker: &Docker,
+    req: &CreateRequest,
+    pool: Ipv4Network,
+) -> Result<(), RuntimeError> {
     let internal = internal_network(&req.name);
-    let reuse_network = names_free(docker, &req.name, &internal).await?;
+    let how = prepare(docker, &req.name, &internal, pool).await?;
     let mut made = Made::default();
     let result = async {
-        let net = docker
-            .create_internal_network(&internal, &managed_labels())
-            .await?;
-        if !reuse_network {
+        if let Internal::New(subnet) = how {
+            let net = docker
+                .create_internal_network(&internal, subnet, &managed_labels())
+                .await?;
             made.network = Some(net);
         }
         let spec = ContainerSpec {

@@ -10,6 +10,7 @@ use crate::cache::InterfaceCache;
 use crate::engine::ContainerInfo;
 use crate::plan::Note;
 use crate::reconcile::ReconcileReport;
+use crate::vnic_state::VnicState;
 use crate::vnics::{MacMethod, NetworkMode, Runtimes, StoreFault};
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -19,6 +20,9 @@ pub struct StatusView {
     pub engine: EngineLink,
     pub interfaces: Vec<InterfaceView>,
     pub runtimes: BTreeMap<String, Vec<VnicView>>,
+    /// Runtimes in the store whose container is gone (removed by hand).
+    #[serde(default)]
+    pub missing: Vec<String>,
     pub store: StoreView,
     /// Information from the last reconcile (e.g. a static subnet off the LAN).
     pub notes: Vec<Note>,
@@ -83,6 +87,12 @@ pub struct VnicView {
     /// The MAC seen inside the container on that interface.
     #[serde(default)]
     pub live_mac: Option<String>,
+    /// Attached, pending (and on what), failed (and what to do) or unsupported.
+    #[serde(default)]
+    pub state: Option<VnicState>,
+    /// How long it has been in that state.
+    #[serde(default)]
+    pub state_for_s: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -146,6 +156,8 @@ pub fn runtimes(runtimes: &Runtimes) -> BTreeMap<String, Vec<VnicView>> {
                     mac_applied: v.mac_applied,
                     attached: None,
                     live_mac: None,
+                    state: None,
+                    state_for_s: None,
                 })
                 .collect();
             (name.clone(), views)
@@ -184,8 +196,28 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
-    pub fn of(s: &StatusView) -> HealthReport {
-        let problems = health_problems(s);
+    /// Problems of the links and the store, plus every vNIC pending or failed for
+    /// longer than `grace`, and every runtime whose container is gone.
+    pub fn of(s: &StatusView, grace: std::time::Duration) -> HealthReport {
+        let mut problems = health_problems(s);
+        for name in &s.missing {
+            problems.push(format!(
+                "runtime {name} is missing: its container was removed; `agent runtime delete {name}` cleans up what is left"
+            ));
+        }
+        for (rt, vnics) in &s.runtimes {
+            for v in vnics {
+                let (Some(st), Some(for_s)) = (&v.state, v.state_for_s) else {
+                    continue;
+                };
+                if st.is_problem() && for_s >= grace.as_secs() {
+                    problems.push(format!(
+                        "{rt}/{} on {} is {st} (for {for_s} s)",
+                        v.name, v.parent
+                    ));
+                }
+            }
+        }
         HealthReport {
             healthy: problems.is_empty(),
             problems,
@@ -301,29 +333,45 @@ fn render_interfaces(o: &mut String, s: &StatusView) {
 fn render_runtimes(o: &mut String, s: &StatusView) {
     let _ = writeln!(o, "runtimes ({}):", s.runtimes.len());
     for (name, vnics) in &s.runtimes {
-        let _ = writeln!(o, "  {name}");
-        for v in vnics {
+        if s.missing.contains(name) {
             let _ = writeln!(
                 o,
-                "    {:<6} parent {:<12} {:<7} net {:<32} mac {} ({}) ipv4 {}{}",
+                "  {name}  MISSING: its container was removed; `agent runtime delete {name}` cleans up"
+            );
+        } else {
+            let _ = writeln!(o, "  {name}");
+        }
+        for v in vnics {
+            let state = v
+                .state
+                .as_ref()
+                .map(|st| match v.state_for_s {
+                    Some(t) if st.is_problem() => format!("{st} (for {t} s)"),
+                    _ => st.to_string(),
+                })
+                .unwrap_or_else(|| "state unknown".into());
+            let _ = writeln!(
+                o,
+                "    {}: {state}; {} on parent {}, network {}",
                 v.name,
-                v.parent,
                 v.mode,
-                opt(&v.network),
+                v.parent,
+                opt(&v.network)
+            );
+            let mac_how = match v.mac_applied {
+                Some(MacMethod::Engine) => "given by the engine",
+                Some(MacMethod::Netns) => "set in its namespace",
+                None => "not applied yet",
+            };
+            let live = match (&v.live_mac, &v.mac) {
+                (Some(l), Some(m)) if l != m => format!(", but it has {l} now"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                o,
+                "      mac {} ({mac_how}{live}), ipv4 {}",
                 opt(&v.mac),
-                match v.mac_applied {
-                    Some(MacMethod::Engine) => "by the engine",
-                    Some(MacMethod::Netns) => "set in its namespace",
-                    None => "not applied yet",
-                },
-                opt(&v.ipv4),
-                match (v.attached, &v.live_mac) {
-                    (Some(false), _) => "  NOT ATTACHED".to_string(),
-                    (Some(true), Some(m)) if Some(m) != v.mac.as_ref() => {
-                        format!("  LIVE MAC {m}")
-                    }
-                    _ => String::new(),
-                }
+                opt(&v.ipv4)
             );
         }
     }

@@ -223,20 +223,34 @@ async fn engine_that_is_not_there_yet_is_unreachable_then_used_when_it_appears()
 async fn internal_network_is_created_once() {
     let d = engine();
     let name = e2e::unique("int");
+    // A slot of the internal pool's upper half: the agent's e2e tests allocate from
+    // its start.
+    let subnet: ipnetwork::Ipv4Network =
+        format!("198.19.{}.{}/28", fastrand::u8(..), fastrand::u8(..16) * 16)
+            .parse()
+            .unwrap();
     let id = d
-        .create_internal_network(&name, &managed_labels())
+        .create_internal_network(&name, subnet, &managed_labels())
         .await
         .expect("create");
-    let again = d.create_internal_network(&name, &managed_labels()).await;
+    let again = d
+        .create_internal_network(&name, subnet, &managed_labels())
+        .await;
     let internal = docker(&[
         "network",
         "inspect",
         "-f",
-        "{{.Internal}} {{.Driver}}",
+        "{{.Internal}} {{.Driver}} {{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}",
         &name,
     ]);
     d.remove_network(&name).await.expect("remove");
-    assert_eq!(internal.trim(), "true bridge");
+    assert_eq!(
+        internal.trim(),
+        format!(
+            "true bridge {subnet} {}",
+            agent::internal_pool::gateway(subnet)
+        )
+    );
     assert_eq!(
         again.expect("create again"),
         id,

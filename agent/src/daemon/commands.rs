@@ -76,9 +76,9 @@ impl State {
                 pid: std::process::id(),
             }),
             Request::Status => self.status_cmd(r),
-            Request::Health => r.ok(&HealthReport::of(&self.status())),
+            Request::Health => r.ok(&HealthReport::of(&self.status(), self.config.health_grace)),
             Request::Reconcile { dry_run } => self.reconcile_cmd(dry_run, r),
-            Request::RuntimeList => r.ok(&status::runtimes(self.store.runtimes())),
+            Request::RuntimeList => r.ok(&self.status().runtimes),
             Request::RuntimeCreate(req) => self.create_cmd(req, r),
             Request::RuntimeDelete { name } => self.delete_cmd(name, r),
             Request::RuntimeStart { name } => self.lifecycle_cmd(name, "start", r),
@@ -106,6 +106,21 @@ impl State {
         v.agent.uptime_s = self.started.elapsed().as_secs();
         v.interfaces = status::interfaces(&self.cache);
         v.runtimes = status::runtimes(self.store.runtimes());
+        for (rt, vnics) in v.runtimes.iter_mut() {
+            for vv in vnics {
+                if let Some((st, since)) = self.states.get(&(rt.clone(), vv.name.clone())) {
+                    vv.state = Some(st.clone());
+                    vv.state_for_s = Some(since.elapsed().as_secs());
+                }
+            }
+        }
+        let last = self.view.reconcile.last.as_ref();
+        v.missing = v
+            .runtimes
+            .keys()
+            .filter(|rt| crate::vnic_state::runtime_missing(rt, last))
+            .cloned()
+            .collect();
         v.store.fault = self.store.fault().cloned();
         v.reconcile.running = self.runs.running.is_some();
         v.reconcile.runs = self.runs.count;
@@ -168,8 +183,9 @@ impl State {
         info!(runtime = %req.name, vnics = vnics.len(), "runtime stored; creating it");
         let docker = self.docker.clone();
         let tx = self.tx.clone();
+        let pool = self.config.internal_pool;
         tokio::spawn(async move {
-            let result = runtime::create_in_engine(&docker, &req)
+            let result = runtime::create_in_engine(&docker, &req, pool)
                 .await
                 .map_err(|e| e.to_string());
             let _ = tx
@@ -283,9 +299,7 @@ impl State {
                 Err(e) => r.err(format!("reconcile: {e}")),
             },
             Waiter::Created { name, reply } => {
-                let vnics = status::runtimes(self.store.runtimes())
-                    .remove(&name)
-                    .unwrap_or_default();
+                let vnics = self.status().runtimes.remove(&name).unwrap_or_default();
                 reply.ok(&Created {
                     runtime: name,
                     vnics,

@@ -6,6 +6,7 @@
 //! cache, and sends back its report and the records to merge. The state task keeps the
 //! store the whole time, so every command is answered while a run works.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use crate::engine::{Docker, EngineError, EngineEvent, EngineVersion};
 use crate::netmon_link;
 use crate::reconcile::{Outcome, ReconcileOptions, ReconcileReport, reconcile};
 use crate::status::StatusView;
+use crate::vnic_state::{self, Facts, VnicState};
 use crate::vnics::VnicStore;
 
 mod commands;
@@ -42,6 +44,10 @@ pub struct Config {
     pub docker_host: Option<String>,
     pub reconcile_interval: Duration,
     pub parallelism: usize,
+    /// `health` fails once a vNIC has been pending or failed this long.
+    pub health_grace: Duration,
+    /// Where the runtimes' internal networks get their subnets.
+    pub internal_pool: ipnetwork::Ipv4Network,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +103,8 @@ struct State {
     /// After a run that left something wrong: when to try again, and the backoff.
     retry_at: Option<tokio::time::Instant>,
     retry: ipc::Backoff,
+    /// Each vNIC's state and since when it has been in it (by kind).
+    states: BTreeMap<(String, String), (VnicState, Instant)>,
 }
 
 /// Retries after a run that did not converge: the first within a second, then
@@ -178,8 +186,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 debug!("retrying the reconcile that did not converge");
                 state.trigger(None);
             }
-            Some(msg) = rx.recv() => state.on_msg(msg),
-            Some(call) = call_rx.recv() => state.on_call(call),
+            Some(msg) = rx.recv() => {
+                state.on_msg(msg);
+                state.refresh_states();
+            }
+            Some(call) = call_rx.recv() => {
+                state.on_call(call);
+                state.refresh_states();
+            }
             _ = timer.tick() => {
                 debug!("periodic reconcile");
                 state.trigger(None);
@@ -225,6 +239,7 @@ impl State {
             engine_known: false,
             retry_at: None,
             retry: ipc::Backoff::new(RETRY_FIRST, RETRY_CAP),
+            states: BTreeMap::new(),
         }
     }
 
@@ -351,6 +366,33 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Re-derives every vNIC's state; a vNIC whose state changed kind starts its
+    /// clock again (health counts pending and failed time against the grace).
+    fn refresh_states(&mut self) {
+        let now = Instant::now();
+        let facts = Facts {
+            engine_reachable: self.view.engine.reachable,
+            cache: &self.cache,
+            last: self.view.reconcile.last.as_ref(),
+            next_retry: self
+                .retry_at
+                .map(|t| t.saturating_duration_since(tokio::time::Instant::now())),
+        };
+        let mut next = BTreeMap::new();
+        for (rt, vnics) in self.store.runtimes() {
+            for v in vnics {
+                let key = (rt.clone(), v.name.clone());
+                let st = vnic_state::vnic_state(rt, v, &facts);
+                let since = match self.states.get(&key) {
+                    Some((old, t)) if old.kind() == st.kind() => *t,
+                    _ => now,
+                };
+                next.insert(key, (st, since));
+            }
+        }
+        self.states = next;
     }
 
     /// "unreachable at <host>: <last error>", for replies that cannot be served.

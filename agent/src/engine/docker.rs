@@ -536,10 +536,12 @@ impl Docker {
         }
     }
 
-    /// An internal bridge network (a runtime's `NAME_internal`); existing = its id.
+    /// An internal bridge network (a runtime's `NAME_internal`) on `subnet`;
+    /// existing = its id.
     pub async fn create_internal_network(
         &self,
         name: &str,
+        subnet: Ipv4Network,
         labels: &BTreeMap<String, String>,
     ) -> Result<String, EngineError> {
         let c = self.client().await?;
@@ -555,6 +557,16 @@ impl Docker {
             name: name.to_string(),
             driver: Some("bridge".to_string()),
             internal: Some(true),
+            ipam: Some(Ipam {
+                driver: Some("default".to_string()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(subnet.to_string()),
+                    gateway: Some(crate::internal_pool::gateway(subnet).to_string()),
+                    auxiliary_addresses: None,
+                    ip_range: None,
+                }]),
+                options: None,
+            }),
             labels: Some(labels.clone().into_iter().collect()),
             ..Default::default()
         };
