@@ -7,11 +7,14 @@
 //! pools (as sets), never by name, so the older deployment's network is adopted and
 //! `eth1` never matches `eth10`. Gateways are compared only where the cache knows one:
 //! the engine picks a gateway of its own when none is given.
+//!
+//! Over 400 lines because of its table tests (the planner itself is about 500).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
@@ -38,7 +41,7 @@ pub enum Step {
         parent: String,
         spec: NetworkSpec,
     },
-    /// `mac` is the stored MAC, empty when the vNIC has none yet (the engine's is then
+    /// `mac` is the stored MAC, `None` when the vNIC has none yet (the engine's is then
     /// recorded).
     Connect {
         parent: String,
@@ -46,7 +49,7 @@ pub enum Step {
         vnic: String,
         network: String,
         ipv4: Option<Ipv4Addr>,
-        mac: String,
+        mac: Option<MacAddr>,
     },
     /// Verify the MAC inside the container's namespace; set it there where wrong.
     /// `network` says which of the container's links is the vNIC's.
@@ -55,7 +58,7 @@ pub enum Step {
         container: String,
         vnic: String,
         network: String,
-        mac: String,
+        mac: MacAddr,
     },
 }
 
@@ -131,10 +134,9 @@ impl fmt::Display for Step {
                     Some(ip) => write!(f, " ip {ip}")?,
                     None => write!(f, " (address from the LAN pool)")?,
                 }
-                if mac.is_empty() {
-                    write!(f, " mac from the engine")
-                } else {
-                    write!(f, " mac {mac}")
+                match mac {
+                    None => write!(f, " mac from the engine"),
+                    Some(mac) => write!(f, " mac {mac}"),
                 }
             }
             Step::SetMac {
@@ -178,6 +180,13 @@ pub enum Note {
     NoMac {
         container: String,
         vnic: String,
+    },
+    /// The stored MAC text is not a MAC (a hand-edited file): kept in the file as it
+    /// is, and treated as no MAC (nothing set, nothing recorded over it).
+    BadMac {
+        container: String,
+        vnic: String,
+        value: String,
     },
     /// A static vNIC without an address cannot be connected.
     StaticWithoutIp {
@@ -232,6 +241,14 @@ impl fmt::Display for Note {
             Note::NoMac { container, vnic } => write!(
                 f,
                 "{container}/{vnic} has no stored MAC: the engine's is recorded"
+            ),
+            Note::BadMac {
+                container,
+                vnic,
+                value,
+            } => write!(
+                f,
+                "{container}/{vnic}: stored MAC {value:?} is not a MAC; fix the store (left as is)"
             ),
             Note::StaticWithoutIp { container, vnic } => {
                 write!(f, "{container}/{vnic} is static but has no ip: skipped")
@@ -328,10 +345,6 @@ pub fn pools_match(have: &[Pool], want: &[Pool]) -> bool {
 fn overlaps(have: &[Pool], want: &[Pool]) -> bool {
     have.iter()
         .any(|h| want.iter().any(|w| h.subnet.overlaps(w.subnet)))
-}
-
-fn same_mac(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
 }
 
 struct Member<'a> {
@@ -575,13 +588,20 @@ fn plan_parent(
                 vnic: m.vnic.name.clone(),
                 network: network_name.clone(),
                 ipv4: wanted_ip,
-                mac: stored.unwrap_or_default().to_string(),
+                mac: stored,
             });
         }
         let Some(mac) = stored else {
-            out.notes.push(Note::NoMac {
-                container: m.container.to_string(),
-                vnic: m.vnic.name.clone(),
+            out.notes.push(match m.vnic.bad_mac() {
+                Some(value) => Note::BadMac {
+                    container: m.container.to_string(),
+                    vnic: m.vnic.name.clone(),
+                    value: value.to_string(),
+                },
+                None => Note::NoMac {
+                    container: m.container.to_string(),
+                    vnic: m.vnic.name.clone(),
+                },
             });
             continue;
         };
@@ -595,7 +615,7 @@ fn plan_parent(
                 container: m.container.to_string(),
                 vnic: m.vnic.name.clone(),
                 network: network_name.clone(),
-                mac: mac.to_string(),
+                mac,
             });
         }
     }
@@ -607,9 +627,9 @@ fn plan_parent(
     out.steps.extend(setmacs);
 }
 
-fn mac_is_right(ci: &ContainerInfo, ip: Option<Ipv4Addr>, mac: &str) -> bool {
+fn mac_is_right(ci: &ContainerInfo, ip: Option<Ipv4Addr>, mac: MacAddr) -> bool {
     ip.and_then(|ip| ci.link_with(ip))
-        .is_some_and(|l| same_mac(&l.mac, mac))
+        .is_some_and(|l| l.mac == Some(mac))
 }
 
 #[cfg(test)]
@@ -696,16 +716,18 @@ mod tests {
                     network_id: n.id.clone(),
                     network_name: n.name.clone(),
                     ipv4: Some(ip(a)),
-                    mac: Some("02:42:0a:00:00:05".to_string()),
+                    mac: Some(mac("02:42:0a:00:00:05")),
                 })
                 .collect(),
             ns_links: if running {
                 eps.iter()
                     .enumerate()
                     .map(|(i, (_, a, m))| NsLink {
+                        index: 2 + i as u32,
                         name: format!("eth{i}"),
-                        mac: m.to_string(),
+                        mac: Some(mac(m)),
                         ipv4: vec![ip(a)],
+                        up: true,
                     })
                     .collect()
             } else {
@@ -726,20 +748,24 @@ mod tests {
         }
     }
 
-    fn dhcp(name: &str, parent: &str, mac: &str) -> Vnic {
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn dhcp(name: &str, parent: &str, m: &str) -> Vnic {
         let mut v = Vnic::dhcp(name, parent, None);
-        v.mac_address = Some(mac.to_string());
+        v.mac_address = Some(m.to_string());
         v
     }
 
-    fn fixed(name: &str, parent: &str, addr: &str, subnet: &str, gw: &str, mac: &str) -> Vnic {
+    fn fixed(name: &str, parent: &str, addr: &str, subnet: &str, gw: &str, m: &str) -> Vnic {
         Vnic::fixed(
             name,
             parent,
             ip(addr),
             net4(subnet),
             Some(ip(gw)),
-            Some(mac),
+            Some(mac(m)),
         )
     }
 
@@ -767,7 +793,7 @@ mod tests {
         vnic: &str,
         network: &str,
         ipv4: Option<&str>,
-        mac: &str,
+        m: &str,
     ) -> Step {
         Step::Connect {
             parent: parent.into(),
@@ -775,16 +801,16 @@ mod tests {
             vnic: vnic.into(),
             network: network.into(),
             ipv4: ipv4.map(ip),
-            mac: mac.into(),
+            mac: (!m.is_empty()).then(|| mac(m)),
         }
     }
-    fn setmac(parent: &str, c: &str, vnic: &str, network: &str, mac: &str) -> Step {
+    fn setmac(parent: &str, c: &str, vnic: &str, network: &str, m: &str) -> Step {
         Step::SetMac {
             parent: parent.into(),
             container: c.into(),
             vnic: vnic.into(),
             network: network.into(),
-            mac: mac.into(),
+            mac: mac(m),
         }
     }
     fn disconnect(parent: &str, c: &str, network: &str) -> Step {
@@ -1416,7 +1442,7 @@ mod tests {
     #[test]
     fn second_vnic_on_the_same_parent_and_static_without_ip_are_noted() {
         let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
-        let mut bad = Vnic::dhcp("eth2", "p1", Some(MAC3));
+        let mut bad = Vnic::dhcp("eth2", "p1", Some(mac(MAC3)));
         bad.network_mode = NetworkMode::Static;
         let d = runtimes(&[
             (

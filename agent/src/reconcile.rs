@@ -8,7 +8,7 @@ use serde::Serialize;
 pub use crate::apply::StepResult;
 use crate::apply::{self, MacOutcome};
 use crate::cache::InterfaceCache;
-use crate::engine::{CallCounts, ContainerInfo, Docker, EngineError, Observed};
+use crate::engine::{CallCounts, ContainerInfo, Engine, EngineError, Observed};
 use crate::plan::{self, Note, Step};
 use crate::vnics::{MacMethod, Runtimes, VnicStore};
 
@@ -60,7 +60,7 @@ pub enum ReconcileError {
 /// observe -> plan -> apply -> verify -> record (see the module docs of `plan` and
 /// `apply`).
 pub async fn reconcile(
-    docker: &Docker,
+    docker: &dyn Engine,
     store: &mut VnicStore,
     cache: &InterfaceCache,
     opts: &ReconcileOptions,
@@ -241,24 +241,20 @@ fn record(desired: &Runtimes, observed: &Observed, macs: &[MacOutcome]) -> Runti
                 continue;
             };
             v.docker_network_name = Some(net.name.clone());
-            let inside = ep
-                .ipv4
-                .and_then(|ip| ci.link_with(ip))
-                .map(|l| l.mac.clone());
-            match v.stored_mac().map(str::to_string) {
+            let inside = ep.ipv4.and_then(|ip| ci.link_with(ip)).and_then(|l| l.mac);
+            match v.stored_mac() {
+                // A stored text that is not a MAC stays as written (noted by the plan).
+                None if v.bad_mac().is_some() => {}
                 None => {
                     // First connect without a MAC: the engine's becomes the identity.
-                    if let Some(m) = inside.or_else(|| ep.mac.clone()) {
-                        v.mac_address = Some(m);
+                    if let Some(m) = inside.or(ep.mac) {
+                        v.record_mac(m);
                         v.mac_applied = Some(MacMethod::Engine);
                     }
                 }
                 Some(stored) => {
-                    if inside
-                        .as_deref()
-                        .is_some_and(|m| m.eq_ignore_ascii_case(&stored))
-                    {
-                        v.mac_address = Some(stored);
+                    if inside == Some(stored) {
+                        v.record_mac(stored);
                         if let Some(method) = applied.get(&(container.as_str(), v.name.as_str())) {
                             v.mac_applied = Some(*method);
                         }

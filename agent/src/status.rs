@@ -136,7 +136,7 @@ pub fn runtimes(runtimes: &Runtimes) -> BTreeMap<String, Vec<VnicView>> {
                     parent: v.parent_interface.clone(),
                     mode: serde_json::to_value(v.network_mode).unwrap_or(Value::Null),
                     network: v.docker_network_name.clone(),
-                    mac: v.stored_mac().map(str::to_string),
+                    mac: v.stored_mac().map(|m| m.to_string()),
                     ipv4: v.ip.map(|i| i.to_string()),
                     subnet: v.subnet.map(|s| s.to_string()),
                     mac_applied: serde_json::to_value(v.mac_applied).unwrap_or(Value::Null),
@@ -163,7 +163,7 @@ pub fn fill_observed(view: &mut StatusView, containers: &[ContainerInfo]) {
                 if let Some(ip) = ep.ipv4
                     && let Some(l) = c.link_with(ip)
                 {
-                    v.live_mac = Some(l.mac.clone());
+                    v.live_mac = l.mac.map(|m| m.to_string());
                 }
             } else {
                 v.attached = Some(false);

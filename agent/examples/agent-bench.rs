@@ -6,7 +6,10 @@
 //! Needs root (a veth parent in the host namespace) and the engine. Creates
 //! `agbench-*` links, containers, networks and removes them afterwards.
 //!
-//! `agent-bench --sizes 1,10,50` (full run), `agent-bench --sizes 1,3` (smoke).
+//! `agent-bench --sizes 1,10,50` (full run), `agent-bench --sizes 1,3` (smoke). An
+//! example, not a binary, so release and image builds do not compile it:
+//! `cargo build --release -p agent --bins --example agent-bench`, then
+//! `./target/release/examples/agent-bench`.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -173,13 +176,7 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
                 vec![Vnic::dhcp(
                     "eth1",
                     &parent,
-                    Some(&format!(
-                        "02:bb:{:02x}:{:02x}:{:02x}:{:02x}",
-                        fastrand::u8(..),
-                        fastrand::u8(..),
-                        fastrand::u8(..),
-                        fastrand::u8(..)
-                    )),
+                    Some(ipc::MacAddr::random_local()),
                 )],
             );
         }
@@ -303,8 +300,19 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
 
 /// RSS of the real `agent run` holding `n` runtimes, after its first reconcile.
 fn agent_rss(state_dir: &Path) -> Result<u64> {
+    // An example lives in target/<profile>/examples/; the agent binary one level up
+    // (build it first: `cargo build -p agent --bins --example agent-bench`).
     let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name("agent");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the bench's own path has no target directory")?;
+    let bin = profile_dir.join("agent");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: cargo build -p agent --bins --example agent-bench",
+        bin.display()
+    );
     let dir = std::env::temp_dir().join(format!("agbench-rss-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut child = Command::new(&bin)
