@@ -34,6 +34,8 @@ use rtnl::Rtnl;
 pub enum Netns {
     /// The host's: `/proc/1/ns/net` (right under systemd, and in a container started
     /// with `pid: host`); not entered when it is the namespace the agent already runs in.
+    /// Where pid 1 cannot be inspected at all (a sandbox denying ptrace access to it,
+    /// so the agent is not on that host's side), the agent's own process namespace.
     Host,
     /// A process's, e.g. a running container's: `/proc/<pid>/ns/net`.
     Pid(u32),
@@ -50,7 +52,14 @@ impl Netns {
     /// The namespace file to enter; `None` when this thread is already in it.
     fn open(&self) -> Result<Option<File>, NetnsError> {
         let open_err = |source| NetnsError::Open { ns: *self, source };
-        let file = File::open(self.path()).map_err(open_err)?;
+        let file = match File::open(self.path()) {
+            Err(e) if *self == Netns::Host && e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::debug!(error = %e, "pid 1's namespace is not ours to see; the host is the agent's own");
+                File::open("/proc/self/ns/net")
+            }
+            other => other,
+        }
+        .map_err(open_err)?;
         let here = std::fs::metadata("/proc/thread-self/ns/net").map_err(open_err)?;
         let there = file.metadata().map_err(open_err)?;
         if (here.dev(), here.ino()) == (there.dev(), there.ino()) {
@@ -100,7 +109,9 @@ pub enum NetnsError {
     },
     #[error("no link named {name:?} in {ns}")]
     NoLink { ns: Netns, name: String },
-    #[error("rename {name} to {to} in {ns}: the link is up; set it down first (Linux refuses)")]
+    #[error(
+        "rename {name} to {to} in {ns}: the link is up and this kernel (before 6.2) refuses; set it down first"
+    )]
     RenameUp { ns: Netns, name: String, to: String },
     #[error("invalid interface name {0:?}: 1 to 15 bytes, no '/', ':' or whitespace")]
     BadName(String),
@@ -286,8 +297,9 @@ pub async fn set_mac(ns: Netns, ifname: &str, mac: MacAddr) -> Result<Vec<NsLink
     .await
 }
 
-/// Renames `ifname` to `to`. Linux refuses to rename a link that is up (EBUSY):
-/// set it down first ([`set_up`]), then up again after.
+/// Renames `ifname` to `to`. Linux before 6.2 refuses to rename a link that is up
+/// (EBUSY, reported as [`NetnsError::RenameUp`]): set it down first ([`set_up`]), then
+/// up again, and restore its routes (down drops them). 6.2 and later rename it live.
 pub async fn rename(ns: Netns, ifname: &str, to: &str) -> Result<(), NetnsError> {
     check_name(to)?;
     let target = to.to_string();
