@@ -64,6 +64,7 @@ struct State {
     failures: Vec<Failure>,
     counts: CallCounts,
     unreachable: bool,
+    pauses: Vec<(Call, String, tokio::sync::oneshot::Receiver<()>)>,
     next_id: u32,
     events: Vec<tokio::sync::mpsc::UnboundedSender<Result<EngineEvent, EngineError>>>,
 }
@@ -214,14 +215,40 @@ impl FakeEngine {
         }
     }
 
-    fn call<T: Send + 'static>(
-        &self,
+    /// The next call of `call` whose target starts with `target` waits (before it is
+    /// recorded or acts) until the returned sender is used or dropped: to hold one
+    /// call while others run.
+    pub fn pause_next_on(&self, call: Call, target: &str) -> tokio::sync::oneshot::Sender<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock().pauses.push((call, target.to_string(), rx));
+        tx
+    }
+
+    fn take_pause(&self, call: Call, target: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let mut s = self.lock();
+        let i = s
+            .pauses
+            .iter()
+            .position(|(c, t, _)| *c == call && target.starts_with(t.as_str()))?;
+        Some(s.pauses.remove(i).2)
+    }
+
+    fn call<'a, T: Send + 'a>(
+        &'a self,
         call: Call,
         target: &str,
-        f: impl FnOnce(&mut State) -> Result<T, EngineError>,
-    ) -> EngineFuture<'static, T> {
-        let r = self.enter(call, target).and_then(|mut s| f(&mut s));
-        futures::future::ready(r).boxed()
+        f: impl FnOnce(&mut State) -> Result<T, EngineError> + Send + 'a,
+    ) -> EngineFuture<'a, T> {
+        let gate = self.take_pause(call, target);
+        let target = target.to_string();
+        async move {
+            if let Some(rx) = gate {
+                let _ = rx.await;
+            }
+            let mut s = self.enter(call, &target)?;
+            f(&mut s)
+        }
+        .boxed()
     }
 }
 

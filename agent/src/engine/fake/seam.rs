@@ -144,7 +144,7 @@ impl Engine for FakeEngine {
         ipv4: Option<Ipv4Addr>,
         _mac: Option<MacAddr>,
     ) -> EngineFuture<'a, ()> {
-        self.call(Call::Connect, &format!("{container} {network}"), |s| {
+        self.call(Call::Connect, &format!("{container} {network}"), move |s| {
             s.counts.connect += 1;
             s.connect(container, network, ipv4)
         })
