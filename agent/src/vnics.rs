@@ -5,6 +5,8 @@
 //! The file is the only copy of every runtime's identity on the LAN (its MACs), so a
 //! file that cannot be read is never overwritten: it is moved aside and every write is
 //! refused until an operator restores it (`reload`) or starts over (`reset`).
+//!
+//! Over 400 lines: about half is the tests of the file format and its faults.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};

@@ -113,7 +113,7 @@ fn targets(fake: &FakeEngine, keep: impl Fn(&str) -> bool) -> Vec<(Call, String)
         .collect()
 }
 
-fn by_step<'a>(results: &'a [StepResult], f: impl Fn(&Step) -> bool) -> Vec<&'a StepResult> {
+fn by_step(results: &[StepResult], f: impl Fn(&Step) -> bool) -> Vec<&StepResult> {
     results.iter().filter(|r| f(&r.step)).collect()
 }
 

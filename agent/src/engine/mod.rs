@@ -199,12 +199,6 @@ pub enum EngineError {
     BadHost(String),
     #[error("unexpected engine reply: {0}")]
     Protocol(String),
-    #[error("{what}: {source}")]
-    Netns {
-        what: String,
-        #[source]
-        source: crate::netns::NetnsError,
-    },
 }
 
 impl EngineError {
