@@ -413,6 +413,25 @@ pub fn plan(desired: &Runtimes, cache: &InterfaceCache, observed: &Observed) -> 
     out
 }
 
+/// The steps of one parent, by phase, before they are put in order.
+#[derive(Default)]
+struct ParentSteps {
+    disconnects: Vec<Step>,
+    removes: Vec<Step>,
+    create: Option<Step>,
+    connects: Vec<Step>,
+    setmacs: Vec<Step>,
+}
+
+/// What one parent's members share: the parent, its LAN, and the network they go on.
+struct Target<'a> {
+    parent: &'a str,
+    lan_subnet: Ipv4Network,
+    /// The existing network that already matches, if any.
+    matched: Option<&'a NetworkInfo>,
+    network_name: String,
+}
+
 fn plan_parent(
     parent: &str,
     members: &[Member<'_>],
@@ -435,9 +454,69 @@ fn plan_parent(
         return;
     };
     let lan_subnet = normalize(lan.subnet);
+    let (usable, statics) = usable_members(members, lan_subnet, out);
+    // Nothing to attach: do not create or replace networks for containers that are not there.
+    if !usable
+        .iter()
+        .any(|m| observed.containers.contains_key(m.container))
+    {
+        return;
+    }
+    let spec = target_spec(parent, &lan, &statics);
+    let on_parent: Vec<&NetworkInfo> = observed
+        .networks
+        .iter()
+        .filter(|n| n.driver == "macvlan" && n.parent.as_deref() == Some(parent))
+        .collect();
+    let matched = on_parent
+        .iter()
+        .filter(|n| pools_match(&n.pools, &spec.pools))
+        .max_by_key(|n| (n.name == spec.name, is_managed(&n.labels)))
+        .copied();
 
+    let mut steps = ParentSteps::default();
+    let network_name = match matched {
+        Some(net) => net.name.clone(),
+        None => {
+            let replace = Replace {
+                parent,
+                on_parent,
+                spec: &spec,
+                observed,
+                desired,
+                live_parents,
+            };
+            replace.plan(&mut steps, out);
+            spec.name.clone()
+        }
+    };
+    let target = Target {
+        parent,
+        lan_subnet,
+        matched,
+        network_name,
+    };
+    for m in usable {
+        if let Some(ci) = observed.containers.get(m.container) {
+            plan_member(&target, m, ci, &mut steps, out);
+        }
+    }
+    out.steps.extend(steps.disconnects);
+    out.steps.extend(steps.removes);
+    out.steps.extend(steps.create);
+    out.steps.extend(steps.connects);
+    out.steps.extend(steps.setmacs);
+}
+
+/// The members that can be attached, and the extra pools their off-LAN static
+/// addresses need; notes for the rest.
+fn usable_members<'m, 'a>(
+    members: &'m [Member<'a>],
+    lan_subnet: Ipv4Network,
+    out: &mut Plan,
+) -> (Vec<&'m Member<'a>>, Vec<Pool>) {
     let mut statics = Vec::new();
-    let mut usable: Vec<&Member<'_>> = Vec::new();
+    let mut usable = Vec::new();
     for m in members {
         if m.vnic.network_mode == NetworkMode::Static {
             let Some(ip) = m.vnic.ip else {
@@ -467,164 +546,154 @@ fn plan_parent(
         }
         usable.push(m);
     }
-    // Nothing to attach: do not create or replace networks for containers that are not there.
-    if !usable
-        .iter()
-        .any(|m| observed.containers.contains_key(m.container))
-    {
-        return;
-    }
-    let target = target_spec(parent, &lan, &statics);
+    (usable, statics)
+}
 
-    let on_parent: Vec<&NetworkInfo> = observed
-        .networks
-        .iter()
-        .filter(|n| n.driver == "macvlan" && n.parent.as_deref() == Some(parent))
-        .collect();
-    let matched = on_parent
-        .iter()
-        .filter(|n| pools_match(&n.pools, &target.pools))
-        .max_by_key(|n| (n.name == target.name, is_managed(&n.labels)))
-        .copied();
+/// No network on the parent matches: the ones in the way go (after their containers
+/// of ours leave them) and the target is created.
+struct Replace<'a> {
+    parent: &'a str,
+    on_parent: Vec<&'a NetworkInfo>,
+    spec: &'a NetworkSpec,
+    observed: &'a Observed,
+    desired: &'a Runtimes,
+    live_parents: &'a BTreeSet<&'a str>,
+}
 
-    let mut disconnects = Vec::new();
-    let mut removes = Vec::new();
-    let mut create = None;
-    let mut connects = Vec::new();
-    let mut setmacs = Vec::new();
-
-    let network_name = match matched {
-        Some(net) => net.name.clone(),
-        None => {
-            let mut removals: Vec<&NetworkInfo> = on_parent.clone();
-            for n in &observed.networks {
-                if removals.iter().any(|r| r.id == n.id) || !overlaps(&n.pools, &target.pools) {
-                    continue;
-                }
-                let other_parent_live = n
-                    .parent
-                    .as_deref()
-                    .is_some_and(|p| live_parents.contains(p));
-                if is_managed(&n.labels) && !other_parent_live {
-                    removals.push(n);
-                } else {
-                    out.notes.push(Note::ForeignOverlap {
-                        network: n.name.clone(),
-                        parent: parent.to_string(),
-                    });
-                }
+impl Replace<'_> {
+    fn plan(&self, steps: &mut ParentSteps, out: &mut Plan) {
+        let parent = self.parent;
+        let mut removals: Vec<&NetworkInfo> = self.on_parent.clone();
+        for n in &self.observed.networks {
+            if removals.iter().any(|r| r.id == n.id) || !overlaps(&n.pools, &self.spec.pools) {
+                continue;
             }
-            for net in removals {
-                let mut attached: BTreeSet<&str> =
-                    net.containers.iter().map(String::as_str).collect();
-                attached.extend(
-                    observed
-                        .containers
-                        .values()
-                        .filter(|c| c.endpoint_on(net).is_some())
-                        .map(|c| c.name.as_str()),
-                );
-                for c in attached {
-                    let ours = desired.contains_key(c)
-                        || observed
-                            .containers
-                            .get(c)
-                            .is_some_and(|ci| is_managed(&ci.labels));
-                    if ours {
-                        disconnects.push(Step::Disconnect {
-                            parent: parent.to_string(),
-                            container: c.to_string(),
-                            network: net.name.clone(),
-                        });
-                    } else {
-                        out.notes.push(Note::ForeignEndpoint {
-                            network: net.name.clone(),
-                            container: c.to_string(),
-                        });
-                    }
-                }
-                removes.push(Step::RemoveNetwork {
+            let other_parent_live = n
+                .parent
+                .as_deref()
+                .is_some_and(|p| self.live_parents.contains(p));
+            if is_managed(&n.labels) && !other_parent_live {
+                removals.push(n);
+            } else {
+                out.notes.push(Note::ForeignOverlap {
+                    network: n.name.clone(),
                     parent: parent.to_string(),
-                    network: net.name.clone(),
                 });
             }
-            create = Some(Step::CreateNetwork {
-                parent: parent.to_string(),
-                spec: target.clone(),
-            });
-            target.name.clone()
         }
-    };
-
-    for m in usable {
-        let Some(ci) = observed.containers.get(m.container) else {
-            continue;
-        };
-        let ep = matched.and_then(|net| ci.endpoint_on(net));
-        let wanted_ip = match m.vnic.network_mode {
-            NetworkMode::Static => m.vnic.ip,
-            NetworkMode::Dhcp => None,
-        };
-        // A stopped container's endpoint has no address until it starts (the engine
-        // reports the requested static one, if any); that is not a wrong address.
-        let wrong_address = ep.is_some_and(|ep| match (m.vnic.network_mode, ep.ipv4) {
-            (_, None) => ci.running,
-            (NetworkMode::Static, got) => got != m.vnic.ip,
-            (NetworkMode::Dhcp, Some(ip)) => !lan_subnet.contains(ip),
+        for net in removals {
+            self.leave(net, steps, out);
+            steps.removes.push(Step::RemoveNetwork {
+                parent: parent.to_string(),
+                network: net.name.clone(),
+            });
+        }
+        steps.create = Some(Step::CreateNetwork {
+            parent: parent.to_string(),
+            spec: self.spec.clone(),
         });
-        if wrong_address {
-            disconnects.push(Step::Disconnect {
-                parent: parent.to_string(),
-                container: m.container.to_string(),
-                network: network_name.clone(),
-            });
-        }
-        let connect = ep.is_none() || wrong_address;
-        let stored = m.vnic.stored_mac();
-        if connect {
-            connects.push(Step::Connect {
-                parent: parent.to_string(),
-                container: m.container.to_string(),
-                vnic: m.vnic.name.clone(),
-                network: network_name.clone(),
-                ipv4: wanted_ip,
-                mac: stored,
-            });
-        }
-        let Some(mac) = stored else {
-            out.notes.push(match m.vnic.bad_mac() {
-                Some(value) => Note::BadMac {
-                    container: m.container.to_string(),
-                    vnic: m.vnic.name.clone(),
-                    value: value.to_string(),
-                },
-                None => Note::NoMac {
-                    container: m.container.to_string(),
-                    vnic: m.vnic.name.clone(),
-                },
-            });
-            continue;
-        };
-        if !ci.running {
-            continue;
-        }
-        let right_inside = !connect && mac_is_right(ci, ep.and_then(|e| e.ipv4), mac);
-        if !right_inside {
-            setmacs.push(Step::SetMac {
-                parent: parent.to_string(),
-                container: m.container.to_string(),
-                vnic: m.vnic.name.clone(),
-                network: network_name.clone(),
-                mac,
-            });
-        }
     }
 
-    out.steps.extend(disconnects);
-    out.steps.extend(removes);
-    out.steps.extend(create);
-    out.steps.extend(connects);
-    out.steps.extend(setmacs);
+    /// Disconnects our containers from a network about to go; notes foreign ones.
+    fn leave(&self, net: &NetworkInfo, steps: &mut ParentSteps, out: &mut Plan) {
+        let observed = self.observed;
+        let mut attached: BTreeSet<&str> = net.containers.iter().map(String::as_str).collect();
+        attached.extend(
+            observed
+                .containers
+                .values()
+                .filter(|c| c.endpoint_on(net).is_some())
+                .map(|c| c.name.as_str()),
+        );
+        for c in attached {
+            let ours = self.desired.contains_key(c)
+                || observed
+                    .containers
+                    .get(c)
+                    .is_some_and(|ci| is_managed(&ci.labels));
+            if ours {
+                steps.disconnects.push(Step::Disconnect {
+                    parent: self.parent.to_string(),
+                    container: c.to_string(),
+                    network: net.name.clone(),
+                });
+            } else {
+                out.notes.push(Note::ForeignEndpoint {
+                    network: net.name.clone(),
+                    container: c.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// One vNIC of an existing container: reconnect when missing or on a wrong address,
+/// then check its MAC when it has one and runs.
+fn plan_member(
+    t: &Target<'_>,
+    m: &Member<'_>,
+    ci: &ContainerInfo,
+    steps: &mut ParentSteps,
+    out: &mut Plan,
+) {
+    let parent = t.parent;
+    let ep = t.matched.and_then(|net| ci.endpoint_on(net));
+    let wanted_ip = match m.vnic.network_mode {
+        NetworkMode::Static => m.vnic.ip,
+        NetworkMode::Dhcp => None,
+    };
+    // A stopped container's endpoint has no address until it starts (the engine
+    // reports the requested static one, if any); that is not a wrong address.
+    let wrong_address = ep.is_some_and(|ep| match (m.vnic.network_mode, ep.ipv4) {
+        (_, None) => ci.running,
+        (NetworkMode::Static, got) => got != m.vnic.ip,
+        (NetworkMode::Dhcp, Some(ip)) => !t.lan_subnet.contains(ip),
+    });
+    if wrong_address {
+        steps.disconnects.push(Step::Disconnect {
+            parent: parent.to_string(),
+            container: m.container.to_string(),
+            network: t.network_name.clone(),
+        });
+    }
+    let connect = ep.is_none() || wrong_address;
+    let stored = m.vnic.stored_mac();
+    if connect {
+        steps.connects.push(Step::Connect {
+            parent: parent.to_string(),
+            container: m.container.to_string(),
+            vnic: m.vnic.name.clone(),
+            network: t.network_name.clone(),
+            ipv4: wanted_ip,
+            mac: stored,
+        });
+    }
+    let Some(mac) = stored else {
+        out.notes.push(match m.vnic.bad_mac() {
+            Some(value) => Note::BadMac {
+                container: m.container.to_string(),
+                vnic: m.vnic.name.clone(),
+                value: value.to_string(),
+            },
+            None => Note::NoMac {
+                container: m.container.to_string(),
+                vnic: m.vnic.name.clone(),
+            },
+        });
+        return;
+    };
+    if !ci.running {
+        return;
+    }
+    if connect || !mac_is_right(ci, ep.and_then(|e| e.ipv4), mac) {
+        steps.setmacs.push(Step::SetMac {
+            parent: parent.to_string(),
+            container: m.container.to_string(),
+            vnic: m.vnic.name.clone(),
+            network: t.network_name.clone(),
+            mac,
+        });
+    }
 }
 
 fn mac_is_right(ci: &ContainerInfo, ip: Option<Ipv4Addr>, mac: MacAddr) -> bool {
@@ -1378,6 +1447,33 @@ mod tests {
         stopped.running = true;
         let p = plan(&d, &c, &observed(vec![net.clone()], vec![stopped]));
         assert_eq!(p.steps[0], disconnect("p1", "c1", &net.name));
+    }
+
+    #[test]
+    fn a_stored_mac_that_is_not_a_mac_is_noted_and_nothing_is_set() {
+        let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
+        let mut v = Vnic::dhcp("eth0", "p1", None);
+        v.mac_address = Some("02:aa:zz:00:00:01".into());
+        let d = runtimes(&[("c1", vec![v])]);
+        let p = plan(&d, &c, &observed(vec![], vec![container("c1", true, &[])]));
+        assert_eq!(
+            p.steps[1],
+            connect("p1", "c1", "eth0", "macvlan_p1_10.1.0.0_24", None, "")
+        );
+        assert_eq!(p.steps.len(), 2, "no SetMac for a bad MAC");
+        assert_eq!(
+            p.notes,
+            vec![Note::BadMac {
+                container: "c1".into(),
+                vnic: "eth0".into(),
+                value: "02:aa:zz:00:00:01".into(),
+            }]
+        );
+        assert!(
+            p.notes[0].to_string().contains("is not a MAC"),
+            "{}",
+            p.notes[0]
+        );
     }
 
     #[test]
