@@ -55,7 +55,8 @@ impl Rtnl {
         let mut rx: Vec<u8> = Vec::with_capacity(RECV_BUF);
         loop {
             rx.clear();
-            let n = self.socket.recv(&mut rx, 0)?;
+            // MSG_TRUNC: the datagram's real length, so a cut one is seen, not parsed.
+            let n = self.socket.recv(&mut rx, libc::MSG_TRUNC)?;
             if n > rx.len() {
                 return Err(io::Error::other("netlink reply truncated"));
             }
