@@ -250,3 +250,6 @@ impl FakeEngine {
 
 mod seam;
 mod state;
+
+#[cfg(test)]
+mod tests;
