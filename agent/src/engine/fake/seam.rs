@@ -220,6 +220,8 @@ impl Engine for FakeEngine {
 impl FakeEngine {
     fn set_mac_in(&self, pid: u32, ifname: &str, mac: MacAddr) -> Result<Vec<NsLink>, NetnsError> {
         let ns = Netns::Pid(pid);
+        // A failure the test asked for (or the fake being down) comes back as the
+        // namespace worker failing: the caller sees a `NetnsError`, as from the kernel.
         let told = |e: EngineError| NetnsError::Thread {
             ns,
             reason: e.to_string(),
