@@ -11,7 +11,9 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::engine::{ContainerInfo, Docker, EngineError};
+use ipc::MacAddr;
+
+use crate::engine::{ContainerInfo, Engine, EngineError};
 use crate::netns;
 use crate::plan::{Phase, Step};
 use crate::vnics::MacMethod;
@@ -30,7 +32,7 @@ pub struct StepResult {
 pub struct MacOutcome {
     pub container: String,
     pub vnic: String,
-    pub mac: String,
+    pub mac: MacAddr,
     pub method: MacMethod,
     /// The container as read when its MAC was verified (after its connect), with the
     /// links inside as they were after any change.
@@ -54,12 +56,12 @@ pub enum MacError {
     },
     #[error("{0}")]
     Netns(#[from] netns::NetnsError),
-    #[error("set {want} on {container}/{link}, but it reads back as {got}")]
+    #[error("set {want} on {container}/{link}, but it reads back as {}", match .got { Some(m) => m.to_string(), None => "no MAC (link gone?)".to_string() })]
     NotApplied {
         container: String,
         link: String,
-        want: String,
-        got: String,
+        want: MacAddr,
+        got: Option<MacAddr>,
     },
     #[error("namespace worker: {0}")]
     Join(String),
@@ -68,12 +70,12 @@ pub enum MacError {
 /// Verifies the MAC of the container's link on `network` and sets it through the
 /// namespace where it is wrong.
 pub async fn ensure_mac(
-    docker: &Docker,
+    engine: &dyn Engine,
     container: &str,
     network: &str,
-    mac: &str,
+    mac: MacAddr,
 ) -> Result<(MacMethod, ContainerInfo), MacError> {
-    let info = docker
+    let info = engine
         .container(container)
         .await?
         .ok_or_else(|| MacError::NoContainer(container.to_string()))?;
@@ -96,39 +98,31 @@ pub async fn ensure_mac(
         container: container.to_string(),
         ip,
     })?;
-    if link.mac.eq_ignore_ascii_case(mac) {
+    if link.mac == Some(mac) {
         return Ok((MacMethod::Engine, info));
     }
-    docker.count_mac_set();
     let link = link.clone();
-    let (ifname, want) = (link.name.clone(), mac.to_string());
-    let links = tokio::task::spawn_blocking(move || {
-        netns::set_mac(pid, &ifname, &want)?;
-        netns::read_links(pid)
-    })
-    .await
-    .map_err(|e| MacError::Join(e.to_string()))??;
+    let links = engine.set_mac_inside(pid, &link.name, mac).await?;
     let got = links
         .iter()
         .find(|l| l.name == link.name)
-        .map(|l| l.mac.clone())
-        .unwrap_or_default();
-    if !got.eq_ignore_ascii_case(mac) {
+        .and_then(|l| l.mac);
+    if got != Some(mac) {
         return Err(MacError::NotApplied {
             container: container.to_string(),
             link: link.name.clone(),
-            want: mac.to_string(),
+            want: mac,
             got,
         });
     }
-    tracing::info!(container, link = %link.name, mac, "MAC set through the container's namespace");
+    tracing::info!(container, link = %link.name, %mac, "MAC set through the container's namespace");
     let mut info = info;
     info.ns_links = links;
     Ok((MacMethod::Netns, info))
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(step = %step))]
-async fn run(docker: &Docker, step: &Step) -> Result<Option<MacOutcome>, String> {
+async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, String> {
     let r = match step {
         Step::Disconnect {
             container, network, ..
@@ -141,11 +135,7 @@ async fn run(docker: &Docker, step: &Step) -> Result<Option<MacOutcome>, String>
             ipv4,
             mac,
             ..
-        } => {
-            docker
-                .connect(container, network, *ipv4, Some(mac.as_str()))
-                .await
-        }
+        } => docker.connect(container, network, *ipv4, *mac).await,
         Step::SetMac {
             container,
             vnic,
@@ -153,13 +143,13 @@ async fn run(docker: &Docker, step: &Step) -> Result<Option<MacOutcome>, String>
             mac,
             ..
         } => {
-            return ensure_mac(docker, container, network, mac)
+            return ensure_mac(docker, container, network, *mac)
                 .await
                 .map(|(method, info)| {
                     Some(MacOutcome {
                         container: container.clone(),
                         vnic: vnic.clone(),
-                        mac: mac.clone(),
+                        mac: *mac,
                         method,
                         info,
                     })
@@ -193,7 +183,7 @@ fn skipped(step: Step, why: &str) -> (StepResult, Option<MacOutcome>) {
 }
 
 async fn run_one(
-    docker: &Docker,
+    docker: &dyn Engine,
     permits: &Semaphore,
     step: Step,
 ) -> (StepResult, Option<MacOutcome>) {
@@ -229,7 +219,7 @@ async fn run_one(
 /// Runs the chains in parallel (bounded); the steps of one chain in order, the rest
 /// of a chain skipped after a failure.
 async fn run_chains(
-    docker: &Docker,
+    docker: &dyn Engine,
     permits: &Semaphore,
     parallelism: usize,
     chains: Vec<Vec<Step>>,
@@ -260,7 +250,7 @@ async fn run_chains(
 /// the container's own connect (rather than waiting for every connect) hides the
 /// namespace work behind the engine's serialised connects of the other containers.
 async fn run_parent(
-    docker: &Docker,
+    docker: &dyn Engine,
     steps: Vec<Step>,
     permits: &Semaphore,
     parallelism: usize,
@@ -309,7 +299,7 @@ async fn run_parent(
 
 /// Applies the steps; returns each step's result (in plan order) and the MACs verified.
 pub async fn execute(
-    docker: &Docker,
+    docker: &dyn Engine,
     steps: Vec<Step>,
     parallelism: usize,
 ) -> (Vec<StepResult>, Vec<MacOutcome>) {

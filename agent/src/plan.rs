@@ -7,11 +7,14 @@
 //! pools (as sets), never by name, so the older deployment's network is adopted and
 //! `eth1` never matches `eth10`. Gateways are compared only where the cache knows one:
 //! the engine picks a gateway of its own when none is given.
+//!
+//! Over 400 lines because of its table tests (the planner itself is about 500).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +41,7 @@ pub enum Step {
         parent: String,
         spec: NetworkSpec,
     },
-    /// `mac` is the stored MAC, empty when the vNIC has none yet (the engine's is then
+    /// `mac` is the stored MAC, `None` when the vNIC has none yet (the engine's is then
     /// recorded).
     Connect {
         parent: String,
@@ -46,7 +49,7 @@ pub enum Step {
         vnic: String,
         network: String,
         ipv4: Option<Ipv4Addr>,
-        mac: String,
+        mac: Option<MacAddr>,
     },
     /// Verify the MAC inside the container's namespace; set it there where wrong.
     /// `network` says which of the container's links is the vNIC's.
@@ -55,7 +58,7 @@ pub enum Step {
         container: String,
         vnic: String,
         network: String,
-        mac: String,
+        mac: MacAddr,
     },
 }
 
@@ -131,10 +134,9 @@ impl fmt::Display for Step {
                     Some(ip) => write!(f, " ip {ip}")?,
                     None => write!(f, " (address from the LAN pool)")?,
                 }
-                if mac.is_empty() {
-                    write!(f, " mac from the engine")
-                } else {
-                    write!(f, " mac {mac}")
+                match mac {
+                    None => write!(f, " mac from the engine"),
+                    Some(mac) => write!(f, " mac {mac}"),
                 }
             }
             Step::SetMac {
@@ -178,6 +180,13 @@ pub enum Note {
     NoMac {
         container: String,
         vnic: String,
+    },
+    /// The stored MAC text is not a MAC (a hand-edited file): kept in the file as it
+    /// is, and treated as no MAC (nothing set, nothing recorded over it).
+    BadMac {
+        container: String,
+        vnic: String,
+        value: String,
     },
     /// A static vNIC without an address cannot be connected.
     StaticWithoutIp {
@@ -232,6 +241,14 @@ impl fmt::Display for Note {
             Note::NoMac { container, vnic } => write!(
                 f,
                 "{container}/{vnic} has no stored MAC: the engine's is recorded"
+            ),
+            Note::BadMac {
+                container,
+                vnic,
+                value,
+            } => write!(
+                f,
+                "{container}/{vnic}: stored MAC {value:?} is not a MAC; fix the store (left as is)"
             ),
             Note::StaticWithoutIp { container, vnic } => {
                 write!(f, "{container}/{vnic} is static but has no ip: skipped")
@@ -330,10 +347,6 @@ fn overlaps(have: &[Pool], want: &[Pool]) -> bool {
         .any(|h| want.iter().any(|w| h.subnet.overlaps(w.subnet)))
 }
 
-fn same_mac(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
-}
-
 struct Member<'a> {
     container: &'a str,
     vnic: &'a Vnic,
@@ -400,6 +413,25 @@ pub fn plan(desired: &Runtimes, cache: &InterfaceCache, observed: &Observed) -> 
     out
 }
 
+/// The steps of one parent, by phase, before they are put in order.
+#[derive(Default)]
+struct ParentSteps {
+    disconnects: Vec<Step>,
+    removes: Vec<Step>,
+    create: Option<Step>,
+    connects: Vec<Step>,
+    setmacs: Vec<Step>,
+}
+
+/// What one parent's members share: the parent, its LAN, and the network they go on.
+struct Target<'a> {
+    parent: &'a str,
+    lan_subnet: Ipv4Network,
+    /// The existing network that already matches, if any.
+    matched: Option<&'a NetworkInfo>,
+    network_name: String,
+}
+
 fn plan_parent(
     parent: &str,
     members: &[Member<'_>],
@@ -422,9 +454,69 @@ fn plan_parent(
         return;
     };
     let lan_subnet = normalize(lan.subnet);
+    let (usable, statics) = usable_members(members, lan_subnet, out);
+    // Nothing to attach: do not create or replace networks for containers that are not there.
+    if !usable
+        .iter()
+        .any(|m| observed.containers.contains_key(m.container))
+    {
+        return;
+    }
+    let spec = target_spec(parent, &lan, &statics);
+    let on_parent: Vec<&NetworkInfo> = observed
+        .networks
+        .iter()
+        .filter(|n| n.driver == "macvlan" && n.parent.as_deref() == Some(parent))
+        .collect();
+    let matched = on_parent
+        .iter()
+        .filter(|n| pools_match(&n.pools, &spec.pools))
+        .max_by_key(|n| (n.name == spec.name, is_managed(&n.labels)))
+        .copied();
 
+    let mut steps = ParentSteps::default();
+    let network_name = match matched {
+        Some(net) => net.name.clone(),
+        None => {
+            let replace = Replace {
+                parent,
+                on_parent,
+                spec: &spec,
+                observed,
+                desired,
+                live_parents,
+            };
+            replace.plan(&mut steps, out);
+            spec.name.clone()
+        }
+    };
+    let target = Target {
+        parent,
+        lan_subnet,
+        matched,
+        network_name,
+    };
+    for m in usable {
+        if let Some(ci) = observed.containers.get(m.container) {
+            plan_member(&target, m, ci, &mut steps, out);
+        }
+    }
+    out.steps.extend(steps.disconnects);
+    out.steps.extend(steps.removes);
+    out.steps.extend(steps.create);
+    out.steps.extend(steps.connects);
+    out.steps.extend(steps.setmacs);
+}
+
+/// The members that can be attached, and the extra pools their off-LAN static
+/// addresses need; notes for the rest.
+fn usable_members<'m, 'a>(
+    members: &'m [Member<'a>],
+    lan_subnet: Ipv4Network,
+    out: &mut Plan,
+) -> (Vec<&'m Member<'a>>, Vec<Pool>) {
     let mut statics = Vec::new();
-    let mut usable: Vec<&Member<'_>> = Vec::new();
+    let mut usable = Vec::new();
     for m in members {
         if m.vnic.network_mode == NetworkMode::Static {
             let Some(ip) = m.vnic.ip else {
@@ -454,162 +546,159 @@ fn plan_parent(
         }
         usable.push(m);
     }
-    // Nothing to attach: do not create or replace networks for containers that are not there.
-    if !usable
-        .iter()
-        .any(|m| observed.containers.contains_key(m.container))
-    {
-        return;
-    }
-    let target = target_spec(parent, &lan, &statics);
-
-    let on_parent: Vec<&NetworkInfo> = observed
-        .networks
-        .iter()
-        .filter(|n| n.driver == "macvlan" && n.parent.as_deref() == Some(parent))
-        .collect();
-    let matched = on_parent
-        .iter()
-        .filter(|n| pools_match(&n.pools, &target.pools))
-        .max_by_key(|n| (n.name == target.name, is_managed(&n.labels)))
-        .copied();
-
-    let mut disconnects = Vec::new();
-    let mut removes = Vec::new();
-    let mut create = None;
-    let mut connects = Vec::new();
-    let mut setmacs = Vec::new();
-
-    let network_name = match matched {
-        Some(net) => net.name.clone(),
-        None => {
-            let mut removals: Vec<&NetworkInfo> = on_parent.clone();
-            for n in &observed.networks {
-                if removals.iter().any(|r| r.id == n.id) || !overlaps(&n.pools, &target.pools) {
-                    continue;
-                }
-                let other_parent_live = n
-                    .parent
-                    .as_deref()
-                    .is_some_and(|p| live_parents.contains(p));
-                if is_managed(&n.labels) && !other_parent_live {
-                    removals.push(n);
-                } else {
-                    out.notes.push(Note::ForeignOverlap {
-                        network: n.name.clone(),
-                        parent: parent.to_string(),
-                    });
-                }
-            }
-            for net in removals {
-                let mut attached: BTreeSet<&str> =
-                    net.containers.iter().map(String::as_str).collect();
-                attached.extend(
-                    observed
-                        .containers
-                        .values()
-                        .filter(|c| c.endpoint_on(net).is_some())
-                        .map(|c| c.name.as_str()),
-                );
-                for c in attached {
-                    let ours = desired.contains_key(c)
-                        || observed
-                            .containers
-                            .get(c)
-                            .is_some_and(|ci| is_managed(&ci.labels));
-                    if ours {
-                        disconnects.push(Step::Disconnect {
-                            parent: parent.to_string(),
-                            container: c.to_string(),
-                            network: net.name.clone(),
-                        });
-                    } else {
-                        out.notes.push(Note::ForeignEndpoint {
-                            network: net.name.clone(),
-                            container: c.to_string(),
-                        });
-                    }
-                }
-                removes.push(Step::RemoveNetwork {
-                    parent: parent.to_string(),
-                    network: net.name.clone(),
-                });
-            }
-            create = Some(Step::CreateNetwork {
-                parent: parent.to_string(),
-                spec: target.clone(),
-            });
-            target.name.clone()
-        }
-    };
-
-    for m in usable {
-        let Some(ci) = observed.containers.get(m.container) else {
-            continue;
-        };
-        let ep = matched.and_then(|net| ci.endpoint_on(net));
-        let wanted_ip = match m.vnic.network_mode {
-            NetworkMode::Static => m.vnic.ip,
-            NetworkMode::Dhcp => None,
-        };
-        // A stopped container's endpoint has no address until it starts (the engine
-        // reports the requested static one, if any); that is not a wrong address.
-        let wrong_address = ep.is_some_and(|ep| match (m.vnic.network_mode, ep.ipv4) {
-            (_, None) => ci.running,
-            (NetworkMode::Static, got) => got != m.vnic.ip,
-            (NetworkMode::Dhcp, Some(ip)) => !lan_subnet.contains(ip),
-        });
-        if wrong_address {
-            disconnects.push(Step::Disconnect {
-                parent: parent.to_string(),
-                container: m.container.to_string(),
-                network: network_name.clone(),
-            });
-        }
-        let connect = ep.is_none() || wrong_address;
-        let stored = m.vnic.stored_mac();
-        if connect {
-            connects.push(Step::Connect {
-                parent: parent.to_string(),
-                container: m.container.to_string(),
-                vnic: m.vnic.name.clone(),
-                network: network_name.clone(),
-                ipv4: wanted_ip,
-                mac: stored.unwrap_or_default().to_string(),
-            });
-        }
-        let Some(mac) = stored else {
-            out.notes.push(Note::NoMac {
-                container: m.container.to_string(),
-                vnic: m.vnic.name.clone(),
-            });
-            continue;
-        };
-        if !ci.running {
-            continue;
-        }
-        let right_inside = !connect && mac_is_right(ci, ep.and_then(|e| e.ipv4), mac);
-        if !right_inside {
-            setmacs.push(Step::SetMac {
-                parent: parent.to_string(),
-                container: m.container.to_string(),
-                vnic: m.vnic.name.clone(),
-                network: network_name.clone(),
-                mac: mac.to_string(),
-            });
-        }
-    }
-
-    out.steps.extend(disconnects);
-    out.steps.extend(removes);
-    out.steps.extend(create);
-    out.steps.extend(connects);
-    out.steps.extend(setmacs);
+    (usable, statics)
 }
 
-fn mac_is_right(ci: &ContainerInfo, ip: Option<Ipv4Addr>, mac: &str) -> bool {
+/// No network on the parent matches: the ones in the way go (after their containers
+/// of ours leave them) and the target is created.
+struct Replace<'a> {
+    parent: &'a str,
+    on_parent: Vec<&'a NetworkInfo>,
+    spec: &'a NetworkSpec,
+    observed: &'a Observed,
+    desired: &'a Runtimes,
+    live_parents: &'a BTreeSet<&'a str>,
+}
+
+impl Replace<'_> {
+    fn plan(&self, steps: &mut ParentSteps, out: &mut Plan) {
+        let parent = self.parent;
+        let mut removals: Vec<&NetworkInfo> = self.on_parent.clone();
+        for n in &self.observed.networks {
+            if removals.iter().any(|r| r.id == n.id) || !overlaps(&n.pools, &self.spec.pools) {
+                continue;
+            }
+            let other_parent_live = n
+                .parent
+                .as_deref()
+                .is_some_and(|p| self.live_parents.contains(p));
+            if is_managed(&n.labels) && !other_parent_live {
+                removals.push(n);
+            } else {
+                out.notes.push(Note::ForeignOverlap {
+                    network: n.name.clone(),
+                    parent: parent.to_string(),
+                });
+            }
+        }
+        for net in removals {
+            self.leave(net, steps, out);
+            steps.removes.push(Step::RemoveNetwork {
+                parent: parent.to_string(),
+                network: net.name.clone(),
+            });
+        }
+        steps.create = Some(Step::CreateNetwork {
+            parent: parent.to_string(),
+            spec: self.spec.clone(),
+        });
+    }
+
+    /// Disconnects our containers from a network about to go; notes foreign ones.
+    fn leave(&self, net: &NetworkInfo, steps: &mut ParentSteps, out: &mut Plan) {
+        let observed = self.observed;
+        let mut attached: BTreeSet<&str> = net.containers.iter().map(String::as_str).collect();
+        attached.extend(
+            observed
+                .containers
+                .values()
+                .filter(|c| c.endpoint_on(net).is_some())
+                .map(|c| c.name.as_str()),
+        );
+        for c in attached {
+            let ours = self.desired.contains_key(c)
+                || observed
+                    .containers
+                    .get(c)
+                    .is_some_and(|ci| is_managed(&ci.labels));
+            if ours {
+                steps.disconnects.push(Step::Disconnect {
+                    parent: self.parent.to_string(),
+                    container: c.to_string(),
+                    network: net.name.clone(),
+                });
+            } else {
+                out.notes.push(Note::ForeignEndpoint {
+                    network: net.name.clone(),
+                    container: c.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// One vNIC of an existing container: reconnect when missing or on a wrong address,
+/// then check its MAC when it has one and runs.
+fn plan_member(
+    t: &Target<'_>,
+    m: &Member<'_>,
+    ci: &ContainerInfo,
+    steps: &mut ParentSteps,
+    out: &mut Plan,
+) {
+    let parent = t.parent;
+    let ep = t.matched.and_then(|net| ci.endpoint_on(net));
+    let wanted_ip = match m.vnic.network_mode {
+        NetworkMode::Static => m.vnic.ip,
+        NetworkMode::Dhcp => None,
+    };
+    // A stopped container's endpoint has no address until it starts (the engine
+    // reports the requested static one, if any); that is not a wrong address.
+    let wrong_address = ep.is_some_and(|ep| match (m.vnic.network_mode, ep.ipv4) {
+        (_, None) => ci.running,
+        (NetworkMode::Static, got) => got != m.vnic.ip,
+        (NetworkMode::Dhcp, Some(ip)) => !t.lan_subnet.contains(ip),
+    });
+    if wrong_address {
+        steps.disconnects.push(Step::Disconnect {
+            parent: parent.to_string(),
+            container: m.container.to_string(),
+            network: t.network_name.clone(),
+        });
+    }
+    let connect = ep.is_none() || wrong_address;
+    let stored = m.vnic.stored_mac();
+    if connect {
+        steps.connects.push(Step::Connect {
+            parent: parent.to_string(),
+            container: m.container.to_string(),
+            vnic: m.vnic.name.clone(),
+            network: t.network_name.clone(),
+            ipv4: wanted_ip,
+            mac: stored,
+        });
+    }
+    let Some(mac) = stored else {
+        out.notes.push(match m.vnic.bad_mac() {
+            Some(value) => Note::BadMac {
+                container: m.container.to_string(),
+                vnic: m.vnic.name.clone(),
+                value: value.to_string(),
+            },
+            None => Note::NoMac {
+                container: m.container.to_string(),
+                vnic: m.vnic.name.clone(),
+            },
+        });
+        return;
+    };
+    if !ci.running {
+        return;
+    }
+    if connect || !mac_is_right(ci, ep.and_then(|e| e.ipv4), mac) {
+        steps.setmacs.push(Step::SetMac {
+            parent: parent.to_string(),
+            container: m.container.to_string(),
+            vnic: m.vnic.name.clone(),
+            network: t.network_name.clone(),
+            mac,
+        });
+    }
+}
+
+fn mac_is_right(ci: &ContainerInfo, ip: Option<Ipv4Addr>, mac: MacAddr) -> bool {
     ip.and_then(|ip| ci.link_with(ip))
-        .is_some_and(|l| same_mac(&l.mac, mac))
+        .is_some_and(|l| l.mac == Some(mac))
 }
 
 #[cfg(test)]
@@ -696,16 +785,18 @@ mod tests {
                     network_id: n.id.clone(),
                     network_name: n.name.clone(),
                     ipv4: Some(ip(a)),
-                    mac: Some("02:42:0a:00:00:05".to_string()),
+                    mac: Some(mac("02:42:0a:00:00:05")),
                 })
                 .collect(),
             ns_links: if running {
                 eps.iter()
                     .enumerate()
                     .map(|(i, (_, a, m))| NsLink {
+                        index: 2 + i as u32,
                         name: format!("eth{i}"),
-                        mac: m.to_string(),
+                        mac: Some(mac(m)),
                         ipv4: vec![ip(a)],
+                        up: true,
                     })
                     .collect()
             } else {
@@ -726,20 +817,24 @@ mod tests {
         }
     }
 
-    fn dhcp(name: &str, parent: &str, mac: &str) -> Vnic {
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn dhcp(name: &str, parent: &str, m: &str) -> Vnic {
         let mut v = Vnic::dhcp(name, parent, None);
-        v.mac_address = Some(mac.to_string());
+        v.mac_address = Some(m.to_string());
         v
     }
 
-    fn fixed(name: &str, parent: &str, addr: &str, subnet: &str, gw: &str, mac: &str) -> Vnic {
+    fn fixed(name: &str, parent: &str, addr: &str, subnet: &str, gw: &str, m: &str) -> Vnic {
         Vnic::fixed(
             name,
             parent,
             ip(addr),
             net4(subnet),
             Some(ip(gw)),
-            Some(mac),
+            Some(mac(m)),
         )
     }
 
@@ -767,7 +862,7 @@ mod tests {
         vnic: &str,
         network: &str,
         ipv4: Option<&str>,
-        mac: &str,
+        m: &str,
     ) -> Step {
         Step::Connect {
             parent: parent.into(),
@@ -775,16 +870,16 @@ mod tests {
             vnic: vnic.into(),
             network: network.into(),
             ipv4: ipv4.map(ip),
-            mac: mac.into(),
+            mac: (!m.is_empty()).then(|| mac(m)),
         }
     }
-    fn setmac(parent: &str, c: &str, vnic: &str, network: &str, mac: &str) -> Step {
+    fn setmac(parent: &str, c: &str, vnic: &str, network: &str, m: &str) -> Step {
         Step::SetMac {
             parent: parent.into(),
             container: c.into(),
             vnic: vnic.into(),
             network: network.into(),
-            mac: mac.into(),
+            mac: mac(m),
         }
     }
     fn disconnect(parent: &str, c: &str, network: &str) -> Step {
@@ -1355,6 +1450,33 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_mac_that_is_not_a_mac_is_noted_and_nothing_is_set() {
+        let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
+        let mut v = Vnic::dhcp("eth0", "p1", None);
+        v.mac_address = Some("02:aa:zz:00:00:01".into());
+        let d = runtimes(&[("c1", vec![v])]);
+        let p = plan(&d, &c, &observed(vec![], vec![container("c1", true, &[])]));
+        assert_eq!(
+            p.steps[1],
+            connect("p1", "c1", "eth0", "macvlan_p1_10.1.0.0_24", None, "")
+        );
+        assert_eq!(p.steps.len(), 2, "no SetMac for a bad MAC");
+        assert_eq!(
+            p.notes,
+            vec![Note::BadMac {
+                container: "c1".into(),
+                vnic: "eth0".into(),
+                value: "02:aa:zz:00:00:01".into(),
+            }]
+        );
+        assert!(
+            p.notes[0].to_string().contains("is not a MAC"),
+            "{}",
+            p.notes[0]
+        );
+    }
+
+    #[test]
     fn vnic_without_mac_connects_with_the_engines_mac_and_notes_it() {
         let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
         let d = runtimes(&[("c1", vec![Vnic::dhcp("eth0", "p1", None)])]);
@@ -1416,7 +1538,7 @@ mod tests {
     #[test]
     fn second_vnic_on_the_same_parent_and_static_without_ip_are_noted() {
         let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
-        let mut bad = Vnic::dhcp("eth2", "p1", Some(MAC3));
+        let mut bad = Vnic::dhcp("eth2", "p1", Some(mac(MAC3)));
         bad.network_mode = NetworkMode::Static;
         let d = runtimes(&[
             (

@@ -6,12 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Instant, SystemTime};
 
+use ipc::MacAddr;
 use serde::{Deserialize, Serialize};
 
 pub use crate::apply::StepResult;
 use crate::apply::{self, MacOutcome};
 use crate::cache::InterfaceCache;
-use crate::engine::{CallCounts, ContainerInfo, Docker, EngineError, NetworkInfo, Observed};
+use crate::engine::{CallCounts, ContainerInfo, Engine, EngineError, NetworkInfo, Observed};
 use crate::plan::{self, Note, Step};
 use crate::vnics::{MacMethod, NetworkMode, Runtimes, Vnic, VnicStore};
 
@@ -134,7 +135,7 @@ pub struct Record {
     pub runtime: String,
     pub vnic: String,
     pub parent: String,
-    pub mac_address: Option<String>,
+    pub mac_address: Option<MacAddr>,
     pub docker_network_name: Option<String>,
     pub mac_applied: Option<MacMethod>,
 }
@@ -148,7 +149,7 @@ pub struct Outcome {
 
 /// observe -> plan -> apply -> verify. Nothing here writes the store.
 pub async fn reconcile(
-    docker: &Docker,
+    docker: &dyn Engine,
     desired: &Runtimes,
     cache: &InterfaceCache,
     opts: &ReconcileOptions,
@@ -237,7 +238,12 @@ fn differs(runtimes: &Runtimes, r: &Record) -> bool {
                 .find(|v| v.name == r.vnic && v.parent_interface == r.parent)
         })
         .is_some_and(|v| {
-            (r.mac_address.is_some() && r.mac_address != v.mac_address)
+            // Compared as MACs, so a stored upper-case text is not rewritten.
+            (r.mac_address.is_some()
+                && r.mac_address
+                    != v.mac_address
+                        .as_deref()
+                        .and_then(|t| t.parse::<MacAddr>().ok()))
                 || (r.docker_network_name.is_some()
                     && r.docker_network_name != v.docker_network_name)
                 || (r.mac_applied.is_some() && r.mac_applied != v.mac_applied)
@@ -256,8 +262,13 @@ pub fn merge(runtimes: &mut Runtimes, records: &[Record]) -> bool {
         let Some(v) = find_mut(runtimes, r) else {
             continue;
         };
-        if r.mac_address.is_some() {
-            v.mac_address = r.mac_address.clone();
+        if let Some(m) = r.mac_address
+            && v.mac_address
+                .as_deref()
+                .and_then(|t| t.parse::<MacAddr>().ok())
+                != Some(m)
+        {
+            v.record_mac(m);
         }
         if r.docker_network_name.is_some() {
             v.docker_network_name = r.docker_network_name.clone();
@@ -390,23 +401,19 @@ fn record(desired: &Runtimes, observed: &Observed, macs: &[MacOutcome]) -> Vec<R
                 docker_network_name: Some(net.name.clone()),
                 mac_applied: None,
             };
-            let inside = ep
-                .ipv4
-                .and_then(|ip| ci.link_with(ip))
-                .map(|l| l.mac.clone());
-            match v.stored_mac().map(str::to_string) {
+            let inside = ep.ipv4.and_then(|ip| ci.link_with(ip)).and_then(|l| l.mac);
+            match v.stored_mac() {
+                // A stored text that is not a MAC stays as written (noted by the plan).
+                None if v.bad_mac().is_some() => {}
                 None => {
                     // First connect without a MAC: the engine's becomes the identity.
-                    if let Some(m) = inside.or_else(|| ep.mac.clone()) {
+                    if let Some(m) = inside.or(ep.mac) {
                         r.mac_address = Some(m);
                         r.mac_applied = Some(MacMethod::Engine);
                     }
                 }
                 Some(stored) => {
-                    if inside
-                        .as_deref()
-                        .is_some_and(|m| m.eq_ignore_ascii_case(&stored))
-                    {
+                    if inside == Some(stored) {
                         r.mac_address = Some(stored);
                         r.mac_applied =
                             applied.get(&(container.as_str(), v.name.as_str())).copied();

@@ -7,12 +7,13 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
+use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
 use tracing::{debug, info, warn};
 
-use crate::engine::{ContainerSpec, Docker, EngineError, is_managed, managed_labels};
+use crate::engine::{ContainerSpec, Engine, EngineError, is_managed, managed_labels};
 use crate::internal_pool;
 use crate::vnics::{NetworkMode, Runtimes, Vnic};
 
@@ -166,39 +167,8 @@ fn valid_ifname(name: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && c != '/' && c != ':')
 }
 
-/// Normalises a MAC to lower-case `aa:bb:cc:dd:ee:ff`; `None` when it is not one.
-pub fn normalize_mac(mac: &str) -> Option<String> {
-    let parts: Vec<&str> = mac.split(':').collect();
-    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = parts
-        .iter()
-        .map(|p| u8::from_str_radix(p, 16).ok())
-        .collect();
-    let bytes = bytes?;
-    Some(format_mac(&bytes))
-}
-
-fn format_mac(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A random locally administered unicast MAC (`02:` first octet keeps both bits right).
-fn random_mac() -> String {
-    let mut b = [0u8; 6];
-    b[0] = 0x02;
-    for x in &mut b[1..] {
-        *x = fastrand::u8(..);
-    }
-    format_mac(&b)
-}
-
 /// Every MAC stored on a parent, with its owner (`runtime/vnic`).
-fn macs_on_parent(runtimes: &Runtimes, parent: &str) -> Vec<(String, String)> {
+fn macs_on_parent(runtimes: &Runtimes, parent: &str) -> Vec<(MacAddr, String)> {
     runtimes
         .iter()
         .flat_map(|(rt, vnics)| {
@@ -206,7 +176,7 @@ fn macs_on_parent(runtimes: &Runtimes, parent: &str) -> Vec<(String, String)> {
                 .iter()
                 .filter(move |v| v.parent_interface == parent)
                 .filter_map(move |v| {
-                    let mac = v.stored_mac().and_then(normalize_mac)?;
+                    let mac = v.stored_mac()?;
                     Some((mac, format!("{rt}/{}", v.name)))
                 })
         })
@@ -225,7 +195,7 @@ pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, R
         return Err(RuntimeError::NoVnics);
     }
     let mut names = BTreeSet::new();
-    let mut new_macs: Vec<(String, String, String)> = Vec::new();
+    let mut new_macs: Vec<(MacAddr, String, String)> = Vec::new();
     let mut out = Vec::new();
     for (i, r) in req.vnics.iter().enumerate() {
         let bad = |reason: String| RuntimeError::BadVnic {
@@ -291,30 +261,30 @@ pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, R
                     .into(),
             ));
         }
-        let taken: Vec<(String, String)> = macs_on_parent(runtimes, &r.parent_interface)
+        let taken: Vec<(MacAddr, String)> = macs_on_parent(runtimes, &r.parent_interface)
             .into_iter()
             .chain(
                 new_macs
                     .iter()
                     .filter(|(_, p, _)| *p == r.parent_interface)
-                    .map(|(m, _, o)| (m.clone(), o.clone())),
+                    .map(|(m, _, o)| (*m, o.clone())),
             )
             .collect();
         let mac = match &r.mac {
             Some(m) => {
-                let mac = normalize_mac(m)
-                    .ok_or_else(|| bad(format!("mac {m:?} is not like 02:aa:bb:cc:dd:ee")))?;
-                let first = u8::from_str_radix(&mac[..2], 16).unwrap_or(1);
-                if first & 1 == 1 {
-                    return Err(bad(format!("mac {mac} is multicast; use a unicast MAC")));
-                }
-                if mac == "00:00:00:00:00:00" {
+                let mac: MacAddr = m
+                    .parse()
+                    .map_err(|_| bad(format!("mac {m:?} is not like 02:aa:bb:cc:dd:ee")))?;
+                if mac.octets() == [0; 6] {
                     return Err(bad("mac 00:00:00:00:00:00 is not usable".into()));
+                }
+                if !mac.is_unicast() {
+                    return Err(bad(format!("mac {mac} is multicast; use a unicast MAC")));
                 }
                 if let Some((_, owner)) = taken.iter().find(|(t, _)| *t == mac) {
                     return Err(RuntimeError::MacInUse {
                         vnic: r.name.clone(),
-                        mac,
+                        mac: mac.to_string(),
                         parent: r.parent_interface.clone(),
                         owner: owner.clone(),
                     });
@@ -322,14 +292,14 @@ pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, R
                 mac
             }
             None => loop {
-                let m = random_mac();
+                let m = MacAddr::random_local();
                 if !taken.iter().any(|(t, _)| *t == m) {
                     break m;
                 }
             },
         };
         new_macs.push((
-            mac.clone(),
+            mac,
             r.parent_interface.clone(),
             format!("{}/{}", req.name, r.name),
         ));
@@ -341,7 +311,7 @@ pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, R
             subnet: r.subnet,
             gateway: r.gateway,
             dns: None,
-            mac: Some(mac),
+            mac: Some(mac.to_string()),
             mac_address: None,
             docker_network_name: None,
             mac_applied: None,
@@ -390,7 +360,7 @@ pub struct OwnContainer {
 /// Connects the agent's own container to a runtime's internal network. A guessed
 /// container the engine does not know means the agent is not one of its
 /// containers: nothing to do.
-async fn connect_self(docker: &Docker, internal: &str) -> Result<(), EngineError> {
+async fn connect_self(docker: &dyn Engine, internal: &str) -> Result<(), EngineError> {
     let Some(me) = own_container() else {
         return Ok(());
     };
@@ -426,7 +396,7 @@ enum Internal {
 /// Refuses a create whose names are taken, and finds its internal subnet: the first
 /// free one of `pool`, avoiding every subnet the engine's networks use.
 async fn prepare(
-    docker: &Docker,
+    docker: &dyn Engine,
     name: &str,
     internal: &str,
     pool: Ipv4Network,
@@ -464,7 +434,7 @@ async fn prepare(
 /// is already taken is refused before anything is created; on a later failure only
 /// what this call created (by id) is removed again, so a retry starts clean.
 pub async fn create_in_engine(
-    docker: &Docker,
+    docker: &dyn Engine,
     req: &CreateRequest,
     pool: Ipv4Network,
 ) -> Result<(), RuntimeError> {
@@ -503,7 +473,7 @@ pub async fn create_in_engine(
 
 /// Removes what a failed create made, container first (a network with an endpoint
 /// cannot be removed). Best effort: each failure is logged.
-async fn undo(docker: &Docker, made: &Made) {
+async fn undo(docker: &dyn Engine, made: &Made) {
     if let Some(id) = &made.container
         && let Err(e) = docker.remove_container(id).await
     {
@@ -523,7 +493,7 @@ async fn undo(docker: &Docker, made: &Made) {
 /// container), and each managed macvlan network on `unused_parents` that nothing
 /// uses anymore. "Not found" counts as done.
 pub async fn delete_in_engine(
-    docker: &Docker,
+    docker: &dyn Engine,
     name: &str,
     unused_parents: &[String],
 ) -> Result<Vec<String>, EngineError> {

@@ -150,7 +150,7 @@ pub fn runtimes(runtimes: &Runtimes) -> BTreeMap<String, Vec<VnicView>> {
                     parent: v.parent_interface.clone(),
                     mode: v.network_mode,
                     network: v.docker_network_name.clone(),
-                    mac: v.stored_mac().map(str::to_string),
+                    mac: v.stored_mac().map(|m| m.to_string()),
                     ipv4: v.ip.map(|i| i.to_string()),
                     subnet: v.subnet.map(|s| s.to_string()),
                     mac_applied: v.mac_applied,
@@ -179,7 +179,7 @@ pub fn fill_observed(view: &mut StatusView, containers: &[ContainerInfo]) {
                 if let Some(ip) = ep.ipv4
                     && let Some(l) = c.link_with(ip)
                 {
-                    v.live_mac = Some(l.mac.clone());
+                    v.live_mac = l.mac.map(|m| m.to_string());
                 }
             } else {
                 v.attached = Some(false);

@@ -215,7 +215,7 @@ mod tests {
     }
 
     fn attached_vnic() -> Vnic {
-        let mut v = Vnic::dhcp("eth0", "eth1", Some("02:00:00:00:00:01"));
+        let mut v = Vnic::dhcp("eth0", "eth1", Some("02:00:00:00:00:01".parse().unwrap()));
         v.docker_network_name = Some("macvlan_eth1_10.0.0.0_24".into());
         v
     }
@@ -263,7 +263,7 @@ mod tests {
                     vnic: "eth0".into(),
                     network: "n".into(),
                     ipv4: None,
-                    mac: String::new(),
+                    mac: None,
                 },
                 ok: false,
                 error: Some("engine refused the request (500): boom".into()),

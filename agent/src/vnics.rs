@@ -5,6 +5,8 @@
 //! The file is the only copy of every runtime's identity on the LAN (its MACs), so a
 //! file that cannot be read is never overwritten: it is moved aside and every write is
 //! refused until an operator restores it (`reload`) or starts over (`reset`).
+//!
+//! Over 400 lines: about half is the tests of the file format and its faults.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -13,6 +15,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
@@ -60,8 +63,12 @@ pub struct Vnic {
     pub gateway: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<serde_json::Value>,
+    /// The configured MAC. Both MAC fields keep the file's text as it was (so a file
+    /// round-trips byte for byte and a bad value from the field faults nothing); read
+    /// them through [`Vnic::stored_mac`] and [`Vnic::bad_mac`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The MAC recorded after a reconcile (what the container has).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,7 +82,7 @@ pub struct Vnic {
 
 impl Vnic {
     /// A DHCP-mode vNIC with nothing recorded yet.
-    pub fn dhcp(name: &str, parent: &str, mac: Option<&str>) -> Vnic {
+    pub fn dhcp(name: &str, parent: &str, mac: Option<MacAddr>) -> Vnic {
         Vnic {
             name: name.to_string(),
             parent_interface: parent.to_string(),
@@ -84,7 +91,7 @@ impl Vnic {
             subnet: None,
             gateway: None,
             dns: None,
-            mac: mac.map(str::to_string),
+            mac: mac.map(|m| m.to_string()),
             mac_address: None,
             docker_network_name: None,
             mac_applied: None,
@@ -99,7 +106,7 @@ impl Vnic {
         ip: Ipv4Addr,
         subnet: Ipv4Network,
         gateway: Option<Ipv4Addr>,
-        mac: Option<&str>,
+        mac: Option<MacAddr>,
     ) -> Vnic {
         Vnic {
             network_mode: NetworkMode::Static,
@@ -110,12 +117,29 @@ impl Vnic {
         }
     }
 
-    /// The MAC this vNIC must have: the recorded one, else the configured one.
-    pub fn stored_mac(&self) -> Option<&str> {
+    /// The stored MAC text: the recorded one, else the configured one (empty = none).
+    fn stored_text(&self) -> Option<&str> {
         self.mac_address
             .as_deref()
             .or(self.mac.as_deref())
             .filter(|m| !m.is_empty())
+    }
+
+    /// The MAC this vNIC must have: the recorded one, else the configured one. `None`
+    /// also when the stored text is not a MAC (see [`Vnic::bad_mac`]).
+    pub fn stored_mac(&self) -> Option<MacAddr> {
+        self.stored_text().and_then(|m| m.parse().ok())
+    }
+
+    /// The stored MAC text when it is not a MAC (a file edited by hand): kept as it
+    /// is, treated as no MAC, and noted by the planner.
+    pub fn bad_mac(&self) -> Option<&str> {
+        self.stored_text().filter(|m| m.parse::<MacAddr>().is_err())
+    }
+
+    /// Records the MAC the container now has.
+    pub fn record_mac(&mut self, mac: MacAddr) {
+        self.mac_address = Some(mac.to_string());
     }
 }
 
@@ -448,7 +472,7 @@ mod tests {
         assert!(s.fault().is_none());
         let v = &s.runtimes()["plc-gateway"];
         assert_eq!(v[0].network_mode, NetworkMode::Dhcp);
-        assert_eq!(v[0].stored_mac(), Some("02:11:22:33:44:55"));
+        assert_eq!(v[0].stored_mac(), Some(mac("02:11:22:33:44:55")));
         assert_eq!(v[0].extra["vlan"], 12);
         assert_eq!(v[1].ip, Some("10.0.0.100".parse().unwrap()));
         assert_eq!(v[1].subnet.unwrap().to_string(), "10.0.0.0/24");
@@ -465,13 +489,55 @@ mod tests {
         );
     }
 
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn stored_mac_prefers_the_recorded_one() {
-        let mut v = Vnic::dhcp("eth0", "p", Some("02:00:00:00:00:01"));
-        assert_eq!(v.stored_mac(), Some("02:00:00:00:00:01"));
-        v.mac_address = Some("02:00:00:00:00:02".into());
-        assert_eq!(v.stored_mac(), Some("02:00:00:00:00:02"));
-        assert_eq!(Vnic::dhcp("eth0", "p", Some("")).stored_mac(), None);
+        let mut v = Vnic::dhcp("eth0", "p", Some(mac("02:00:00:00:00:01")));
+        assert_eq!(v.stored_mac(), Some(mac("02:00:00:00:00:01")));
+        v.record_mac(mac("02:00:00:00:00:02"));
+        assert_eq!(v.mac_address.as_deref(), Some("02:00:00:00:00:02"));
+        assert_eq!(v.stored_mac(), Some(mac("02:00:00:00:00:02")));
+        v.mac_address = Some(String::new());
+        v.mac = Some(String::new());
+        assert_eq!(v.stored_mac(), None);
+        assert_eq!(v.bad_mac(), None, "empty is no MAC, not a bad one");
+    }
+
+    #[test]
+    fn a_bad_or_upper_case_mac_in_the_file_is_kept_as_written() {
+        let d = Dir::new();
+        let text = PYTHON_FILE
+            .replacen(
+                "\"mac\": \"02:11:22:33:44:55\"",
+                "\"mac\": \"02:11:22:33:44:5Z\"",
+                1,
+            )
+            .replacen(
+                "\"mac_address\": \"02:11:22:33:44:55\"",
+                "\"mac_address\": \"not a mac\"",
+                1,
+            );
+        assert_ne!(text, PYTHON_FILE, "the fixture has the MAC lines");
+        fs::write(d.0.join(STORE_FILE), &text).unwrap();
+        let mut s = VnicStore::open(&d.0);
+        assert!(s.fault().is_none(), "a bad MAC faults nothing");
+        let v = &s.runtimes()["plc-gateway"][0];
+        assert_eq!(v.stored_mac(), None);
+        assert_eq!(v.bad_mac(), Some("not a mac"));
+        s.update(|_| ()).unwrap();
+        let written = fs::read_to_string(d.0.join(STORE_FILE)).unwrap();
+        assert_eq!(written, text, "written back byte for byte");
+        let mut upper = Vnic::dhcp("eth0", "p", None);
+        upper.mac = Some("02:AA:00:00:00:01".into());
+        assert_eq!(upper.stored_mac(), Some(mac("02:aa:00:00:00:01")));
+        let json = serde_json::to_string(&upper).unwrap();
+        assert!(
+            json.contains("02:AA:00:00:00:01"),
+            "kept as written: {json}"
+        );
     }
 
     #[test]
@@ -483,7 +549,7 @@ mod tests {
                 r.entry(format!("c{i}")).or_default().push(Vnic::dhcp(
                     "eth0",
                     "p1",
-                    Some("02:00:00:00:00:01"),
+                    Some(mac("02:00:00:00:00:01")),
                 ))
             })
             .unwrap();

@@ -8,6 +8,7 @@ use agent::netns;
 use agent::plan::network_name;
 use e2e::docker::{Container, Lan, docker, require_engine, test_image};
 use futures::StreamExt;
+use ipc::MacAddr;
 
 fn engine() -> Docker {
     require_engine();
@@ -50,7 +51,7 @@ async fn network_connect_disconnect_and_remove_are_idempotent_and_observed() {
         "same network"
     );
     let ip = lan.addr(77).parse().expect("ip");
-    d.connect(&c.name, &s.name, Some(ip), Some("02:00:00:00:77:01"))
+    d.connect(&c.name, &s.name, Some(ip), "02:00:00:00:77:01".parse().ok())
         .await
         .expect("connect");
     d.connect(&c.name, &s.name, Some(ip), None)
@@ -82,8 +83,8 @@ async fn network_connect_disconnect_and_remove_are_idempotent_and_observed() {
     assert_eq!(ep.ipv4, Some(ip));
     let link = ci.link_with(ip).expect("link read through the namespace");
     assert_eq!(
-        Some(link.mac.clone()),
-        c.link_with(&lan.addr(77)).map(|l| l.mac)
+        link.mac,
+        c.link_with(&lan.addr(77)).and_then(|l| l.mac.parse().ok())
     );
 
     d.disconnect(&c.name, &s.name).await.expect("disconnect");
@@ -111,12 +112,21 @@ async fn mac_set_through_the_namespace_is_seen_by_ip_inside() {
         .await
         .expect("observe");
     let pid = o.containers[&c.name].pid.expect("pid");
-    let links = netns::read_links(pid).expect("read links");
+    let ns = netns::Netns::Pid(pid);
+    let links = netns::read_links(ns).await.expect("read links");
     let eth0 = links
         .iter()
         .find(|l| !l.ipv4.is_empty())
         .expect("a link with an address");
-    netns::set_mac(pid, &eth0.name, "02:5e:00:12:34:56").expect("set mac");
+    let want: MacAddr = "02:5e:00:12:34:56".parse().unwrap();
+    let after = netns::set_mac(ns, &eth0.name, want).await.expect("set mac");
+    assert_eq!(
+        after
+            .iter()
+            .find(|l| l.name == eth0.name)
+            .and_then(|l| l.mac),
+        Some(want)
+    );
     let inside = c
         .links()
         .into_iter()
@@ -124,8 +134,8 @@ async fn mac_set_through_the_namespace_is_seen_by_ip_inside() {
         .expect("link");
     assert_eq!(inside.mac, "02:5e:00:12:34:56");
     assert!(matches!(
-        netns::set_mac(pid, "nope0", "02:5e:00:12:34:57"),
-        Err(netns::NetnsError::SetMac { .. })
+        netns::set_mac(ns, "nope0", want).await,
+        Err(netns::NetnsError::NoLink { .. })
     ));
 }
 

@@ -12,6 +12,7 @@ use agent::reconcile::{ReconcileOptions, ReconcileReport, reconcile};
 use agent::vnics::{MacMethod, Vnic, VnicStore};
 use e2e::TempDir;
 use e2e::docker::{Container, Lan, discovery, docker, remove_network, require_engine};
+use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 
 struct Rig {
@@ -65,13 +66,6 @@ impl Rig {
     }
 }
 
-fn random_mac() -> String {
-    let b: Vec<String> = (0..5)
-        .map(|_| format!("{:02x}", fastrand::u8(..)))
-        .collect();
-    format!("02:{}", b.join(":"))
-}
-
 fn subnet(s: &str) -> Ipv4Network {
     s.parse().expect("subnet")
 }
@@ -80,18 +74,18 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().expect("ip")
 }
 
-fn dhcp(lan: &Lan, mac: &str) -> Vnic {
-    Vnic::dhcp("eth1", &lan.parent, Some(mac))
+fn dhcp(lan: &Lan, mac: &MacAddr) -> Vnic {
+    Vnic::dhcp("eth1", &lan.parent, Some(*mac))
 }
 
-fn fixed(lan: &Lan, host: u8, mac: &str) -> Vnic {
+fn fixed(lan: &Lan, host: u8, mac: &MacAddr) -> Vnic {
     Vnic::fixed(
         "eth1",
         &lan.parent,
         ip(&lan.addr(host)),
         subnet(&lan.subnet),
         Some(ip(&lan.gateway)),
-        Some(mac),
+        Some(*mac),
     )
 }
 
@@ -105,10 +99,13 @@ fn address_on(c: &Container, network: &str) -> String {
 }
 
 /// The MAC `ip addr` inside the container shows on the link holding `addr`.
-fn mac_inside(c: &Container, addr: &str) -> String {
-    c.link_with(addr)
-        .unwrap_or_else(|| panic!("no link with {addr} in {}: {:?}", c.name, c.links()))
-        .mac
+fn mac_inside(c: &Container, addr: &str) -> MacAddr {
+    let link = c
+        .link_with(addr)
+        .unwrap_or_else(|| panic!("no link with {addr} in {}: {:?}", c.name, c.links()));
+    link.mac
+        .parse()
+        .unwrap_or_else(|e| panic!("{e} inside {}", c.name))
 }
 
 fn count(r: &ReconcileReport, f: impl Fn(&Step) -> bool) -> usize {
@@ -121,7 +118,7 @@ async fn executor_creates_network_connects_two_containers_sets_macs_and_is_idemp
     let lan = Lan::new();
     let (c1, c2) = (Container::run(), Container::run());
     let mut rig = Rig::new(&[&lan]);
-    let (m1, m2) = (random_mac(), random_mac());
+    let (m1, m2) = (MacAddr::random_local(), MacAddr::random_local());
     rig.add(&c1, dhcp(&lan, &m1));
     rig.add(&c2, fixed(&lan, 50, &m2));
 
@@ -157,7 +154,7 @@ async fn executor_creates_network_connects_two_containers_sets_macs_and_is_idemp
     for (c, m) in [(&c1, &m1), (&c2, &m2)] {
         let v = rig.vnic(c);
         assert_eq!(v.docker_network_name.as_deref(), Some(net.as_str()));
-        assert_eq!(v.mac_address.as_deref(), Some(m.as_str()));
+        assert_eq!(v.mac_address, Some(m.to_string()), "written lower-case");
         assert!(v.mac_applied.is_some(), "{v:?}");
     }
     let e1 = r
@@ -178,7 +175,7 @@ async fn lan_subnet_change_moves_containers_keeping_macs_and_the_static_ip() {
     let mut lan = Lan::new();
     let (c1, c2) = (Container::run(), Container::run());
     let mut rig = Rig::new(&[&lan]);
-    let (m1, m2) = (random_mac(), random_mac());
+    let (m1, m2) = (MacAddr::random_local(), MacAddr::random_local());
     rig.add(&c1, dhcp(&lan, &m1));
     rig.add(&c2, fixed(&lan, 50, &m2));
     rig.reconcile().await;
@@ -235,7 +232,7 @@ async fn eth1_and_eth10_style_parents_stay_apart() {
     let lan_b = Lan::named(&format!("{p}0"));
     let (c1, c2) = (Container::run(), Container::run());
     let mut rig = Rig::new(&[&lan_a, &lan_b]);
-    let (m1, m2) = (random_mac(), random_mac());
+    let (m1, m2) = (MacAddr::random_local(), MacAddr::random_local());
     rig.add(&c1, dhcp(&lan_a, &m1));
     rig.add(&c2, dhcp(&lan_b, &m2));
     rig.reconcile().await;
@@ -270,7 +267,7 @@ async fn restarted_container_gets_its_mac_back_on_the_next_reconcile() {
     let lan = Lan::new();
     let c1 = Container::run();
     let mut rig = Rig::new(&[&lan]);
-    let m1 = random_mac();
+    let m1 = MacAddr::random_local();
     rig.add(&c1, dhcp(&lan, &m1));
     rig.reconcile().await;
     let net = network_name(&lan.parent, subnet(&lan.subnet));
@@ -316,7 +313,7 @@ async fn stale_same_subnet_network_is_replaced() {
     ]);
     docker(&["network", "connect", &stale, &c1.name]);
     let mut rig = Rig::new(&[&lan]);
-    let m1 = random_mac();
+    let m1 = MacAddr::random_local();
     rig.add(&c1, dhcp(&lan, &m1));
     let r = rig.reconcile().await;
     assert!(
@@ -353,7 +350,7 @@ async fn old_deployment_network_is_adopted_whatever_its_name() {
     ]);
     docker(&["network", "connect", &old, &c1.name]);
     let mut rig = Rig::new(&[&lan]);
-    let m1 = random_mac();
+    let m1 = MacAddr::random_local();
     rig.add(&c1, dhcp(&lan, &m1));
     let r = rig.reconcile().await;
     assert_eq!(
@@ -383,7 +380,7 @@ async fn stopped_container_is_connected_and_gets_its_mac_after_start() {
     let c1 = Container::run();
     docker(&["stop", "-t", "1", &c1.name]);
     let mut rig = Rig::new(&[&lan]);
-    let m1 = random_mac();
+    let m1 = MacAddr::random_local();
     rig.add(&c1, dhcp(&lan, &m1));
     let r = rig.reconcile().await;
     assert_eq!(r.engine_calls.connect, 1);
@@ -401,7 +398,7 @@ async fn dry_run_plans_without_changing_anything() {
     let lan = Lan::new();
     let c1 = Container::run();
     let mut rig = Rig::new(&[&lan]);
-    rig.add(&c1, dhcp(&lan, &random_mac()));
+    rig.add(&c1, dhcp(&lan, &MacAddr::random_local()));
     let before = std::fs::read(rig.store.path()).expect("store written");
     let opts = ReconcileOptions {
         dry_run: true,
@@ -440,7 +437,10 @@ async fn failed_network_creation_is_reported_and_its_connects_skipped() {
     };
     let mut rig = Rig::new(&[]);
     rig.cache.apply(&ev);
-    rig.add(&c1, Vnic::dhcp("eth1", &ghost, Some(&random_mac())));
+    rig.add(
+        &c1,
+        Vnic::dhcp("eth1", &ghost, Some(MacAddr::random_local())),
+    );
     let opts = ReconcileOptions {
         dry_run: false,
         parallelism: 4,
@@ -478,7 +478,7 @@ async fn parent_down_and_up_detaches_nothing() {
     let lan = Lan::new();
     let c1 = Container::run();
     let mut rig = Rig::new(&[&lan]);
-    let m1 = random_mac();
+    let m1 = MacAddr::random_local();
     rig.add(&c1, dhcp(&lan, &m1));
     rig.reconcile().await;
     let net = network_name(&lan.parent, subnet(&lan.subnet));

@@ -61,7 +61,11 @@ async fn unwritable_store_is_reported_while_the_engine_is_still_fixed() {
         .update(|r| {
             r.insert(
                 c.name.clone(),
-                vec![Vnic::dhcp("eth1", &lan.parent, Some("02:11:22:33:44:01"))],
+                vec![Vnic::dhcp(
+                    "eth1",
+                    &lan.parent,
+                    "02:11:22:33:44:01".parse().ok(),
+                )],
             )
         })
         .expect("seed store");

@@ -185,7 +185,7 @@ impl State {
         let tx = self.tx.clone();
         let pool = self.config.internal_pool;
         tokio::spawn(async move {
-            let result = runtime::create_in_engine(&docker, &req, pool)
+            let result = runtime::create_in_engine(docker.as_ref(), &req, pool)
                 .await
                 .map_err(|e| e.to_string());
             let _ = tx
@@ -227,7 +227,7 @@ impl State {
         info!(runtime = %name, "runtime forgotten; removing it from the engine");
         let docker = self.docker.clone();
         tokio::spawn(async move {
-            match runtime::delete_in_engine(&docker, &name, &unused).await {
+            match runtime::delete_in_engine(docker.as_ref(), &name, &unused).await {
                 Ok(removed_networks) => r.ok(&Deleted {
                     runtime: name,
                     removed_networks,

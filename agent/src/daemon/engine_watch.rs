@@ -7,24 +7,24 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Msg;
-use crate::engine::{Docker, EngineEvent};
+use std::sync::Arc;
+
+use crate::engine::{Engine, EngineEvent};
 
 /// Follows the engine: subscribe to events first, then report it up (which makes
 /// the state task reconcile = list); on any failure report it down and retry with
 /// capped jittered backoff. Never gives up.
 pub(super) async fn engine_watch(
-    docker: Docker,
+    docker: Arc<dyn Engine>,
     tx: mpsc::Sender<Msg>,
     shutdown: CancellationToken,
 ) {
-    let min = Duration::from_millis(250);
-    let max = Duration::from_secs(5);
-    let mut backoff = min;
+    let mut backoff = ipc::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         let reason = match docker.version().await {
             Err(e) => e.to_string(),
             Ok(version) => {
-                backoff = min;
+                backoff.reset();
                 let events = docker.events();
                 tokio::pin!(events);
                 // The subscription is sent on the first poll: give it a moment so the
@@ -71,9 +71,7 @@ pub(super) async fn engine_watch(
         if tx.send(Msg::EngineDown(reason)).await.is_err() {
             return;
         }
-        let ms = backoff.as_millis() as u64;
-        let delay = Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2));
-        backoff = (backoff * 2).min(max);
+        let delay = backoff.next_delay();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc::ClientEvent;
@@ -17,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cache::InterfaceCache;
 use crate::control::{self, Access, Call};
-use crate::engine::{Docker, EngineError, EngineEvent, EngineVersion};
+use crate::engine::{Docker, Engine, EngineError, EngineEvent, EngineVersion};
 use crate::netmon_link;
 use crate::reconcile::{Outcome, ReconcileOptions, ReconcileReport, reconcile};
 use crate::status::StatusView;
@@ -88,7 +89,7 @@ enum Msg {
 
 struct State {
     config: Config,
-    docker: Docker,
+    docker: Arc<dyn Engine>,
     docker_host: String,
     store: VnicStore,
     cache: InterfaceCache,
@@ -118,20 +119,25 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// so an engine that hangs does not hold up boot.
 const READY_LIMIT: Duration = Duration::from_secs(5);
 
-/// Runs the agent until `shutdown`.
+/// Runs the agent until `shutdown`, on the engine at `config.docker_host`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let docker = Arc::new(Docker::new(config.docker_host.as_deref())?);
+    run_with(config, docker, shutdown).await
+}
+
+/// Runs the agent on the given engine (the daemon's tests hand in a fake).
+pub async fn run_with(
+    config: Config,
+    docker: Arc<dyn Engine>,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
     std::fs::create_dir_all(&config.state_dir).map_err(|source| DaemonError::StateDir {
         path: config.state_dir.clone(),
         source,
     })?;
     let access = Access::new(config.control_group.as_deref())?;
     let listener = control::bind(&config.control_socket, &access).await?;
-    let docker = Docker::new(config.docker_host.as_deref())?;
-    let docker_host = config
-        .docker_host
-        .clone()
-        .or_else(|| std::env::var("DOCKER_HOST").ok())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    let docker_host = docker.host();
 
     let store = VnicStore::open(&config.state_dir);
     if let Some(f) = store.fault() {
@@ -212,7 +218,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
 impl State {
     fn new(
         config: Config,
-        docker: Docker,
+        docker: Arc<dyn Engine>,
         docker_host: String,
         store: VnicStore,
         tx: mpsc::Sender<Msg>,
@@ -271,15 +277,11 @@ impl State {
             parallelism: self.config.parallelism,
         };
         let tx = self.tx.clone();
-        // The engine adapter's stream combinators make the run's future not `Send`
-        // (rustc cannot prove their closures' lifetimes general), so it is driven on a
-        // thread of its own rather than spawned onto the runtime's workers.
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let result = handle
-                .block_on(reconcile(&docker, &desired, &cache, &opts))
+        tokio::spawn(async move {
+            let result = reconcile(docker.as_ref(), &desired, &cache, &opts)
+                .await
                 .map_err(|e| e.to_string());
-            let _ = tx.blocking_send(Msg::RunDone { dry_run, result });
+            let _ = tx.send(Msg::RunDone { dry_run, result }).await;
         });
     }
 

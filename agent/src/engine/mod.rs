@@ -1,16 +1,23 @@
-//! The container engine as the rest of the agent sees it: our own small types, and
-//! [`Docker`], the adapter over the Engine API. Only `docker.rs` names bollard; its
-//! generated models change every release and must not leak into planning.
+//! The container engine as the rest of the agent sees it: our own small types, the
+//! [`Engine`] seam, [`Docker`] (the adapter over the Engine API) and [`FakeEngine`]
+//! (a recording fake for unit tests). Only `docker/` names bollard; its generated
+//! models change every release and must not leak into planning.
 
 mod docker;
+pub mod fake;
+mod seam;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+pub use crate::netns::NsLink;
 pub use docker::Docker;
+pub use fake::{Call, FakeEngine};
+pub use seam::{Engine, EngineFuture};
 
 /// Label set to `"true"` on every network and container the agent creates.
 pub const MANAGED_LABEL: &str = "edgenet.managed";
@@ -64,15 +71,7 @@ pub struct Endpoint {
     pub network_name: String,
     pub ipv4: Option<Ipv4Addr>,
     /// The MAC the engine believes the endpoint has (not necessarily what is inside).
-    pub mac: Option<String>,
-}
-
-/// An interface as it really is inside a container's network namespace.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
-pub struct NsLink {
-    pub name: String,
-    pub mac: String,
-    pub ipv4: Vec<Ipv4Addr>,
+    pub mac: Option<MacAddr>,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
@@ -200,12 +199,6 @@ pub enum EngineError {
     BadHost(String),
     #[error("unexpected engine reply: {0}")]
     Protocol(String),
-    #[error("{what}: {source}")]
-    Netns {
-        what: String,
-        #[source]
-        source: crate::netns::NetnsError,
-    },
 }
 
 impl EngineError {

@@ -6,7 +6,13 @@
 //! Needs root (a veth parent in the host namespace) and the engine. Creates
 //! `agbench-*` links, containers, networks and removes them afterwards.
 //!
-//! `agent-bench --sizes 1,10,50` (full run), `agent-bench --sizes 1,3` (smoke).
+//! `agent-bench --sizes 1,10,50` (full run), `agent-bench --sizes 1,3` (smoke). An
+//! example, not a binary, so release and image builds do not compile it:
+//! `cargo build --release -p agent --bins --example agent-bench`, then
+//! `./target/release/examples/agent-bench`.
+//!
+//! Over 400 lines: set-up, the measured move, the floor, the CLI script, the RSS probe
+//! and the table live together so the bench stays one self-contained example.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -123,10 +129,33 @@ struct Row {
     cli: Option<Duration>,
 }
 
-async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> Result<Row> {
-    let id = format!("{}{}", std::process::id() % 10000, n);
-    let parent = format!("agbench{id}");
-    let parent: String = parent.chars().take(15).collect();
+fn host(s: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(s.network()) + 2)
+}
+
+fn gw(s: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(s.network()) + 1)
+}
+
+/// Runs `f` on every name, `parallelism` at once; the first error fails all.
+async fn each<'a, F, Fut>(names: &'a [String], parallelism: usize, f: F) -> Result<()>
+where
+    F: Fn(&'a String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), agent::engine::EngineError>>,
+{
+    let r: Vec<Result<(), _>> = futures::stream::iter(names.iter())
+        .map(f)
+        .buffer_unordered(parallelism)
+        .collect()
+        .await;
+    r.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(())
+}
+
+/// The parent veth (its peer in a namespace of its own), N running containers and
+/// their vNICs in a fresh store.
+async fn set_up(docker: &Docker, n: usize, id: &str) -> Result<(Scene, VnicStore)> {
+    let parent: String = format!("agbench{id}").chars().take(15).collect();
     let state = std::env::temp_dir().join(format!("agbench-state-{id}"));
     let mut scene = Scene {
         parent: parent.clone(),
@@ -134,18 +163,11 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
         containers: Vec::new(),
         state: state.clone(),
     };
-    let a = fastrand::u8(100..=150);
-    let b = fastrand::u8(0..=250);
-    let (s1, s2, s3, s4) = (net(a, b), net(a, b + 1), net(a, b + 2), net(a, b + 3));
-    let host = |s: Ipv4Network| Ipv4Addr::from(u32::from(s.network()) + 2);
-    let gw = |s: Ipv4Network| Ipv4Addr::from(u32::from(s.network()) + 1);
     sh(&format!(
         "ip netns add {ns} && ip link add {parent} type veth peer name {parent}p && \
          ip link set {parent}p netns {ns} && ip -n {ns} link set {parent}p up && ip link set {parent} up",
         ns = scene.netns
     ))?;
-
-    // N running containers on their default network, and their vNICs in a store.
     let names: Vec<String> = (0..n).map(|i| format!("agbench-{id}-{i}")).collect();
     scene.containers = names.clone();
     let created: Vec<Result<()>> = futures::stream::iter(names.iter())
@@ -168,22 +190,68 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
     let mut store = VnicStore::open(&state);
     store.update(|r| {
         for name in &names {
-            r.insert(
-                name.clone(),
-                vec![Vnic::dhcp(
-                    "eth1",
-                    &parent,
-                    Some(&format!(
-                        "02:bb:{:02x}:{:02x}:{:02x}:{:02x}",
-                        fastrand::u8(..),
-                        fastrand::u8(..),
-                        fastrand::u8(..),
-                        fastrand::u8(..)
-                    )),
-                )],
-            );
+            let mac = Some(ipc::MacAddr::random_local());
+            r.insert(name.clone(), vec![Vnic::dhcp("eth1", &parent, mac)]);
         }
     })?;
+    Ok((scene, store))
+}
+
+/// The floor: the same engine calls as the move straight to the API, `parallelism`
+/// in flight, no MAC work; leaves the containers on the network it returns.
+async fn floor_run(
+    docker: &Docker,
+    scene: &Scene,
+    id: &str,
+    old: &str,
+    s3: Ipv4Network,
+    parallelism: usize,
+) -> Result<(Duration, String)> {
+    let names = &scene.containers;
+    let t = Instant::now();
+    each(names, parallelism, |c| docker.disconnect(c, old)).await?;
+    docker.remove_network(old).await?;
+    let new = format!("agbench-floor-{id}");
+    docker
+        .create_network(&NetworkSpec {
+            name: new.clone(),
+            parent: scene.parent.clone(),
+            pools: vec![Pool {
+                subnet: s3,
+                gateway: Some(gw(s3)),
+            }],
+            aux: vec![("host".into(), host(s3))],
+            labels: managed_labels(),
+        })
+        .await?;
+    each(names, parallelism, |c| docker.connect(c, &new, None, None)).await?;
+    Ok((t.elapsed(), new))
+}
+
+/// The docker CLI, one container at a time: `from` -> a new network on `s4`.
+fn cli_run(scene: &Scene, id: &str, from: &str, s4: Ipv4Network) -> Result<(Duration, String)> {
+    let to = format!("agbench-cli-{id}");
+    let script = format!(
+        "set -e\nfor c in {names}; do docker network disconnect {from} $c; done\n\
+         docker network rm {from} >/dev/null\n\
+         docker network create -d macvlan -o parent={parent} --subnet {s4} --gateway {g4} {to} >/dev/null\n\
+         for c in {names}; do docker network connect {to} $c; done\n",
+        names = scene.containers.join(" "),
+        parent = scene.parent,
+        g4 = gw(s4),
+    );
+    let t = Instant::now();
+    sh(&script)?;
+    Ok((t.elapsed(), to))
+}
+
+async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> Result<Row> {
+    let id = format!("{}{}", std::process::id() % 10000, n);
+    let (scene, mut store) = set_up(docker, n, &id).await?;
+    let parent = scene.parent.clone();
+    let a = fastrand::u8(100..=150);
+    let b = fastrand::u8(0..=250);
+    let (s1, s2, s3, s4) = (net(a, b), net(a, b + 1), net(a, b + 2), net(a, b + 3));
     let opts = ReconcileOptions {
         dry_run: false,
         parallelism,
@@ -222,66 +290,21 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
     );
     let second = run(docker, &mut store, &cache, &opts).await?;
 
-    // The floor: the same engine calls straight to the API, `parallelism` in flight.
     let old = network_name(&parent, s2);
-    let t = Instant::now();
-    let r: Vec<Result<(), _>> = futures::stream::iter(names.iter())
-        .map(|c| docker.disconnect(c, &old))
-        .buffer_unordered(parallelism)
-        .collect()
-        .await;
-    r.into_iter().collect::<Result<Vec<()>, _>>()?;
-    docker.remove_network(&old).await?;
-    let new = format!("agbench-floor-{id}");
-    docker
-        .create_network(&NetworkSpec {
-            name: new.clone(),
-            parent: parent.clone(),
-            pools: vec![Pool {
-                subnet: s3,
-                gateway: Some(gw(s3)),
-            }],
-            aux: vec![("host".into(), host(s3))],
-            labels: managed_labels(),
-        })
-        .await?;
-    let r: Vec<Result<(), _>> = futures::stream::iter(names.iter())
-        .map(|c| docker.connect(c, &new, None, None))
-        .buffer_unordered(parallelism)
-        .collect()
-        .await;
-    r.into_iter().collect::<Result<Vec<()>, _>>()?;
-    let floor = t.elapsed();
-
-    // The docker CLI, one container at a time.
+    let (floor, mut last) = floor_run(docker, &scene, &id, &old, s3, parallelism).await?;
     let cli = if cli {
-        let script = format!(
-            "set -e\nfor c in {names}; do docker network disconnect {new} $c; done\n\
-             docker network rm {new} >/dev/null\n\
-             docker network create -d macvlan -o parent={parent} --subnet {s4} --gateway {g4} agbench-cli-{id} >/dev/null\n\
-             for c in {names}; do docker network connect agbench-cli-{id} $c; done\n",
-            names = names.join(" "),
-            g4 = gw(s4),
-        );
-        let t = Instant::now();
-        sh(&script)?;
-        Some(t.elapsed())
+        let (took, to) = cli_run(&scene, &id, &last, s4)?;
+        last = to;
+        Some(took)
     } else {
         None
     };
     // Detach before removing the containers: on 20.10, `rm -f` of many attached
     // containers can leave stale endpoints that keep the network from being removed.
-    let last = if cli.is_some() {
-        format!("agbench-cli-{id}")
-    } else {
-        new.clone()
-    };
-    let r: Vec<Result<(), _>> = futures::stream::iter(names.iter())
-        .map(|c| docker.disconnect(c, &last))
-        .buffer_unordered(parallelism)
-        .collect()
-        .await;
-    r.into_iter().collect::<Result<Vec<()>, _>>()?;
+    each(&scene.containers, parallelism, |c| {
+        docker.disconnect(c, &last)
+    })
+    .await?;
     // 20.10 sometimes keeps a stale endpoint after every container left (moby/moby#43286):
     // the network then stays until the engine restarts. That spoils nothing measured,
     // so say it and go on with the next size.
@@ -303,8 +326,19 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
 
 /// RSS of the real `agent run` holding `n` runtimes, after its first reconcile.
 fn agent_rss(state_dir: &Path) -> Result<u64> {
+    // An example lives in target/<profile>/examples/; the agent binary one level up
+    // (build it first: `cargo build -p agent --bins --example agent-bench`).
     let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name("agent");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the bench's own path has no target directory")?;
+    let bin = profile_dir.join("agent");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: cargo build -p agent --bins --example agent-bench",
+        bin.display()
+    );
     let dir = std::env::temp_dir().join(format!("agbench-rss-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut child = Command::new(&bin)

@@ -1,0 +1,232 @@
+//! The namespace module against the real kernel: fresh namespaces (`ip netns add`)
+//! with a veth pair, entered through a process living in them (as a container's is).
+//! Root only; a test that cannot get root fails.
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agent::netns::{self, Netns, NetnsError};
+use e2e::{ChildGuard, Netns as TestNs, unique};
+use ipc::MacAddr;
+
+/// A namespace with veth `a` (10.9.0.2/24, up, default route via 10.9.0.1) and `b`,
+/// and a process sleeping inside it.
+struct Rig {
+    ns: TestNs,
+    _sleeper: ChildGuard,
+    pid: u32,
+    a: String,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let ns = TestNs::new();
+        let (a, b) = (unique("nsa"), unique("nsb"));
+        ns.veth(&a, &b);
+        ns.must_ip(&format!("addr add 10.9.0.2/24 dev {a}"));
+        ns.must_ip(&format!(
+            "route add default via 10.9.0.1 dev {a} metric 5000"
+        ));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn a process in the namespace");
+        let sleeper = ChildGuard(Some(child));
+        let pid = sleeper.pid() as u32;
+        // `ip netns exec` enters the namespace, then execs sleep: wait for that.
+        let want = std::fs::metadata(format!("/run/netns/{}", ns.name))
+            .unwrap()
+            .ino();
+        for _ in 0..200 {
+            let ino = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
+            if ino.ok() == Some(want) {
+                return Rig {
+                    ns,
+                    _sleeper: sleeper,
+                    pid,
+                    a,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("process {pid} never entered {}", ns.name);
+    }
+
+    fn target(&self) -> Netns {
+        Netns::Pid(self.pid)
+    }
+
+    fn link_json(&self, name: &str) -> serde_json::Value {
+        self.ns.json(&format!("link show {name}"))[0].clone()
+    }
+}
+
+#[tokio::test]
+async fn reads_links_with_mac_state_and_ipv4_and_leaves_out_loopback() {
+    let rig = Rig::new();
+    let links = netns::read_links(rig.target()).await.expect("read links");
+    assert!(links.iter().all(|l| l.name != "lo"), "{links:?}");
+    assert_eq!(links.len(), 2, "{links:?}");
+    let a = links.iter().find(|l| l.name == rig.a).expect("link a");
+    let j = rig.link_json(&rig.a);
+    assert_eq!(a.mac, j["address"].as_str().and_then(|m| m.parse().ok()));
+    assert_eq!(a.index as u64, j["ifindex"].as_u64().unwrap());
+    assert_eq!(
+        a.ipv4,
+        vec!["10.9.0.2".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert!(a.up);
+}
+
+#[tokio::test]
+async fn sets_the_mac_while_the_link_stays_up_and_keeps_the_default_route() {
+    let rig = Rig::new();
+    let want: MacAddr = "02:5e:00:aa:bb:01".parse().unwrap();
+    let after = netns::set_mac(rig.target(), &rig.a, want)
+        .await
+        .expect("set mac");
+    let a = after.iter().find(|l| l.name == rig.a).expect("link a");
+    assert_eq!(
+        a.mac,
+        Some(want),
+        "the links returned are read after the change"
+    );
+    let j = rig.link_json(&rig.a);
+    assert_eq!(j["address"], "02:5e:00:aa:bb:01");
+    assert!(
+        j["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "still up: {j}"
+    );
+    let routes = rig.ns.must_ip("route show default");
+    assert!(
+        routes.contains("via 10.9.0.1"),
+        "default route kept: {routes}"
+    );
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = r.trim().split(['.', '-']).map(|p| p.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+fn is_up(j: &serde_json::Value) -> bool {
+    j["flags"].as_array().unwrap().iter().any(|f| f == "UP")
+}
+
+#[tokio::test]
+async fn rename_works_down_and_up_only_on_kernels_that_allow_it() {
+    let rig = Rig::new();
+    // Down, rename, up: works on every kernel.
+    netns::set_up(rig.target(), &rig.a, false)
+        .await
+        .expect("down");
+    assert!(!is_up(&rig.link_json(&rig.a)));
+    netns::rename(rig.target(), &rig.a, "lan0")
+        .await
+        .expect("rename");
+    netns::set_up(rig.target(), "lan0", true).await.expect("up");
+    let j = rig.link_json("lan0");
+    assert_eq!(j["ifname"], "lan0");
+    assert!(is_up(&j));
+    assert!(
+        rig.ns.ip(&format!("link show {}", rig.a)).is_err(),
+        "old name gone"
+    );
+    // Up: Linux 6.2 and later rename live; older kernels answer EBUSY.
+    let live = netns::rename(rig.target(), "lan0", "lan1").await;
+    if kernel_version() >= (6, 2) {
+        live.expect("a live rename on this kernel");
+        assert!(is_up(&rig.link_json("lan1")), "stays up");
+    } else {
+        let e = live.unwrap_err();
+        assert!(matches!(e, NetnsError::RenameUp { .. }), "{e}");
+        assert!(e.to_string().contains("set it down first"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn errors_say_what_and_where() {
+    let rig = Rig::new();
+    let mac: MacAddr = "02:5e:00:aa:bb:02".parse().unwrap();
+    let e = netns::read_links(Netns::Pid(u32::MAX - 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NetnsError::Open { .. }), "{e}");
+    let e = netns::set_mac(rig.target(), "nope0", mac)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NetnsError::NoLink { .. }), "{e}");
+    assert!(e.to_string().contains(&format!("pid {}", rig.pid)), "{e}");
+    for bad in ["", "a/b", "way-too-long-name0", "x y"] {
+        let e = netns::set_mac(rig.target(), bad, mac).await.unwrap_err();
+        assert!(matches!(e, NetnsError::BadName(_)), "{bad:?}: {e}");
+        let e = netns::rename(rig.target(), &rig.a, bad).await.unwrap_err();
+        assert!(matches!(e, NetnsError::BadName(_)), "{bad:?}: {e}");
+    }
+    let group: MacAddr = "03:00:00:00:00:01".parse().unwrap();
+    let e = netns::set_mac(rig.target(), &rig.a, group)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, NetnsError::Netlink { .. }),
+        "the kernel refuses a group MAC: {e}"
+    );
+}
+
+fn own_ns_inode() -> u64 {
+    std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+}
+
+#[tokio::test]
+async fn run_works_on_a_thread_inside_and_leaves_the_caller_where_it_was() {
+    let rig = Rig::new();
+    let before = own_ns_inode();
+    let want = std::fs::metadata(format!("/proc/{}/ns/net", rig.pid))
+        .unwrap()
+        .ino();
+    let inside = netns::run(rig.target(), || Ok(own_ns_inode()))
+        .await
+        .unwrap();
+    assert_eq!(inside, want);
+    assert_eq!(own_ns_inode(), before);
+    // The host: pid 1's namespace, or ours where pid 1 cannot be inspected.
+    let host = netns::run(Netns::Host, || Ok(own_ns_inode()))
+        .await
+        .unwrap();
+    let want = std::fs::metadata("/proc/1/ns/net")
+        .or_else(|_| std::fs::metadata("/proc/self/ns/net"))
+        .unwrap()
+        .ino();
+    assert_eq!(host, want);
+    assert!(!netns::read_links(Netns::Host).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn spawn_in_runs_a_runtime_whose_sockets_belong_to_the_namespace() {
+    let rig = Rig::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = netns::spawn_in(rig.target(), "ns-test", move || async move {
+        // 10.9.0.2 exists only inside the namespace.
+        let sock = tokio::net::UdpSocket::bind("10.9.0.2:0").await?;
+        let addr = sock.local_addr()?;
+        let _ = stop_rx.await;
+        Ok::<_, std::io::Error>((addr, own_ns_inode()))
+    })
+    .expect("spawn in the namespace");
+    assert!(!task.is_finished());
+    stop_tx.send(()).unwrap();
+    let (addr, ino) = task.join().await.expect("joined").expect("bound inside");
+    assert_eq!(addr.ip().to_string(), "10.9.0.2");
+    assert_eq!(
+        ino,
+        std::fs::metadata(format!("/proc/{}/ns/net", rig.pid))
+            .unwrap()
+            .ino()
+    );
+    let e = netns::spawn_in(Netns::Pid(u32::MAX - 1), "ns-none", || async {}).err();
+    assert!(matches!(e, Some(NetnsError::Open { .. })), "{e:?}");
+}
