@@ -443,10 +443,7 @@ pub async fn create_in_engine(
     let mut made = Made::default();
     let result = async {
         if let Internal::New(subnet) = how {
-            let net = docker
-                .create_internal_network(&internal, subnet, &managed_labels())
-                .await?;
-            made.network = Some(net);
+            made.network = Some(create_internal(docker, &internal, subnet, pool).await?);
         }
         let spec = ContainerSpec {
             name: req.name.clone(),
@@ -469,6 +466,42 @@ pub async fn create_in_engine(
         undo(docker, &made).await;
     }
     result.map_err(|e| RuntimeError::Engine(e.to_string()))
+}
+
+/// Creates the internal network on `subnet`. Another create (of this agent or of
+/// another engine client) may have taken that subnet since it was chosen: when the
+/// engine refuses and a network now holds it, the next free one is tried.
+async fn create_internal(
+    docker: &dyn Engine,
+    name: &str,
+    mut subnet: Ipv4Network,
+    pool: Ipv4Network,
+) -> Result<String, EngineError> {
+    for _ in 0..8 {
+        let err = match docker
+            .create_internal_network(name, subnet, &managed_labels())
+            .await
+        {
+            Ok(id) => return Ok(id),
+            Err(e) if e.is_unreachable() => return Err(e),
+            Err(e) => e,
+        };
+        let taken: Vec<Ipv4Network> = docker
+            .list_networks()
+            .await?
+            .iter()
+            .flat_map(|n| n.pools.iter().map(|p| p.subnet))
+            .collect();
+        if !taken.iter().any(|t| t.overlaps(subnet)) {
+            return Err(err);
+        }
+        debug!(%subnet, "internal subnet taken meanwhile; choosing another");
+        subnet = internal_pool::allocate(pool, &taken)
+            .map_err(|e| EngineError::Conflict(e.to_string()))?;
+    }
+    Err(EngineError::Conflict(format!(
+        "no free internal subnet for {name} after 8 tries: other networks keep taking them"
+    )))
 }
 
 /// Removes what a failed create made, container first (a network with an endpoint

@@ -90,27 +90,43 @@ impl State {
                     self.trigger(None);
                 }
             }
+            EngineEvent::ContainerDied { name } | EngineEvent::ContainerGone { name }
+                if self.store.runtimes().contains_key(&name) =>
+            {
+                info!(container = %name, "a runtime's container stopped or is gone");
+                self.trigger(None);
+            }
+            EngineEvent::Attachment { network, connected } => {
+                // Our own runs cause these too; the run they trigger then plans nothing.
+                if self.carries_vnics(&network) {
+                    info!(%network, connected, "a runtime's network attachment changed");
+                    self.trigger(None);
+                }
+            }
             EngineEvent::NetworkGone { name, id } => {
                 // Only a network some vNIC sits on matters; reacting to every network
                 // removed on the host would make other users' churn cost us runs.
-                let ours = self
-                    .store
-                    .runtimes()
-                    .values()
-                    .flatten()
-                    .any(|v| v.docker_network_name.as_deref() == Some(name.as_str()));
-                if ours {
+                if self.carries_vnics(&name) {
                     info!(network = %name, %id, "a network carrying vNICs disappeared");
                     self.trigger(None);
                 } else {
                     debug!(network = %name, %id, "a network that carries no vNIC disappeared");
                 }
             }
-            EngineEvent::ContainerGone { name } => {
-                debug!(container = %name, "container gone");
+            EngineEvent::ContainerDied { name } | EngineEvent::ContainerGone { name } => {
+                debug!(container = %name, "a container that is not a runtime stopped or is gone");
             }
             EngineEvent::Other => {}
         }
+    }
+
+    /// Whether some vNIC was last attached to this network.
+    fn carries_vnics(&self, network: &str) -> bool {
+        self.store
+            .runtimes()
+            .values()
+            .flatten()
+            .any(|v| v.docker_network_name.as_deref() == Some(network))
     }
 
     pub(super) fn uses_parent(&self, name: &str) -> bool {

@@ -135,7 +135,10 @@ pub struct ContainerSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
     ContainerStarted { name: String },
+    ContainerDied { name: String },
     ContainerGone { name: String },
+    /// A container connected to or disconnected from a network (by hand, or by us).
+    Attachment { network: String, connected: bool },
     NetworkGone { name: String, id: String },
     Other,
 }

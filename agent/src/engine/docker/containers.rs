@@ -154,7 +154,9 @@ impl Docker {
                 ),
                 (
                     "event".to_string(),
-                    vec!["start".to_string(), "destroy".to_string()],
+                    ["start", "die", "destroy", "connect", "disconnect"]
+                        .map(String::from)
+                        .to_vec(),
                 ),
             ]);
             let opts = EventsOptions {

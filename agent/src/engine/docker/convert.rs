@@ -99,7 +99,14 @@ pub(super) fn event_of(m: bollard::models::EventMessage) -> EngineEvent {
     let name = attrs.get("name").cloned().unwrap_or_default();
     match (m.typ, action.as_str()) {
         (Some(EventMessageTypeEnum::CONTAINER), "start") => EngineEvent::ContainerStarted { name },
+        (Some(EventMessageTypeEnum::CONTAINER), "die") => EngineEvent::ContainerDied { name },
         (Some(EventMessageTypeEnum::CONTAINER), "destroy") => EngineEvent::ContainerGone { name },
+        (Some(EventMessageTypeEnum::NETWORK), "connect" | "disconnect") => {
+            EngineEvent::Attachment {
+                network: name,
+                connected: action == "connect",
+            }
+        }
         (Some(EventMessageTypeEnum::NETWORK), "destroy") => EngineEvent::NetworkGone {
             name,
             id: actor.id.unwrap_or_default(),
