@@ -134,12 +134,24 @@ pub struct ContainerSpec {
 /// The engine events the agent reacts to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
-    ContainerStarted { name: String },
-    ContainerDied { name: String },
-    ContainerGone { name: String },
+    ContainerStarted {
+        name: String,
+    },
+    ContainerDied {
+        name: String,
+    },
+    ContainerGone {
+        name: String,
+    },
     /// A container connected to or disconnected from a network (by hand, or by us).
-    Attachment { network: String, connected: bool },
-    NetworkGone { name: String, id: String },
+    Attachment {
+        network: String,
+        connected: bool,
+    },
+    NetworkGone {
+        name: String,
+        id: String,
+    },
     Other,
 }
 
