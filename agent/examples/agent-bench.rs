@@ -255,6 +255,7 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
     let opts = ReconcileOptions {
         dry_run: false,
         parallelism,
+        reattach: Default::default(),
     };
 
     // Initial attach on s1 (not measured).

@@ -354,6 +354,17 @@ struct Member<'a> {
 
 /// Plans the steps that make `observed` match `desired`.
 pub fn plan(desired: &Runtimes, cache: &InterfaceCache, observed: &Observed) -> Plan {
+    plan_with(desired, cache, observed, &BTreeSet::new())
+}
+
+/// [`plan`], with every endpoint on the `reattach` parents (links re-created since
+/// their runtimes were attached) reconnected.
+pub fn plan_with(
+    desired: &Runtimes,
+    cache: &InterfaceCache,
+    observed: &Observed,
+    reattach: &BTreeSet<String>,
+) -> Plan {
     let mut out = Plan::default();
 
     let mut by_parent: BTreeMap<&str, Vec<Member<'_>>> = BTreeMap::new();
@@ -407,6 +418,7 @@ pub fn plan(desired: &Runtimes, cache: &InterfaceCache, observed: &Observed) -> 
             observed,
             desired,
             &live_parents,
+            reattach,
             &mut out,
         );
     }
@@ -430,8 +442,11 @@ struct Target<'a> {
     /// The existing network that already matches, if any.
     matched: Option<&'a NetworkInfo>,
     network_name: String,
+    /// The parent link was re-created: every endpoint on it is reconnected.
+    reattach: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_parent(
     parent: &str,
     members: &[Member<'_>],
@@ -439,6 +454,7 @@ fn plan_parent(
     observed: &Observed,
     desired: &Runtimes,
     live_parents: &BTreeSet<&str>,
+    reattach: &BTreeSet<String>,
     out: &mut Plan,
 ) {
     if cache.get(parent).is_none() {
@@ -495,6 +511,7 @@ fn plan_parent(
         lan_subnet,
         matched,
         network_name,
+        reattach: reattach.contains(parent),
     };
     for m in usable {
         if let Some(ci) = observed.containers.get(m.container) {
@@ -649,6 +666,13 @@ fn plan_member(
         (NetworkMode::Static, got) => got != m.vnic.ip,
         (NetworkMode::Dhcp, Some(ip)) => !t.lan_subnet.contains(ip),
     });
+    // The engine still lists the endpoint but no link inside holds its address: its
+    // macvlan link went with a parent that was deleted (and maybe re-created). Only
+    // a reconnect makes a new one; fixing its MAC cannot.
+    let stale = ep.and_then(|e| e.ipv4).is_some_and(|ip| {
+        ci.running && ci.ns_error.is_none() && !ci.ns_links.is_empty() && ci.link_with(ip).is_none()
+    });
+    let wrong_address = wrong_address || stale || (t.reattach && ep.is_some());
     if wrong_address {
         steps.disconnects.push(Step::Disconnect {
             parent: parent.to_string(),
@@ -1141,6 +1165,34 @@ mod tests {
             ],
         );
         assert_eq!(plan(&d, &c, &o), Plan::default());
+    }
+
+    #[test]
+    fn a_stale_endpoint_or_a_recreated_parent_is_reconnected() {
+        let net = lan_net("p1", "10.1.0.0/24", "10.1.0.1");
+        let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
+        let d = runtimes(&[("c1", vec![dhcp("eth0", "p1", MAC1)])]);
+        // The engine lists the endpoint, but its link died with the old parent: the
+        // namespace holds only the internal bridge's link.
+        let mut c1 = container("c1", true, &[(&net, "10.1.0.5", MAC1)]);
+        c1.ns_links[0].ipv4 = vec![ip("198.18.0.2")];
+        let o = observed(vec![net.clone()], vec![c1]);
+        let want = vec![
+            disconnect("p1", "c1", &net.name),
+            connect("p1", "c1", "eth0", &net.name, None, MAC1),
+            setmac("p1", "c1", "eth0", &net.name, MAC1),
+        ];
+        assert_eq!(plan(&d, &c, &o).steps, want);
+
+        // A parent known to be re-created: reconnected even while its old link seems
+        // fine (read before the deletion reached the namespace).
+        let ok = observed(
+            vec![net.clone()],
+            vec![container("c1", true, &[(&net, "10.1.0.5", MAC1)])],
+        );
+        assert!(plan(&d, &c, &ok).steps.is_empty());
+        let again = plan_with(&d, &c, &ok, &BTreeSet::from(["p1".to_string()]));
+        assert_eq!(again.steps, want);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct ReconcileOptions {
     pub dry_run: bool,
     /// Steps in flight at once, across all parents.
     pub parallelism: usize,
+    /// Parents whose link was re-created: their runtimes are reconnected.
+    pub reattach: BTreeSet<String>,
 }
 
 impl Default for ReconcileOptions {
@@ -29,6 +31,7 @@ impl Default for ReconcileOptions {
         ReconcileOptions {
             dry_run: false,
             parallelism: 16,
+            reattach: BTreeSet::new(),
         }
     }
 }
@@ -165,7 +168,7 @@ pub async fn reconcile(
     let mut observed = docker.observe_engine(&names).await?;
     let inspect = staying_attached(desired, cache, &observed);
     docker.read_links_of(&mut observed, &inspect).await;
-    let planned = plan::plan(desired, cache, &observed);
+    let planned = plan::plan_with(desired, cache, &observed, &opts.reattach);
     let mut report = ReconcileReport {
         started,
         duration_ms: 0,

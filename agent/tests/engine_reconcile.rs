@@ -46,6 +46,7 @@ impl Rig {
         let opts = ReconcileOptions {
             dry_run: false,
             parallelism: 8,
+            reattach: Default::default(),
         };
         let out = reconcile(&self.docker, self.store.runtimes(), &self.cache, &opts)
             .await
@@ -403,6 +404,7 @@ async fn dry_run_plans_without_changing_anything() {
     let opts = ReconcileOptions {
         dry_run: true,
         parallelism: 4,
+        reattach: Default::default(),
     };
     let r = reconcile(&rig.docker, rig.store.runtimes(), &rig.cache, &opts)
         .await
@@ -444,6 +446,7 @@ async fn failed_network_creation_is_reported_and_its_connects_skipped() {
     let opts = ReconcileOptions {
         dry_run: false,
         parallelism: 4,
+        reattach: Default::default(),
     };
     let r = reconcile(&rig.docker, rig.store.runtimes(), &rig.cache, &opts)
         .await

@@ -38,6 +38,7 @@ fn opts() -> ReconcileOptions {
     ReconcileOptions {
         dry_run: false,
         parallelism: 4,
+        reattach: Default::default(),
     }
 }
 

@@ -62,6 +62,7 @@ impl State {
                     self.view.netmon.instance = ev.instance.clone();
                 }
                 let changed = self.cache.apply(&ev);
+                self.note_parent_indexes();
                 match &ev.kind {
                     EventKind::NetworkDiscovery(d) => {
                         self.view.netmon.discoveries += 1;
@@ -117,6 +118,29 @@ impl State {
                 debug!(container = %name, "a container that is not a runtime stopped or is gone");
             }
             EngineEvent::Other => {}
+        }
+    }
+
+    /// Remembers each vNIC parent's ifindex; one that changed was deleted and
+    /// re-created, and its runtimes' endpoints are stale: reattach them.
+    fn note_parent_indexes(&mut self) {
+        let parents: std::collections::BTreeSet<String> = self
+            .store
+            .runtimes()
+            .values()
+            .flatten()
+            .map(|v| v.parent_interface.clone())
+            .collect();
+        for p in parents {
+            let Some(index) = self.cache.get(&p).and_then(|i| i.index) else {
+                continue;
+            };
+            if let Some(old) = self.parent_index.insert(p.clone(), index)
+                && old != index
+            {
+                info!(parent = %p, old, new = index, "a vNIC parent was re-created; reattaching its runtimes");
+                self.reattach.insert(p);
+            }
         }
     }
 

@@ -106,6 +106,12 @@ struct State {
     retry: ipc::Backoff,
     /// Each vNIC's state and since when it has been in it (by kind).
     states: BTreeMap<(String, String), (VnicState, Instant)>,
+    /// The ifindex each vNIC parent had when last seen: a new one means the link was
+    /// re-created and its runtimes need a reattach.
+    parent_index: BTreeMap<String, u32>,
+    /// Parents to reattach on the next run, and those the run in progress reattaches.
+    reattach: std::collections::BTreeSet<String>,
+    reattaching: std::collections::BTreeSet<String>,
 }
 
 /// Retries after a run that did not converge: the first within a second, then
@@ -246,6 +252,9 @@ impl State {
             retry_at: None,
             retry: ipc::Backoff::new(RETRY_FIRST, RETRY_CAP),
             states: BTreeMap::new(),
+            parent_index: BTreeMap::new(),
+            reattach: Default::default(),
+            reattaching: Default::default(),
         }
     }
 
@@ -275,6 +284,12 @@ impl State {
         let opts = ReconcileOptions {
             dry_run,
             parallelism: self.config.parallelism,
+            reattach: if dry_run {
+                self.reattach.clone()
+            } else {
+                self.reattaching = std::mem::take(&mut self.reattach);
+                self.reattaching.clone()
+            },
         };
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -308,7 +323,12 @@ impl State {
             }
         }
         if !dry_run {
-            self.schedule_retry(result.as_ref().map(ReconcileReport::failed).unwrap_or(true));
+            let failed = result.as_ref().map(ReconcileReport::failed).unwrap_or(true);
+            let done = std::mem::take(&mut self.reattaching);
+            if failed {
+                self.reattach.extend(done);
+            }
+            self.schedule_retry(failed);
         }
         for w in waiters {
             self.answer(w, result.clone());
