@@ -167,3 +167,6 @@ pub fn spawn_on(
     DhcpHandle { key, cancel, release: Some(release_tx), task }
 }
 
+
+#[cfg(test)]
+mod tests;
