@@ -28,7 +28,8 @@ enum Step {
 
 /// Why an exchange ended without an answer we use.
 enum Outcome {
-    Reply(Message, [u8; 6]),
+    /// A reply that passed every check, its lease, and the sender's link address.
+    Reply(LeaseRecord, [u8; 6]),
     Nak(String),
     Silence,
 }
@@ -104,8 +105,8 @@ impl Client {
         let discover = self.base(MsgType::Discover, xid);
         let waits = self.opts.discover_waits.clone();
         let route = self.broadcast(Ipv4Addr::UNSPECIFIED);
-        let (offer, _) = match self.exchange(&discover, route, xid, &waits, MsgType::Offer).await {
-            Ok(Outcome::Reply(m, mac)) => (m, mac),
+        let offer = match self.exchange(&discover, route, xid, &waits, MsgType::Offer).await {
+            Ok(Outcome::Reply(offer, _)) => offer,
             Ok(_) => {
                 self.pending("no DHCP offer".into()).await;
                 return Step::Init;
@@ -115,10 +116,9 @@ impl Client {
                 return Step::Init;
             }
         };
-        let server = offer.addr(opt::SERVER_ID).ok().flatten().unwrap_or(Ipv4Addr::UNSPECIFIED);
         let mut request = self.base(MsgType::Request, xid);
-        request.push(opt::REQUESTED_IP, offer.yiaddr.octets());
-        request.push(opt::SERVER_ID, server.octets());
+        request.push(opt::REQUESTED_IP, offer.address.octets());
+        request.push(opt::SERVER_ID, offer.server_id.octets());
         self.request(request, route, xid, "no DHCP ACK for the offered address").await
     }
 
@@ -159,15 +159,7 @@ impl Client {
         }
     }
 
-    async fn bind(&mut self, ack: Message, server_mac: [u8; 6]) -> Step {
-        let rec = match lease_of(&ack, self.req.mac, &self.req.parent, SystemTime::now()) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(key = %self.req.key, reason = %e, "DHCP ACK refused");
-                self.pending(format!("DHCP ACK refused: {e}")).await;
-                return Step::Init;
-            }
-        };
+    async fn bind(&mut self, rec: LeaseRecord, server_mac: [u8; 6]) -> Step {
         self.backoff.reset();
         tracing::info!(key = %self.req.key, address = %rec.cidr(), server = %rec.server_id, lease_s = rec.lease_time, "DHCP lease bound");
         let update = if self.reported == Some(rec.address) {
@@ -265,7 +257,12 @@ impl Client {
                 let deadline = tokio::time::Instant::now() + *wait;
                 while let Ok(r) = tokio::time::timeout_at(deadline, recv_one(sock, xid, mac, arp_for)).await {
                     match r.map_err(|e| format!("cannot receive on {parent}: {e}"))? {
-                        Ok((reply, kind, from)) if kind == want => return Ok(Outcome::Reply(reply, from)),
+                        Ok((reply, kind, from)) if kind == want => {
+                            match lease_of(&reply, mac, &parent, SystemTime::now()) {
+                                Ok(rec) => return Ok(Outcome::Reply(rec, from)),
+                                Err(e) => tracing::warn!(%key, ?kind, reason = %e, "DHCP reply refused"),
+                            }
+                        }
                         Ok((reply, MsgType::Nak, _)) => {
                             let msg = reply.option(opt::MESSAGE).map(|v| String::from_utf8_lossy(&v).into_owned());
                             return Ok(Outcome::Nak(msg.unwrap_or_else(|| "no message".into())));
