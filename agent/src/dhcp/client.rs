@@ -43,7 +43,11 @@ pub(super) struct Client {
     /// The address last reported as Bound, so a renewal with it is `Renewed`.
     reported: Option<Ipv4Addr>,
     backoff: Backoff,
+    /// NAKs in a row answered by an immediate DISCOVER (reset when bound).
+    quick_naks: u32,
 }
+
+const QUICK_NAKS: u32 = 3;
 
 impl Client {
     pub(super) fn new(
@@ -52,7 +56,7 @@ impl Client {
         updates: mpsc::Sender<DhcpEvent>,
     ) -> Self {
         let backoff = Backoff::new(opts.retry_min, opts.retry_max);
-        Client { req, opts, updates, sock: None, held: None, reported: None, backoff }
+        Client { req, opts, updates, sock: None, held: None, reported: None, backoff, quick_naks: 0 }
     }
 
     pub(super) async fn run(&mut self) {
@@ -144,6 +148,14 @@ impl Client {
         let waits = self.opts.request_waits.clone();
         match self.exchange(&request, route, xid, &waits, MsgType::Ack).await {
             Ok(Outcome::Reply(ack, mac)) => self.bind(ack, mac).await,
+            // Two clients offered the same free address: the second REQUEST is
+            // NAKed ("address in use"). Start over at once, a few times, before the
+            // backoff (a server that NAKs everything must not get a storm).
+            Ok(Outcome::Nak(msg)) if self.quick_naks < QUICK_NAKS => {
+                self.quick_naks += 1;
+                tracing::info!(key = %self.req.key, %msg, "DHCP NAK to our REQUEST; discovering again");
+                Step::Init
+            }
             Ok(Outcome::Nak(msg)) => {
                 self.pending(format!("DHCP NAK: {msg}")).await;
                 Step::Init
@@ -161,6 +173,7 @@ impl Client {
 
     async fn bind(&mut self, rec: LeaseRecord, server_mac: [u8; 6]) -> Step {
         self.backoff.reset();
+        self.quick_naks = 0;
         tracing::info!(key = %self.req.key, address = %rec.cidr(), server = %rec.server_id, lease_s = rec.lease_time, "DHCP lease bound");
         let update = if self.reported == Some(rec.address) {
             DhcpUpdate::Renewed(rec.clone())

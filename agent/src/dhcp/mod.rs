@@ -29,7 +29,7 @@
 mod client;
 mod lease;
 pub mod packet;
-mod socket;
+pub mod socket;
 mod store;
 
 use std::time::SystemTime;
