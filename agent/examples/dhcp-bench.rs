@@ -23,7 +23,12 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 struct Args {
     /// Numbers of vNICs leased at once.
-    #[arg(long, value_delimiter = ',', default_value = "1,10", env = "DHCP_BENCH_SIZES")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,10",
+        env = "DHCP_BENCH_SIZES"
+    )]
     sizes: Vec<usize>,
     /// Rounds per size (the median is reported).
     #[arg(long, default_value_t = 5, env = "DHCP_BENCH_ROUNDS")]
@@ -44,8 +49,20 @@ async fn ours(lan: &DhcpLan, n: usize) -> Result<Duration> {
     let handles: Vec<_> = macs
         .iter()
         .map(|&mac| {
-            let req = LeaseRequest { key: mac.to_string(), parent: lan.parent.clone(), mac, cached: None, hostname: None };
-            spawn_on(&tokio::runtime::Handle::current(), req, ClientOptions::default(), tx.clone(), stop.clone())
+            let req = LeaseRequest {
+                key: mac.to_string(),
+                parent: lan.parent.clone(),
+                mac,
+                cached: None,
+                hostname: None,
+            };
+            spawn_on(
+                &tokio::runtime::Handle::current(),
+                req,
+                ClientOptions::default(),
+                tx.clone(),
+                stop.clone(),
+            )
         })
         .collect();
     let mut bound = Vec::new();
@@ -62,7 +79,11 @@ async fn ours(lan: &DhcpLan, n: usize) -> Result<Duration> {
     for r in &bound {
         let held = lan.lease_of(&r.mac.to_string()).map(|l| l.0);
         if held != Some(r.address.to_string()) {
-            bail!("{} bound {} but dnsmasq's lease file says {held:?}", r.mac, r.address);
+            bail!(
+                "{} bound {} but dnsmasq's lease file says {held:?}",
+                r.mac,
+                r.address
+            );
         }
     }
     for h in handles {
@@ -76,7 +97,12 @@ async fn ours(lan: &DhcpLan, n: usize) -> Result<Duration> {
 /// second REQUEST: "address in use") starts over at once.
 async fn bare(parent: &str, mac: MacAddr) -> Result<Option<(PacketSocket, Vec<u8>)>> {
     let sock = PacketSocket::open(parent, mac)?;
-    let route = Route { src_mac: mac, dst_mac: BROADCAST_MAC, src_ip: [0; 4].into(), dst_ip: [255; 4].into() };
+    let route = Route {
+        src_mac: mac,
+        dst_mac: BROADCAST_MAC,
+        src_ip: [0; 4].into(),
+        dst_ip: [255; 4].into(),
+    };
     loop {
         let xid = fastrand::u32(..);
         let mut d = Message::request(MsgType::Discover, xid, mac);
@@ -86,7 +112,10 @@ async fn bare(parent: &str, mac: MacAddr) -> Result<Option<(PacketSocket, Vec<u8
         let mut r = Message::request(MsgType::Request, xid, mac);
         r.push(opt::CLIENT_ID, agent::dhcp::client_id(mac));
         r.push(opt::REQUESTED_IP, offer.yiaddr.octets());
-        r.push(opt::SERVER_ID, offer.option(opt::SERVER_ID).unwrap_or_default());
+        r.push(
+            opt::SERVER_ID,
+            offer.option(opt::SERVER_ID).unwrap_or_default(),
+        );
         sock.send(&packet::frame(&route, &r.encode())).await?;
         let (ack, server_mac) = wait(&sock, xid, &[MsgType::Ack, MsgType::Nak]).await?;
         if ack.msg_type() == Some(MsgType::Ack) {
@@ -94,9 +123,21 @@ async fn bare(parent: &str, mac: MacAddr) -> Result<Option<(PacketSocket, Vec<u8
             let mut rel = Message::request(MsgType::Release, fastrand::u32(..), mac);
             rel.ciaddr = ack.yiaddr;
             rel.push(opt::CLIENT_ID, agent::dhcp::client_id(mac));
-            rel.push(opt::SERVER_ID, ack.option(opt::SERVER_ID).unwrap_or_default());
-            let server = ack.addr(opt::SERVER_ID).ok().flatten().unwrap_or([255; 4].into());
-            let to = Route { src_mac: mac, dst_mac: server_mac, src_ip: ack.yiaddr, dst_ip: server };
+            rel.push(
+                opt::SERVER_ID,
+                ack.option(opt::SERVER_ID).unwrap_or_default(),
+            );
+            let server = ack
+                .addr(opt::SERVER_ID)
+                .ok()
+                .flatten()
+                .unwrap_or([255; 4].into());
+            let to = Route {
+                src_mac: mac,
+                dst_mac: server_mac,
+                src_ip: ack.yiaddr,
+                dst_ip: server,
+            };
             return Ok(Some((sock, packet::frame(&to, &rel.encode()))));
         }
     }
@@ -125,7 +166,12 @@ async fn floor(lan: &DhcpLan, n: usize) -> Result<Duration> {
     let all = (0..n).map(|_| bare(&lan.parent, MacAddr::random_local()));
     let done = futures::future::join_all(all).await;
     let took = start.elapsed();
-    for (sock, release) in done.into_iter().collect::<Result<Vec<_>>>()?.into_iter().flatten() {
+    for (sock, release) in done
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+    {
         sock.send(&release).await?;
     }
     Ok(took)
@@ -135,7 +181,11 @@ async fn floor(lan: &DhcpLan, n: usize) -> Result<Duration> {
 fn peer(lan: &DhcpLan, n: usize) -> Result<Duration> {
     let links: Vec<String> = (0..n).map(|_| e2e::unique("ub")).collect();
     for l in &links {
-        e2e::sh(&format!("ip link add link {} name {l} address {} type macvlan mode bridge && ip link set {l} up", lan.parent, MacAddr::random_local()))?;
+        e2e::sh(&format!(
+            "ip link add link {} name {l} address {} type macvlan mode bridge && ip link set {l} up",
+            lan.parent,
+            MacAddr::random_local()
+        ))?;
     }
     let start = Instant::now();
     let children: Vec<_> = links
@@ -144,7 +194,22 @@ fn peer(lan: &DhcpLan, n: usize) -> Result<Duration> {
             Command::new("busybox")
                 // No -n: after a NAK or silence it tries again (-A 1), as in the field;
                 // -R gives the lease back on exit so rounds do not drain the pool.
-                .args(["udhcpc", "-f", "-q", "-R", "-t", "5", "-T", "1", "-A", "1", "-s", "/bin/true", "-i", l])
+                .args([
+                    "udhcpc",
+                    "-f",
+                    "-q",
+                    "-R",
+                    "-t",
+                    "5",
+                    "-T",
+                    "1",
+                    "-A",
+                    "1",
+                    "-s",
+                    "/bin/true",
+                    "-i",
+                    l,
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -154,7 +219,9 @@ fn peer(lan: &DhcpLan, n: usize) -> Result<Duration> {
     let mut ok = true;
     for c in children {
         let mut c = e2e::ChildGuard(Some(c));
-        ok &= c.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success());
+        ok &= c
+            .wait_timeout(Duration::from_secs(30))
+            .is_some_and(|s| s.success());
     }
     let took = start.elapsed();
     for l in &links {
@@ -168,6 +235,10 @@ fn peer(lan: &DhcpLan, n: usize) -> Result<Duration> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     e2e::kernel::private_netns();
     let mut lan = DhcpLan::new(77, 9);
     lan.start();
@@ -182,7 +253,9 @@ fn main() -> Result<()> {
 
 fn run(args: &Args, lan: &DhcpLan) -> Result<()> {
     let rt = e2e::kernel::runtime();
-    println!("| N | ours: spawn -> all Bound | floor: bare DORA | ours / floor | busybox udhcpc -q | ours / udhcpc |");
+    println!(
+        "| N | ours: spawn -> all Bound | floor: bare DORA | ours / floor | busybox udhcpc -q | ours / udhcpc |"
+    );
     println!("|---|---|---|---|---|---|");
     for &n in &args.sizes {
         let (mut a, mut f, mut p) = (Vec::new(), Vec::new(), Vec::new());

@@ -9,16 +9,25 @@ mod dhcp_support;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
-use std::sync::{Arc, Mutex};
 use agent::dhcp::packet::{Message, MsgType, opt};
 use dhcp_support::{mac, start};
 use e2e::dhcp::DhcpLan;
 use e2e::kernel::{private_netns, runtime};
+use std::sync::{Arc, Mutex};
 
 const GOOD: Ipv4Addr = Ipv4Addr::new(10, 77, 4, 60);
 
-fn reply(to: &Message, kind: MsgType, yiaddr: Ipv4Addr, edit: impl FnOnce(&mut Message)) -> Vec<u8> {
-    let mut m = Message::request(kind, to.xid, ipc::MacAddr::from_slice(&to.chaddr[..6]).unwrap());
+fn reply(
+    to: &Message,
+    kind: MsgType,
+    yiaddr: Ipv4Addr,
+    edit: impl FnOnce(&mut Message),
+) -> Vec<u8> {
+    let mut m = Message::request(
+        kind,
+        to.xid,
+        ipc::MacAddr::from_slice(&to.chaddr[..6]).unwrap(),
+    );
     m.op = 2;
     m.yiaddr = yiaddr;
     m.push(opt::SERVER_ID, [10, 77, 4, 1]);
@@ -65,7 +74,8 @@ fn answers(to: &Message, kind: MsgType) -> Vec<Vec<u8>> {
 fn hostile_server(lan: &DhcpLan) -> Arc<Mutex<Vec<Ipv4Addr>>> {
     let requested = Arc::new(Mutex::new(Vec::new()));
     let seen = requested.clone();
-    let ns = std::fs::File::open(format!("/run/netns/{}", lan.lan.name)).expect("open the LAN namespace");
+    let ns = std::fs::File::open(format!("/run/netns/{}", lan.lan.name))
+        .expect("open the LAN namespace");
     std::thread::spawn(move || {
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into the LAN");
         let sock = UdpSocket::bind("0.0.0.0:67").expect("bind :67 in the LAN");
@@ -73,7 +83,9 @@ fn hostile_server(lan: &DhcpLan) -> Arc<Mutex<Vec<Ipv4Addr>>> {
         let mut buf = [0u8; 1500];
         loop {
             let Ok(n) = sock.recv(&mut buf) else { return };
-            let Ok(m) = Message::decode(&buf[..n]) else { continue };
+            let Ok(m) = Message::decode(&buf[..n]) else {
+                continue;
+            };
             let kind = match m.msg_type() {
                 Some(MsgType::Discover) => MsgType::Offer,
                 Some(MsgType::Request) => {
@@ -110,5 +122,9 @@ fn only_the_good_reply_is_applied() {
         c.handle.stop().await;
     });
     let asked = requested.lock().unwrap().clone();
-    assert_eq!(asked, vec![GOOD], "the client requested only the good offer's address");
+    assert_eq!(
+        asked,
+        vec![GOOD],
+        "the client requested only the good offer's address"
+    );
 }

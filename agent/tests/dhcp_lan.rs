@@ -30,10 +30,18 @@ fn lease_for_the_mac_matches_dnsmasqs_lease_file() {
         assert_eq!(rec.prefix, 24);
         assert_eq!(rec.router.map(|r| r.to_string()), Some(lan.gateway()));
         assert_eq!(rec.server_id.to_string(), lan.gateway());
-        assert_eq!(rec.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(), vec![lan.gateway()]);
+        assert_eq!(
+            rec.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            vec![lan.gateway()]
+        );
         assert_eq!(rec.lease_time, 120);
-        assert_eq!(rec.client_id, format!("01{}", m.to_string().replace(':', "")));
-        let (ip, id) = lan.lease_of(&m.to_string()).expect("dnsmasq holds a lease for the MAC");
+        assert_eq!(
+            rec.client_id,
+            format!("01{}", m.to_string().replace(':', ""))
+        );
+        let (ip, id) = lan
+            .lease_of(&m.to_string())
+            .expect("dnsmasq holds a lease for the MAC");
         assert_eq!(ip, rec.address.to_string());
         assert_eq!(id, dnsmasq_client_id(m));
         c.handle.stop().await;
@@ -53,7 +61,12 @@ fn init_reboot_with_the_cached_record_keeps_the_address_without_discover() {
         let mut again = start(request(&lan, m, Some(first.clone())));
         let second = again.bound(LIMIT).await;
         assert_eq!(second.address, first.address);
-        assert_eq!(lan.log_lines("DHCPDISCOVER", &m.to_string()).len(), 1, "{}", lan.log());
+        assert_eq!(
+            lan.log_lines("DHCPDISCOVER", &m.to_string()).len(),
+            1,
+            "{}",
+            lan.log()
+        );
         assert!(second.obtained_at > first.obtained_at);
         again.handle.stop().await;
     });
@@ -70,8 +83,15 @@ fn a_cached_address_from_another_lan_gets_nak_then_a_fresh_lease() {
         stale.address = "10.99.3.77".parse().unwrap();
         let mut again = start(request(&lan, m, Some(stale)));
         let fresh = again.bound(LIMIT).await;
-        assert!(fresh.address.to_string().starts_with("10.77.1."), "{fresh:?}");
-        assert!(!lan.log_lines("DHCPNAK", &m.to_string()).is_empty(), "{}", lan.log());
+        assert!(
+            fresh.address.to_string().starts_with("10.77.1."),
+            "{fresh:?}"
+        );
+        assert!(
+            !lan.log_lines("DHCPNAK", &m.to_string()).is_empty(),
+            "{}",
+            lan.log()
+        );
         again.handle.stop().await;
     });
 }
@@ -85,13 +105,19 @@ fn release_shows_dhcprelease_and_the_lease_entry_goes() {
         let rec = c.bound(LIMIT).await;
         assert!(lan.lease_of(&m.to_string()).is_some());
         c.handle.release().await;
-        e2e::wait_for(Duration::from_secs(10), "DHCPRELEASE in dnsmasq's log", || {
-            (!lan.log_lines("DHCPRELEASE", &m.to_string()).is_empty()).then_some(())
-        });
+        e2e::wait_for(
+            Duration::from_secs(10),
+            "DHCPRELEASE in dnsmasq's log",
+            || (!lan.log_lines("DHCPRELEASE", &m.to_string()).is_empty()).then_some(()),
+        );
         e2e::wait_for(Duration::from_secs(10), "the lease entry to go", || {
             lan.lease_of(&m.to_string()).is_none().then_some(())
         });
-        assert!(lan.log_lines("DHCPRELEASE", &rec.address.to_string()).len() == 1, "{}", lan.log());
+        assert!(
+            lan.log_lines("DHCPRELEASE", &rec.address.to_string()).len() == 1,
+            "{}",
+            lan.log()
+        );
     });
 }
 
@@ -108,18 +134,26 @@ fn no_server_is_pending_with_backoff_then_bound_once_dnsmasq_starts() {
             match c.next(LIMIT).await {
                 DhcpUpdate::Pending { reason, next_try } => {
                     assert_eq!(reason, "no DHCP offer");
-                    let d = next_try.duration_since(SystemTime::now()).unwrap_or_default();
+                    let d = next_try
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
                     delays.push(d);
                 }
                 other => panic!("expected Pending, got {other:?}"),
             }
         }
         // opts(): 1 s doubling, capped at 4 s, +-30 % jitter.
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(4)), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(4)),
+            "{delays:?}"
+        );
         assert!(delays[2] > delays[0], "backoff grows: {delays:?}");
         lan.start();
         let rec = c.bound(LIMIT).await;
-        assert_eq!(lan.lease_of(&m.to_string()).map(|l| l.0), Some(rec.address.to_string()));
+        assert_eq!(
+            lan.lease_of(&m.to_string()).map(|l| l.0),
+            Some(rec.address.to_string())
+        );
         c.handle.stop().await;
     });
 }
@@ -133,8 +167,14 @@ fn two_macs_on_one_parent_get_distinct_leases() {
         let mut b = start(request(&lan, m2, None));
         let (ra, rb) = (a.bound(LIMIT).await, b.bound(LIMIT).await);
         assert_ne!(ra.address, rb.address);
-        assert_eq!(lan.lease_of(&m1.to_string()).map(|l| l.0), Some(ra.address.to_string()));
-        assert_eq!(lan.lease_of(&m2.to_string()).map(|l| l.0), Some(rb.address.to_string()));
+        assert_eq!(
+            lan.lease_of(&m1.to_string()).map(|l| l.0),
+            Some(ra.address.to_string())
+        );
+        assert_eq!(
+            lan.lease_of(&m2.to_string()).map(|l| l.0),
+            Some(rb.address.to_string())
+        );
         a.handle.stop().await;
         b.handle.stop().await;
     });
@@ -156,7 +196,10 @@ fn a_lan_change_releases_the_old_lease_and_binds_on_the_new_subnet() {
         lan.renumber(88, 5);
         let mut c = start(request(&lan, m, None));
         let new = c.bound(LIMIT).await;
-        assert!(new.address.to_string().starts_with("10.88.5."), "{new:?} after {old:?}");
+        assert!(
+            new.address.to_string().starts_with("10.88.5."),
+            "{new:?} after {old:?}"
+        );
         assert_eq!(new.router.map(|r| r.to_string()), Some(lan.gateway()));
         c.handle.stop().await;
     });

@@ -16,7 +16,10 @@ use e2e::{Netns, must};
 fn short_lan() -> DhcpLan {
     private_netns();
     let mut lan = DhcpLan::new(77, 3);
-    lan.extra = vec!["--dhcp-option=option:T1,6".into(), "--dhcp-option=option:T2,12".into()];
+    lan.extra = vec![
+        "--dhcp-option=option:T1,6".into(),
+        "--dhcp-option=option:T2,12".into(),
+    ];
     lan.start();
     lan
 }
@@ -38,8 +41,16 @@ async fn renews_at_t1(lan: &DhcpLan, m: ipc::MacAddr, on_bound: impl FnOnce(&Lea
         after >= Duration::from_secs(5) && after < Duration::from_millis(11_500),
         "renewed {after:?} after binding: RENEW at T1 (6 s) expected, not REBIND at T2 (12 s)"
     );
-    assert_eq!(lan.log_lines("DHCPACK", &m.to_string()).len(), 2, "{}", lan.log());
-    assert_eq!(lan.lease_of(&m.to_string()).map(|l| l.0), Some(rec.address.to_string()));
+    assert_eq!(
+        lan.log_lines("DHCPACK", &m.to_string()).len(),
+        2,
+        "{}",
+        lan.log()
+    );
+    assert_eq!(
+        lan.lease_of(&m.to_string()).map(|l| l.0),
+        Some(rec.address.to_string())
+    );
     c.handle.stop().await;
 }
 

@@ -33,7 +33,10 @@ pub fn require_dnsmasq() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "this test needs dnsmasq: apt-get install dnsmasq-base (.ci/run does)");
+    assert!(
+        ok,
+        "this test needs dnsmasq: apt-get install dnsmasq-base (.ci/run does)"
+    );
 }
 
 impl DhcpLan {
@@ -44,12 +47,23 @@ impl DhcpLan {
         let lan = Netns::new();
         let parent = unique("dp");
         let peer = unique("dq");
-        must(&format!("ip link add {parent} type veth peer name {peer} netns {}", lan.name));
+        must(&format!(
+            "ip link add {parent} type veth peer name {peer} netns {}",
+            lan.name
+        ));
         must(&format!("ip link set {parent} up"));
         let prefix = format!("10.{a}.{b}");
         lan.must_ip(&format!("addr add {prefix}.1/24 dev {peer}"));
         lan.must_ip(&format!("link set {peer} up"));
-        DhcpLan { lan, parent, peer, prefix, dir: TempDir::new("dhcp"), server: None, extra: Vec::new() }
+        DhcpLan {
+            lan,
+            parent,
+            peer,
+            prefix,
+            dir: TempDir::new("dhcp"),
+            server: None,
+            extra: Vec::new(),
+        }
     }
 
     pub fn gateway(&self) -> String {
@@ -88,9 +102,13 @@ impl DhcpLan {
             &format!("--log-facility={}", self.log_file().display()),
             &format!("--pid-file={}", pid.display()),
         ]);
-        c.args(&self.extra).stdout(Stdio::null()).stderr(Stdio::inherit());
+        c.args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
         self.server = Some(ChildGuard(Some(c.spawn().expect("spawn dnsmasq"))));
-        wait_for(Duration::from_secs(10), "dnsmasq's pid file", || pid.exists().then_some(()));
+        wait_for(Duration::from_secs(10), "dnsmasq's pid file", || {
+            pid.exists().then_some(())
+        });
     }
 
     /// Stops dnsmasq (its lease file stays).
@@ -138,7 +156,8 @@ impl DhcpLan {
         self.stop();
         self.lan.must_ip(&format!("addr flush dev {}", self.peer));
         self.prefix = format!("10.{a}.{b}");
-        self.lan.must_ip(&format!("addr add {}.1/24 dev {}", self.prefix, self.peer));
+        self.lan
+            .must_ip(&format!("addr add {}.1/24 dev {}", self.prefix, self.peer));
         self.start();
     }
 }

@@ -56,7 +56,16 @@ impl Client {
         updates: mpsc::Sender<DhcpEvent>,
     ) -> Self {
         let backoff = Backoff::new(opts.retry_min, opts.retry_max);
-        Client { req, opts, updates, sock: None, held: None, reported: None, backoff, quick_naks: 0 }
+        Client {
+            req,
+            opts,
+            updates,
+            sock: None,
+            held: None,
+            reported: None,
+            backoff,
+            quick_naks: 0,
+        }
     }
 
     pub(super) async fn run(&mut self) {
@@ -74,7 +83,10 @@ impl Client {
     }
 
     async fn emit(&self, update: DhcpUpdate) {
-        let ev = DhcpEvent { key: self.req.key.clone(), update };
+        let ev = DhcpEvent {
+            key: self.req.key.clone(),
+            update,
+        };
         // A closed channel means nobody wants our news; the lease is still kept.
         let _ = self.updates.send(ev).await;
     }
@@ -92,7 +104,12 @@ impl Client {
         m.push(opt::CLIENT_ID, client_id(self.req.mac));
         if matches!(kind, MsgType::Discover | MsgType::Request) {
             m.push(opt::MAX_SIZE, 1500u16.to_be_bytes());
-            if let Some(h) = self.req.hostname.as_deref().filter(|h| !h.is_empty() && h.len() < 64) {
+            if let Some(h) = self
+                .req
+                .hostname
+                .as_deref()
+                .filter(|h| !h.is_empty() && h.len() < 64)
+            {
                 m.push(opt::HOSTNAME, h.as_bytes());
             }
             m.push(opt::PARAM_LIST, [1u8, 3, 6, 15, 28, 51, 54, 58, 59]);
@@ -101,7 +118,12 @@ impl Client {
     }
 
     fn broadcast(&self, src_ip: Ipv4Addr) -> Route {
-        Route { src_mac: self.req.mac, dst_mac: BROADCAST_MAC, src_ip, dst_ip: Ipv4Addr::BROADCAST }
+        Route {
+            src_mac: self.req.mac,
+            dst_mac: BROADCAST_MAC,
+            src_ip,
+            dst_ip: Ipv4Addr::BROADCAST,
+        }
     }
 
     async fn init(&mut self) -> Step {
@@ -109,7 +131,10 @@ impl Client {
         let discover = self.base(MsgType::Discover, xid);
         let waits = self.opts.discover_waits.clone();
         let route = self.broadcast(Ipv4Addr::UNSPECIFIED);
-        let offer = match self.exchange(&discover, route, xid, &waits, MsgType::Offer).await {
+        let offer = match self
+            .exchange(&discover, route, xid, &waits, MsgType::Offer)
+            .await
+        {
             Ok(Outcome::Reply(offer, _)) => offer,
             Ok(_) => {
                 self.pending("no DHCP offer".into()).await;
@@ -123,7 +148,8 @@ impl Client {
         let mut request = self.base(MsgType::Request, xid);
         request.push(opt::REQUESTED_IP, offer.address.octets());
         request.push(opt::SERVER_ID, offer.server_id.octets());
-        self.request(request, route, xid, "no DHCP ACK for the offered address").await
+        self.request(request, route, xid, "no DHCP ACK for the offered address")
+            .await
     }
 
     async fn reboot(&mut self, cached: LeaseRecord) -> Step {
@@ -133,7 +159,10 @@ impl Client {
         tracing::info!(key = %self.req.key, address = %cached.address, "DHCP INIT-REBOOT with the cached address");
         let route = self.broadcast(Ipv4Addr::UNSPECIFIED);
         let waits = self.opts.request_waits.clone();
-        match self.exchange(&request, route, xid, &waits, MsgType::Ack).await {
+        match self
+            .exchange(&request, route, xid, &waits, MsgType::Ack)
+            .await
+        {
             Ok(Outcome::Reply(ack, mac)) => self.bind(ack, mac).await,
             Ok(Outcome::Nak(msg)) => {
                 tracing::info!(key = %self.req.key, address = %cached.address, %msg, "cached address refused (NAK); starting over");
@@ -146,7 +175,10 @@ impl Client {
     /// Sends a selecting REQUEST; binds on ACK, else back to INIT after a pause.
     async fn request(&mut self, request: Message, route: Route, xid: u32, silent: &str) -> Step {
         let waits = self.opts.request_waits.clone();
-        match self.exchange(&request, route, xid, &waits, MsgType::Ack).await {
+        match self
+            .exchange(&request, route, xid, &waits, MsgType::Ack)
+            .await
+        {
             Ok(Outcome::Reply(ack, mac)) => self.bind(ack, mac).await,
             // Two clients offered the same free address: the second REQUEST is
             // NAKed ("address in use"). Start over at once, a few times, before the
@@ -181,14 +213,20 @@ impl Client {
             DhcpUpdate::Bound(rec.clone())
         };
         self.reported = Some(rec.address);
-        self.held = Some(Held { rec, since: Instant::now(), server_mac });
+        self.held = Some(Held {
+            rec,
+            since: Instant::now(),
+            server_mac,
+        });
         self.emit(update).await;
         Step::Bound
     }
 
     /// Waits for T1, renews until T2, rebinds until expiry.
     async fn keep(&mut self) -> Step {
-        let Some(held) = self.held.as_ref() else { return Step::Init };
+        let Some(held) = self.held.as_ref() else {
+            return Step::Init;
+        };
         let rec = held.rec.clone();
         let t1 = held.since + Duration::from_secs(rec.t1.into());
         let t2 = held.since + Duration::from_secs(rec.t2.into());
@@ -198,15 +236,24 @@ impl Client {
         let xid = fastrand::u32(..);
         let mut renew = self.base(MsgType::Request, xid);
         renew.ciaddr = rec.address;
-        let unicast = Route { src_mac: self.req.mac, dst_mac: server_mac, src_ip: rec.address, dst_ip: rec.server_id };
-        let mut outcome = self.exchange(&renew, unicast, xid, &self.schedule(t2), MsgType::Ack).await;
+        let unicast = Route {
+            src_mac: self.req.mac,
+            dst_mac: server_mac,
+            src_ip: rec.address,
+            dst_ip: rec.server_id,
+        };
+        let mut outcome = self
+            .exchange(&renew, unicast, xid, &self.schedule(t2), MsgType::Ack)
+            .await;
         if matches!(outcome, Ok(Outcome::Silence) | Err(_)) {
             tracing::info!(key = %self.req.key, address = %rec.address, "no answer to RENEW by T2; rebinding");
             let xid = fastrand::u32(..);
             let mut rebind = self.base(MsgType::Request, xid);
             rebind.ciaddr = rec.address;
             let route = self.broadcast(rec.address);
-            outcome = self.exchange(&rebind, route, xid, &self.schedule(end), MsgType::Ack).await;
+            outcome = self
+                .exchange(&rebind, route, xid, &self.schedule(end), MsgType::Ack)
+                .await;
         }
         let reason = match outcome {
             Ok(Outcome::Reply(ack, mac)) => return self.bind(ack, mac).await,
@@ -266,21 +313,31 @@ impl Client {
         let result = async {
             let sock = self.socket()?;
             for wait in waits {
-                sock.send(&frame).await.map_err(|e| format!("cannot send on {parent}: {e}"))?;
+                sock.send(&frame)
+                    .await
+                    .map_err(|e| format!("cannot send on {parent}: {e}"))?;
                 let deadline = tokio::time::Instant::now() + *wait;
-                while let Ok(r) = tokio::time::timeout_at(deadline, recv_one(sock, xid, mac, arp_for)).await {
+                while let Ok(r) =
+                    tokio::time::timeout_at(deadline, recv_one(sock, xid, mac, arp_for)).await
+                {
                     match r.map_err(|e| format!("cannot receive on {parent}: {e}"))? {
                         Ok((reply, kind, from)) if kind == want => {
                             match lease_of(&reply, mac, &parent, SystemTime::now()) {
                                 Ok(rec) => return Ok(Outcome::Reply(rec, from)),
-                                Err(e) => tracing::warn!(%key, ?kind, reason = %e, "DHCP reply refused"),
+                                Err(e) => {
+                                    tracing::warn!(%key, ?kind, reason = %e, "DHCP reply refused")
+                                }
                             }
                         }
                         Ok((reply, MsgType::Nak, _)) => {
-                            let msg = reply.option(opt::MESSAGE).map(|v| String::from_utf8_lossy(&v).into_owned());
+                            let msg = reply
+                                .option(opt::MESSAGE)
+                                .map(|v| String::from_utf8_lossy(&v).into_owned());
                             return Ok(Outcome::Nak(msg.unwrap_or_else(|| "no message".into())));
                         }
-                        Ok((_, kind, _)) => tracing::debug!(%key, ?kind, "DHCP reply of another kind ignored"),
+                        Ok((_, kind, _)) => {
+                            tracing::debug!(%key, ?kind, "DHCP reply of another kind ignored")
+                        }
                         Err(Refused::Xid { .. } | Refused::OtherClient(_)) => {}
                         Err(e) => tracing::warn!(%key, reason = %e, "DHCP reply ignored"),
                     }
@@ -302,15 +359,24 @@ impl Client {
         let mut m = self.base(MsgType::Release, fastrand::u32(..));
         m.ciaddr = held.rec.address;
         m.push(opt::SERVER_ID, held.rec.server_id.octets());
-        let route = Route { src_mac: self.req.mac, dst_mac: held.server_mac, src_ip: held.rec.address, dst_ip: held.rec.server_id };
+        let route = Route {
+            src_mac: self.req.mac,
+            dst_mac: held.server_mac,
+            src_ip: held.rec.address,
+            dst_ip: held.rec.server_id,
+        };
         let frame = packet::frame(&route, &m.encode());
         let sent = match self.socket() {
             Ok(s) => s.send(&frame).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         match sent {
-            Ok(()) => tracing::info!(key = %self.req.key, address = %held.rec.address, "DHCP lease released"),
-            Err(e) => tracing::warn!(key = %self.req.key, address = %held.rec.address, error = %e, "DHCPRELEASE not sent; the lease will expire on the server"),
+            Ok(()) => {
+                tracing::info!(key = %self.req.key, address = %held.rec.address, "DHCP lease released")
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.req.key, address = %held.rec.address, error = %e, "DHCPRELEASE not sent; the lease will expire on the server")
+            }
         }
     }
 }
@@ -331,7 +397,9 @@ async fn recv_one(
             sock.send(&reply).await?;
             continue;
         }
-        let Ok((from, payload)) = packet::unframe(f) else { continue };
+        let Ok((from, payload)) = packet::unframe(f) else {
+            continue;
+        };
         let checked = Message::decode(payload)
             .map_err(Refused::from)
             .and_then(|m| check_reply(&m, xid, mac).map(|k| (m, k, from)));

@@ -104,7 +104,11 @@ pub enum Refused {
     #[error("address {addr} is the network or broadcast address of /{prefix}")]
     NetworkOrBroadcast { addr: Ipv4Addr, prefix: u8 },
     #[error("router {router} is outside {addr}/{prefix}")]
-    RouterOutside { router: Ipv4Addr, addr: Ipv4Addr, prefix: u8 },
+    RouterOutside {
+        router: Ipv4Addr,
+        addr: Ipv4Addr,
+        prefix: u8,
+    },
 }
 
 /// Checks that `m` answers our transaction `xid` for `mac`; returns its type.
@@ -113,7 +117,10 @@ pub fn check_reply(m: &Message, xid: u32, mac: MacAddr) -> Result<MsgType, Refus
         return Err(Refused::NotReply);
     }
     if m.xid != xid {
-        return Err(Refused::Xid { got: m.xid, want: xid });
+        return Err(Refused::Xid {
+            got: m.xid,
+            want: xid,
+        });
     }
     if m.chaddr[..6] != mac.octets() {
         return Err(Refused::OtherClient(hex(&m.chaddr[..6])));
@@ -154,7 +161,11 @@ pub fn lease_of(
     let router = m.addrs(opt::ROUTER)?.first().copied();
     if let Some(r) = router {
         if u32::from(r) & bits != a & bits || r == addr {
-            return Err(Refused::RouterOutside { router: r, addr, prefix });
+            return Err(Refused::RouterOutside {
+                router: r,
+                addr,
+                prefix,
+            });
         }
     }
     let lease_time = m.u32(opt::LEASE_TIME)?.ok_or(Refused::NoLeaseTime)?;
@@ -184,6 +195,8 @@ fn timers(lease: u32, t1: Option<u32>, t2: Option<u32>) -> (u32, u32) {
     let d1 = lease / 2;
     let d2 = (u64::from(lease) * 7 / 8) as u32;
     let t2 = t2.filter(|&t| t > 0 && t < lease).unwrap_or(d2);
-    let t1 = t1.filter(|&t| t > 0 && t < t2).unwrap_or(d1.min(t2.saturating_sub(1)).max(1));
+    let t1 = t1
+        .filter(|&t| t > 0 && t < t2)
+        .unwrap_or(d1.min(t2.saturating_sub(1)).max(1));
     (t1, t2.max(t1))
 }

@@ -27,6 +27,7 @@
 //! client, `spawn` a new one without a cache.
 
 mod client;
+mod frame;
 mod lease;
 pub mod packet;
 pub mod socket;
@@ -62,7 +63,10 @@ pub enum DhcpUpdate {
     /// The lease was extended with the same address (the runtime stays attached).
     Renewed(LeaseRecord),
     /// No lease yet: why, and when the next try starts.
-    Pending { reason: String, next_try: SystemTime },
+    Pending {
+        reason: String,
+        next_try: SystemTime,
+    },
     /// The lease ended (NAK or expiry); the client starts over by itself.
     Lost { reason: String },
 }
@@ -138,7 +142,13 @@ pub fn spawn(
     updates: mpsc::Sender<DhcpEvent>,
     shutdown: CancellationToken,
 ) -> DhcpHandle {
-    spawn_on(&tokio::runtime::Handle::current(), req, ClientOptions::default(), updates, shutdown)
+    spawn_on(
+        &tokio::runtime::Handle::current(),
+        req,
+        ClientOptions::default(),
+        updates,
+        shutdown,
+    )
 }
 
 /// Starts a client on `rt`, whose threads are in the parent's network namespace.
@@ -164,9 +174,13 @@ pub fn spawn_on(
             c.release().await;
         }
     });
-    DhcpHandle { key, cancel, release: Some(release_tx), task }
+    DhcpHandle {
+        key,
+        cancel,
+        release: Some(release_tx),
+        task,
+    }
 }
-
 
 #[cfg(test)]
 mod tests;

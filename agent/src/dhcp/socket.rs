@@ -106,7 +106,13 @@ impl PacketSocket {
             len: prog.len() as u16,
             filter: prog.as_ptr() as *mut _,
         };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog, "attach BPF filter")?;
+        setsockopt(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &fprog,
+            "attach BPF filter",
+        )?;
         let sa = link_addr(ifindex, ETH_P_ALL, [0; 6]);
         // SAFETY: `sa` is a valid sockaddr_ll of the size given.
         check(
@@ -125,16 +131,19 @@ impl PacketSocket {
         mr.mr_type = libc::PACKET_MR_UNICAST as u16;
         mr.mr_alen = 6;
         mr.mr_address[..6].copy_from_slice(&mac.octets());
-        if let Err(e) = setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mr, "unicast membership") {
+        if let Err(e) = setsockopt(
+            &fd,
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            &mr,
+            "unicast membership",
+        ) {
             tracing::warn!(%parent, %mac, error = %e, "cannot add the vNIC MAC to the parent's unicast filter; replies may be missed on a filtering NIC");
         }
         // SAFETY: the OwnedFd is moved into the AsyncFd and closed only when it drops
         // (after deregistration), the condition `register` asks for.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
-        Ok(PacketSocket {
-            fd,
-            ifindex,
-        })
+        Ok(PacketSocket { fd, ifindex })
     }
 
     /// Sends one Ethernet frame (`frame[0..6]` is its destination).
@@ -155,7 +164,11 @@ impl PacketSocket {
                         std::mem::size_of::<libc::sockaddr_ll>() as u32,
                     )
                 };
-                if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
             });
             if let Ok(r) = r {
                 return r;

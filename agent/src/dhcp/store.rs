@@ -114,7 +114,9 @@ impl LeaseStore {
         let mut bytes = serde_json::to_vec_pretty(leases)?;
         bytes.push(b'\n');
         fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
-        let tmp = self.dir.join(format!(".{LEASE_FILE}.tmp-{}", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{LEASE_FILE}.tmp-{}", std::process::id()));
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)

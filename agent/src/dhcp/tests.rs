@@ -50,7 +50,10 @@ fn a_good_ack_gives_the_lease_with_udhcpc_client_id_and_default_timers() {
     let m = ack(|_| {});
     assert_eq!(check_reply(&m, XID, mac()), Ok(MsgType::Ack));
     let r = lease_of(&m, mac(), "eth0", SystemTime::now()).unwrap();
-    assert_eq!((r.address, r.prefix, r.router), (ip("10.77.1.50"), 24, Some(ip("10.77.1.1"))));
+    assert_eq!(
+        (r.address, r.prefix, r.router),
+        (ip("10.77.1.50"), 24, Some(ip("10.77.1.1")))
+    );
     assert_eq!(r.dns, vec![ip("10.77.1.1"), ip("9.9.9.9")]);
     assert_eq!((r.lease_time, r.t1, r.t2), (3600, 1800, 3150));
     assert_eq!(r.client_id, "0102aabbccdd01");
@@ -106,12 +109,20 @@ fn a_router_outside_the_subnet_is_refused() {
     let m = ack(|m| set(m, opt::ROUTER, &ip("10.77.2.1").octets()));
     assert!(matches!(refusal(&m), Refused::RouterOutside { .. }));
     let m = ack(|m| set(m, opt::ROUTER, &ip("10.77.1.50").octets()));
-    assert!(matches!(refusal(&m), Refused::RouterOutside { .. }), "router = our own address");
+    assert!(
+        matches!(refusal(&m), Refused::RouterOutside { .. }),
+        "router = our own address"
+    );
 }
 
 #[test]
 fn network_broadcast_and_unusable_addresses_are_refused() {
-    for (a, want) in [("10.77.1.0", true), ("10.77.1.255", true), ("0.0.0.0", false), ("224.0.0.9", false)] {
+    for (a, want) in [
+        ("10.77.1.0", true),
+        ("10.77.1.255", true),
+        ("0.0.0.0", false),
+        ("224.0.0.9", false),
+    ] {
         let m = ack(|m| m.yiaddr = ip(a));
         match refusal(&m) {
             Refused::NetworkOrBroadcast { .. } => assert!(want, "{a}"),
@@ -124,9 +135,15 @@ fn network_broadcast_and_unusable_addresses_are_refused() {
 #[test]
 fn options_of_the_wrong_length_are_malformed() {
     let m = ack(|m| set(m, opt::SERVER_ID, &[10, 77, 1, 1, 9]));
-    assert_eq!(refusal(&m), Refused::Malformed(DecodeError::BadLength(opt::SERVER_ID, 5)));
+    assert_eq!(
+        refusal(&m),
+        Refused::Malformed(DecodeError::BadLength(opt::SERVER_ID, 5))
+    );
     let m = ack(|m| set(m, opt::DNS, &[1, 2, 3]));
-    assert!(matches!(refusal(&m), Refused::Malformed(DecodeError::BadLength(opt::DNS, 3))));
+    assert!(matches!(
+        refusal(&m),
+        Refused::Malformed(DecodeError::BadLength(opt::DNS, 3))
+    ));
 }
 
 #[test]
@@ -136,11 +153,20 @@ fn option_overflow_missing_end_and_short_messages_fail_to_decode() {
     // An option claiming more bytes than the message holds.
     let mut b = good[..opts_at].to_vec();
     b.extend_from_slice(&[opt::MSG_TYPE, 1, 5, opt::ROUTER, 200, 10, 0]);
-    assert!(matches!(Message::decode(&b), Err(DecodeError::Overflow { code: opt::ROUTER, .. })));
+    assert!(matches!(
+        Message::decode(&b),
+        Err(DecodeError::Overflow {
+            code: opt::ROUTER,
+            ..
+        })
+    ));
     // A length byte cut off at the end.
     let mut b = good[..opts_at].to_vec();
     b.extend_from_slice(&[opt::MSG_TYPE, 1, 5, opt::ROUTER]);
-    assert!(matches!(Message::decode(&b), Err(DecodeError::Overflow { .. })));
+    assert!(matches!(
+        Message::decode(&b),
+        Err(DecodeError::Overflow { .. })
+    ));
     let mut b = good[..opts_at].to_vec();
     b.extend_from_slice(&[opt::MSG_TYPE, 1, 5]);
     assert_eq!(Message::decode(&b), Err(DecodeError::NoEnd("options")));
@@ -165,7 +191,10 @@ fn overloaded_file_and_sname_fields_are_read_and_checked() {
     assert_eq!(m.addr(opt::ROUTER), Ok(Some(ip("10.77.1.1"))));
     // An overload whose field overflows is malformed.
     b[108..111].copy_from_slice(&[opt::ROUTER, 200, 10]);
-    assert!(matches!(Message::decode(&b), Err(DecodeError::Overflow { field: "file", .. })));
+    assert!(matches!(
+        Message::decode(&b),
+        Err(DecodeError::Overflow { field: "file", .. })
+    ));
 }
 
 #[test]
@@ -185,7 +214,8 @@ fn random_and_truncated_input_never_panics() {
         }
         if let Ok((_, payload)) = packet::unframe(&f) {
             if let Ok(m) = Message::decode(payload) {
-                let _ = check_reply(&m, XID, mac()).and_then(|_| lease_of(&m, mac(), "e", SystemTime::now()));
+                let _ = check_reply(&m, XID, mac())
+                    .and_then(|_| lease_of(&m, mac(), "e", SystemTime::now()));
             }
         }
         let _ = packet::arp_reply(&f, ip("10.77.1.50"), mac());
@@ -193,7 +223,12 @@ fn random_and_truncated_input_never_panics() {
 }
 
 fn route() -> Route {
-    Route { src_mac: mac(), dst_mac: [0xff; 6], src_ip: ip("10.77.1.50"), dst_ip: ip("10.77.1.1") }
+    Route {
+        src_mac: mac(),
+        dst_mac: [0xff; 6],
+        src_ip: ip("10.77.1.50"),
+        dst_ip: ip("10.77.1.1"),
+    }
 }
 
 /// A frame as a server sends it to the client port (our `frame` sends to 67).
@@ -212,13 +247,22 @@ fn frames_round_trip_and_broken_headers_are_rejected() {
     assert_eq!(from, mac().octets());
     assert_eq!(p, &payload[..]);
     // Our own requests go to the server port: not for us.
-    assert_eq!(packet::unframe(&packet::frame(&route(), &payload)), Err(DecodeError::NotDhcpFrame));
+    assert_eq!(
+        packet::unframe(&packet::frame(&route(), &payload)),
+        Err(DecodeError::NotDhcpFrame)
+    );
     let mut bad = f.clone();
     bad[14 + 8] ^= 1; // TTL: the header checksum no longer holds
-    assert_eq!(packet::unframe(&bad), Err(DecodeError::BadIp("header checksum")));
+    assert_eq!(
+        packet::unframe(&bad),
+        Err(DecodeError::BadIp("header checksum"))
+    );
     let mut bad = f.clone();
     bad[14 + 2..14 + 4].copy_from_slice(&9000u16.to_be_bytes());
-    assert_eq!(packet::unframe(&bad), Err(DecodeError::BadIp("total length")));
+    assert_eq!(
+        packet::unframe(&bad),
+        Err(DecodeError::BadIp("total length"))
+    );
     assert_eq!(packet::unframe(&f[..30]), Err(DecodeError::NotDhcpFrame));
 }
 
@@ -246,12 +290,19 @@ fn requests_encode_client_id_and_split_long_options() {
     assert!(b.len() >= 300);
     let d = Message::decode(&b).unwrap();
     assert_eq!(d.msg_type(), Some(MsgType::Discover));
-    assert_eq!(d.option(opt::CLIENT_ID), Some(vec![1, 2, 0xaa, 0xbb, 0xcc, 0xdd, 1]));
+    assert_eq!(
+        d.option(opt::CLIENT_ID),
+        Some(vec![1, 2, 0xaa, 0xbb, 0xcc, 0xdd, 1])
+    );
     assert_eq!(d.option(200).map(|v| v.len()), Some(300));
 }
 
 fn temp_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("dhcp-store-{}-{}", std::process::id(), fastrand::u32(..)));
+    let d = std::env::temp_dir().join(format!(
+        "dhcp-store-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -265,10 +316,14 @@ fn the_store_round_trips_records_as_rfc3339_json() {
     let reopened = LeaseStore::open(&dir);
     let got = reopened.get("rt/eth1").unwrap();
     // Kept to the millisecond.
-    let drift = rec.obtained_at.duration_since(got.obtained_at).unwrap_or_default();
+    let drift = rec
+        .obtained_at
+        .duration_since(got.obtained_at)
+        .unwrap_or_default();
     assert!(drift < Duration::from_millis(1));
     assert_eq!(got.address, rec.address);
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(LEASE_FILE)).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(LEASE_FILE)).unwrap()).unwrap();
     let at = json["rt/eth1"]["obtained_at"].as_str().unwrap();
     assert!(at.ends_with('Z') && at.contains('T'), "{at}");
     assert_eq!(json["rt/eth1"]["mac"], "02:aa:bb:cc:dd:01");

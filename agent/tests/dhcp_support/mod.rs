@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use agent::dhcp::{ClientOptions, DhcpEvent, DhcpHandle, DhcpUpdate, LeaseRecord, LeaseRequest, spawn_on};
+use agent::dhcp::{
+    ClientOptions, DhcpEvent, DhcpHandle, DhcpUpdate, LeaseRecord, LeaseRequest, spawn_on,
+};
 use e2e::dhcp::DhcpLan;
 use ipc::MacAddr;
 use tokio::sync::mpsc;
@@ -41,7 +43,13 @@ pub struct Client {
 /// which holds the parent).
 pub fn start(req: LeaseRequest) -> Client {
     let (tx, rx) = mpsc::channel(16);
-    let handle = spawn_on(&tokio::runtime::Handle::current(), req, opts(), tx, CancellationToken::new());
+    let handle = spawn_on(
+        &tokio::runtime::Handle::current(),
+        req,
+        opts(),
+        tx,
+        CancellationToken::new(),
+    );
     Client { handle, rx }
 }
 
