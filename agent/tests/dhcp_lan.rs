@@ -204,3 +204,33 @@ fn a_lan_change_releases_the_old_lease_and_binds_on_the_new_subnet() {
         c.handle.stop().await;
     });
 }
+
+#[test]
+fn a_missing_parent_is_pending_with_the_reason_and_binds_once_it_appears() {
+    let (lan, rt) = lan();
+    rt.block_on(async {
+        let m = mac();
+        let mut req = request(&lan, m, None);
+        req.parent = e2e::unique("gone");
+        let late = req.parent.clone();
+        let mut c = start(req);
+        match c.next(LIMIT).await {
+            DhcpUpdate::Pending { reason, .. } => assert!(
+                reason.contains(&late) && reason.contains("no link"),
+                "{reason}"
+            ),
+            other => panic!("expected Pending, got {other:?}"),
+        }
+        // The parent appears: the LAN's link is renamed to the awaited name.
+        let p = &lan.parent;
+        e2e::must(&format!(
+            "ip link set {p} down && ip link set {p} name {late} && ip link set {late} up"
+        ));
+        let rec = c.bound(LIMIT).await;
+        assert_eq!(
+            lan.lease_of(&m.to_string()).map(|l| l.0),
+            Some(rec.address.to_string())
+        );
+        c.handle.stop().await;
+    });
+}

@@ -83,3 +83,37 @@ fn renews_at_t1_with_a_macvlan_child_holding_the_mac_in_another_namespace() {
     };
     runtime().block_on(renews_at_t1(&lan, m, attach));
 }
+
+/// The server now reserves another address for the MAC: the RENEW at T1 is NAKed,
+/// the client reports Lost and binds the new address (Bound, not Renewed).
+#[test]
+fn a_nak_to_the_renewal_loses_the_lease_then_binds_the_new_address() {
+    let mut lan = short_lan();
+    runtime().block_on(async {
+        let m = mac();
+        let mut c = start(request(&lan, m, None));
+        let rec = c.bound(Duration::from_secs(30)).await;
+        let other = if rec.address.octets()[3] == 140 {
+            141
+        } else {
+            140
+        };
+        let reserved = format!("{}.{other}", lan.prefix);
+        lan.stop();
+        lan.extra.push(format!("--dhcp-host={m},{reserved}"));
+        lan.extra.push("--dhcp-authoritative".into());
+        lan.start();
+        match c.next(Duration::from_secs(30)).await {
+            DhcpUpdate::Lost { reason } => assert!(reason.contains("NAK"), "{reason}"),
+            other => panic!("expected Lost, got {other:?}"),
+        }
+        let new = c.bound(Duration::from_secs(30)).await;
+        assert_eq!(new.address.to_string(), reserved);
+        assert!(
+            !lan.log_lines("DHCPNAK", &m.to_string()).is_empty(),
+            "{}",
+            lan.log()
+        );
+        c.handle.stop().await;
+    });
+}
