@@ -234,3 +234,34 @@ fn a_missing_parent_is_pending_with_the_reason_and_binds_once_it_appears() {
         c.handle.stop().await;
     });
 }
+
+#[test]
+fn with_the_server_down_init_reboot_is_retried_until_it_answers() {
+    let (mut lan, rt) = lan();
+    rt.block_on(async {
+        let m = mac();
+        let mut c = start(request(&lan, m, None));
+        let first = c.bound(LIMIT).await;
+        c.handle.stop().await;
+        lan.stop();
+        let mut again = start(request(&lan, m, Some(first.clone())));
+        for _ in 0..2 {
+            match again.next(LIMIT).await {
+                DhcpUpdate::Pending { reason, .. } => {
+                    assert_eq!(reason, "no DHCP answer to INIT-REBOOT")
+                }
+                other => panic!("expected Pending, got {other:?}"),
+            }
+        }
+        lan.start();
+        let second = again.bound(LIMIT).await;
+        assert_eq!(second.address, first.address);
+        assert_eq!(
+            lan.log_lines("DHCPDISCOVER", &m.to_string()).len(),
+            1,
+            "{}",
+            lan.log()
+        );
+        again.handle.stop().await;
+    });
+}

@@ -168,6 +168,13 @@ impl Client {
                 tracing::info!(key = %self.req.key, address = %cached.address, %msg, "cached address refused (NAK); starting over");
                 Step::Init
             }
+            // No server answers (yet): ask for the same address again while the
+            // cached lease runs, so a server that comes back later still sees
+            // INIT-REBOOT first.
+            Ok(Outcome::Silence) | Err(_) if cached.expires_at() > SystemTime::now() => {
+                self.pending("no DHCP answer to INIT-REBOOT".into()).await;
+                Step::Reboot(cached)
+            }
             _ => Step::Init,
         }
     }
