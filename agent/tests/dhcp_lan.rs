@@ -265,3 +265,24 @@ fn with_the_server_down_init_reboot_is_retried_until_it_answers() {
         again.handle.stop().await;
     });
 }
+
+#[test]
+fn a_client_socket_receives_no_dhcp_reply_for_another_mac() {
+    let (lan, rt) = lan();
+    rt.block_on(async {
+        let other =
+            agent::dhcp::socket::PacketSocket::open(&lan.parent, mac()).expect("packet socket");
+        let mut c = start(request(&lan, mac(), None));
+        c.bound(LIMIT).await;
+        // The kernel filter dropped the OFFER and ACK for the client's MAC (ARP may pass).
+        let mut buf = vec![0u8; 2048];
+        let mut dhcp = 0;
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), other.recv(&mut buf)).await
+        {
+            dhcp += usize::from(agent::dhcp::packet::unframe(&buf[..n]).is_ok());
+        }
+        assert_eq!(dhcp, 0, "DHCP frames for another MAC reached the socket");
+        c.handle.stop().await;
+    });
+}

@@ -4,7 +4,7 @@
 //! RELEASE, the leased address as its IPv4 source, though the host holds neither.
 //! Bound with ETH_P_ALL so frames are seen before a macvlan child on the parent
 //! takes them (protocol taps run before the rx handler; ETH_P_IP taps after it).
-//! A classic BPF filter keeps only UDP to port 68 and ARP; PACKET_MR_UNICAST makes a
+//! A classic BPF filter keeps only UDP to port 68 for the vNIC's chaddr, and ARP; PACKET_MR_UNICAST makes a
 //! real NIC accept frames to the vNIC's MAC (a veth passes them all anyway).
 
 use std::io;
@@ -22,21 +22,31 @@ pub struct PacketSocket {
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IP: u16 = 0x0800;
 
-fn filter() -> [libc::sock_filter; 12] {
+/// UDP to port 68 whose BOOTP chaddr is `mac`, and ARP. Other clients' replies on a
+/// busy LAN are dropped in the kernel: N clients on one parent do not wake N times
+/// for every reply.
+fn filter(mac: MacAddr) -> [libc::sock_filter; 16] {
     let s = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let m = mac.octets();
+    let head = u32::from_be_bytes([m[0], m[1], m[2], m[3]]);
+    let tail = u32::from(u16::from_be_bytes([m[4], m[5]]));
     [
-        s(0x28, 0, 0, 12),     // ldh [12]           ethertype
-        s(0x15, 8, 0, 0x0806), // jeq ARP -> accept
-        s(0x15, 0, 8, 0x0800), // jeq IPv4, else drop
-        s(0x30, 0, 0, 23),     // ldb [23]           IP protocol
-        s(0x15, 0, 6, 17),     // jeq UDP, else drop
-        s(0x28, 0, 0, 20),     // ldh [20]           fragment offset
-        s(0x45, 4, 0, 0x1fff), // jset -> drop fragments
-        s(0xb1, 0, 0, 14),     // ldxb 4*([14]&0xf)  IP header length
-        s(0x48, 0, 0, 16),     // ldh [x+16]         UDP destination port
-        s(0x15, 0, 1, 68),     // jeq 68, else drop
-        s(0x06, 0, 0, 0x40000),
-        s(0x06, 0, 0, 0),
+        s(0x28, 0, 0, 12),      // 0  ldh [12]           ethertype
+        s(0x15, 12, 0, 0x0806), // 1  jeq ARP -> accept
+        s(0x15, 0, 12, 0x0800), // 2  jeq IPv4, else drop
+        s(0x30, 0, 0, 23),      // 3  ldb [23]           IP protocol
+        s(0x15, 0, 10, 17),     // 4  jeq UDP, else drop
+        s(0x28, 0, 0, 20),      // 5  ldh [20]           fragment offset
+        s(0x45, 8, 0, 0x1fff),  // 6  jset -> drop fragments
+        s(0xb1, 0, 0, 14),      // 7  ldxb 4*([14]&0xf)  IP header length
+        s(0x48, 0, 0, 16),      // 8  ldh [x+16]         UDP destination port
+        s(0x15, 0, 5, 68),      // 9  jeq 68, else drop
+        s(0x40, 0, 0, 50),      // 10 ld [x+50]          chaddr[0..4]
+        s(0x15, 0, 3, head),    // 11
+        s(0x48, 0, 0, 54),      // 12 ldh [x+54]         chaddr[4..6]
+        s(0x15, 0, 1, tail),    // 13
+        s(0x06, 0, 0, 0x40000), // 14 accept
+        s(0x06, 0, 0, 0),       // 15 drop
     ]
 }
 
@@ -101,7 +111,7 @@ impl PacketSocket {
         )?;
         // SAFETY: a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let prog = filter();
+        let prog = filter(mac);
         let fprog = libc::sock_fprog {
             len: prog.len() as u16,
             filter: prog.as_ptr() as *mut _,
