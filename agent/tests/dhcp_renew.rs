@@ -117,3 +117,24 @@ fn a_nak_to_the_renewal_loses_the_lease_then_binds_the_new_address() {
         c.handle.stop().await;
     });
 }
+
+/// The parent is down across T1 (ENETDOWN on send): the client keeps trying and
+/// renews the same address once the link is back, before T2's deadline passes.
+#[test]
+fn a_parent_down_across_t1_still_renews_once_it_is_back() {
+    let lan = short_lan();
+    runtime().block_on(async {
+        let m = mac();
+        let mut c = start(request(&lan, m, None));
+        let rec = c.bound(Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        must(&format!("ip link set {} down", lan.parent));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        must(&format!("ip link set {} up", lan.parent));
+        match c.next(Duration::from_secs(30)).await {
+            DhcpUpdate::Renewed(r) => assert_eq!(r.address, rec.address),
+            other => panic!("expected Renewed, got {other:?}"),
+        }
+        c.handle.stop().await;
+    });
+}

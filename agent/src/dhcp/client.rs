@@ -249,34 +249,53 @@ impl Client {
             src_ip: rec.address,
             dst_ip: rec.server_id,
         };
-        let mut outcome = self
-            .exchange(&renew, unicast, xid, &self.schedule(t2), MsgType::Ack)
-            .await;
+        let mut outcome = self.until(&renew, unicast, xid, t2).await;
         if matches!(outcome, Ok(Outcome::Silence) | Err(_)) {
             tracing::info!(key = %self.req.key, address = %rec.address, "no answer to RENEW by T2; rebinding");
             let xid = fastrand::u32(..);
             let mut rebind = self.base(MsgType::Request, xid);
             rebind.ciaddr = rec.address;
             let route = self.broadcast(rec.address);
-            outcome = self
-                .exchange(&rebind, route, xid, &self.schedule(end), MsgType::Ack)
-                .await;
+            outcome = self.until(&rebind, route, xid, end).await;
         }
         let reason = match outcome {
             Ok(Outcome::Reply(ack, mac)) => return self.bind(ack, mac).await,
             Ok(Outcome::Nak(msg)) => format!("server refused the renewal (NAK): {msg}"),
             Ok(Outcome::Silence) => "lease expired without renewal".to_string(),
-            Err(e) => {
-                // The link failed: the address is still ours until the lease ends.
-                tokio::time::sleep_until(end.into()).await;
-                format!("lease expired: {e}")
-            }
+            Err(e) => format!("lease expired: {e}"),
         };
         tracing::warn!(key = %self.req.key, address = %rec.address, %reason, "DHCP lease lost");
         self.held = None;
         self.reported = None;
         self.emit(DhcpUpdate::Lost { reason }).await;
         Step::Init
+    }
+
+    /// RENEW or REBIND until `end`; a failing link (down, re-created) is retried
+    /// until then rather than ending the phase early.
+    async fn until(
+        &mut self,
+        m: &Message,
+        route: Route,
+        xid: u32,
+        end: Instant,
+    ) -> Result<Outcome, String> {
+        loop {
+            let waits = self.schedule(end);
+            match self.exchange(m, route, xid, &waits, MsgType::Ack).await {
+                Err(e)
+                    if end.saturating_duration_since(Instant::now()) > Duration::from_secs(1) =>
+                {
+                    tracing::warn!(key = %self.req.key, error = %e, "renewal attempt failed; trying again");
+                    let pause = self
+                        .opts
+                        .min_retransmit
+                        .min(end.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Retransmission waits until `end`: half the remaining time, at least the minimum.
