@@ -25,6 +25,17 @@
 //! thread that entered the host's namespace when the agent runs in a container).
 //! A parent subnet or gateway change is handled by the caller: `release()` the old
 //! client, `spawn` a new one without a cache.
+//!
+//! Wiring (the caller's part): one client per DHCP-mode vNIC, keyed "runtime/vnic";
+//! `cached` from [`LeaseStore::get`]; on `Bound` store the record and (re)attach the
+//! runtime with `address/prefix` as a static address and `router` as its gateway;
+//! on `Renewed` store it only (no engine call); on `Pending`/`Lost` show the reason
+//! (the client retries by itself); on delete `release()` then [`LeaseStore::remove`].
+//! A stopped runtime's client keeps running: it needs no interface or namespace.
+//! Side effects on the host: the parent gets the vNIC's MAC in its unicast filter
+//! while the socket is open (PACKET_MR_UNICAST; a NIC without unicast filtering,
+//! like veth, goes promiscuous meanwhile), and while renewing the client answers ARP
+//! for the leased address with the vNIC's MAC, which is the truth on the LAN.
 
 mod client;
 mod frame;
