@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod dhcp;
 pub mod engine;
 pub mod internal_pool;
 pub mod netmon_link;

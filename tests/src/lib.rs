@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod agent;
 pub mod deploy;
+pub mod dhcp;
 pub mod docker;
 pub mod kernel;
 pub mod netmon;

@@ -1,0 +1,162 @@
+//! The lease store: `<state_dir>/dhcp_leases.json`, one object keyed by "runtime/vnic".
+//!
+//! Written atomically (temp file in the same directory, fsync, rename, fsync the
+//! directory). A file that cannot be read is moved aside (never overwritten) and the
+//! store starts empty: a lost lease record costs one DISCOVER instead of INIT-REBOOT,
+//! while the unreadable copy stays for the operator.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::lease::LeaseRecord;
+
+pub const LEASE_FILE: &str = "dhcp_leases.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseStoreError {
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is unreadable and cannot be moved aside: fix or remove it", .0.display())]
+    Unreadable(PathBuf),
+    #[error("cannot encode the lease store: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+pub struct LeaseStore {
+    dir: PathBuf,
+    leases: BTreeMap<String, LeaseRecord>,
+    /// Where an unreadable file was moved at open, for status and logs.
+    pub moved_aside: Option<PathBuf>,
+}
+
+impl LeaseStore {
+    /// Opens (or starts) the store in `dir`.
+    pub fn open(dir: &Path) -> Self {
+        let mut s = LeaseStore {
+            dir: dir.to_path_buf(),
+            leases: BTreeMap::new(),
+            moved_aside: None,
+        };
+        let path = s.path();
+        let parsed = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e.to_string()),
+        };
+        match parsed {
+            Ok(l) => s.leases = l,
+            Err(error) => {
+                s.moved_aside = s.move_aside();
+                tracing::error!(path = %path.display(), %error, moved_to = ?s.moved_aside,
+                    "lease store unreadable; moved aside, starting without cached leases");
+            }
+        }
+        s
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(LEASE_FILE)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&LeaseRecord> {
+        self.leases.get(key)
+    }
+
+    pub fn all(&self) -> &BTreeMap<String, LeaseRecord> {
+        &self.leases
+    }
+
+    pub fn put(&mut self, key: &str, lease: LeaseRecord) -> Result<(), LeaseStoreError> {
+        let mut next = self.leases.clone();
+        next.insert(key.to_string(), lease);
+        self.commit(next)
+    }
+
+    /// Removes `key`; returns the record it held.
+    pub fn remove(&mut self, key: &str) -> Result<Option<LeaseRecord>, LeaseStoreError> {
+        let mut next = self.leases.clone();
+        let old = next.remove(key);
+        if old.is_some() {
+            self.commit(next)?;
+        }
+        Ok(old)
+    }
+
+    fn commit(&mut self, next: BTreeMap<String, LeaseRecord>) -> Result<(), LeaseStoreError> {
+        // Never replace what we cannot read (a file broken since open, or one that
+        // could not be moved aside then).
+        let path = self.path();
+        if let Ok(bytes) = fs::read(&path) {
+            if serde_json::from_slice::<BTreeMap<String, LeaseRecord>>(&bytes).is_err() {
+                self.moved_aside = Some(
+                    self.move_aside()
+                        .ok_or(LeaseStoreError::Unreadable(path.clone()))?,
+                );
+            }
+        }
+        self.write(&next)?;
+        self.leases = next;
+        Ok(())
+    }
+
+    fn write(&self, leases: &BTreeMap<String, LeaseRecord>) -> Result<(), LeaseStoreError> {
+        let io = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LeaseStoreError::Io { what, path, source }
+        };
+        let mut bytes = serde_json::to_vec_pretty(leases)?;
+        bytes.push(b'\n');
+        fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
+        let tmp = self
+            .dir
+            .join(format!(".{LEASE_FILE}.tmp-{}", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io("create", &tmp))?;
+            f.write_all(&bytes).map_err(io("write", &tmp))?;
+            f.sync_all().map_err(io("fsync", &tmp))?;
+            fs::rename(&tmp, self.path()).map_err(io("rename into place", &self.path()))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("fsync directory", &self.dir))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Links the file to a fresh `.corrupt-<secs>[.n]` name (a link never replaces),
+    /// then removes the original name.
+    fn move_aside(&self) -> Option<PathBuf> {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for n in 0..1000u32 {
+            let dest = self.dir.join(format!("{LEASE_FILE}.corrupt-{t}.{n}"));
+            match fs::hard_link(self.path(), &dest) {
+                Ok(()) => {
+                    return fs::remove_file(self.path()).ok().map(|_| dest);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot move the unreadable lease store aside");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
