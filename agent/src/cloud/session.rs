@@ -5,6 +5,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant as StdInstant, SystemTime};
 
 use futures::{SinkExt, StreamExt};
@@ -60,7 +61,7 @@ const MAX_INBOUND: usize = 16 << 20;
 
 pub(super) async fn connect_and_serve(
     ctx: &Context<'_>,
-    tls: Arc<ClientConfig>,
+    tls: (Arc<ClientConfig>, Arc<AtomicBool>),
     probe: &mut HostProbe,
 ) -> Outcome {
     let started = StdInstant::now();
@@ -93,7 +94,10 @@ pub(super) async fn connect_and_serve(
     }
 }
 
-async fn connect(ctx: &Context<'_>, tls: Arc<ClientConfig>) -> Result<(Ws, Open, String), Failure> {
+async fn connect(
+    ctx: &Context<'_>,
+    (tls, asked): (Arc<ClientConfig>, Arc<AtomicBool>),
+) -> Result<(Ws, Open, String), Failure> {
     let ep = ctx.endpoint;
     let step = ctx.config.connect_timeout;
     let tcp = tcp(ep, step).await?;
@@ -110,7 +114,7 @@ async fn connect(ctx: &Context<'_>, tls: Arc<ClientConfig>) -> Result<(Ws, Open,
                 format!("no TLS handshake within {step:?}"),
             ));
         }
-        Ok(Err(e)) => return Err(tls_failure(&e, "during the TLS handshake")),
+        Ok(Err(e)) => return Err(handshake_failure(&e, asked.load(Ordering::SeqCst))),
         Ok(Ok(s)) => s,
     };
     let version = tls
@@ -213,6 +217,23 @@ fn tls_failure(e: &io::Error, when: &str) -> Failure {
         Some(TlsFault::Other(d)) => fail(WhyNot::TlsError, format!("{when}: {d}")),
         None => fail(WhyNot::TlsError, format!("{when}: {e}")),
     }
+}
+
+/// With TLS 1.2 a server that dislikes our certificate may just close the handshake.
+fn handshake_failure(e: &io::Error, cert_asked: bool) -> Failure {
+    let closed = matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    );
+    if fault(e).is_none() && closed && cert_asked {
+        return fail(
+            WhyNot::CertificateRefused,
+            format!(
+                "the server closed the TLS handshake after it received the client certificate ({e}): it refused the certificate"
+            ),
+        );
+    }
+    tls_failure(e, "during the TLS handshake")
 }
 
 /// The first read after the handshake is the upgrade's: with TLS 1.3 the server's verdict

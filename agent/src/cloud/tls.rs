@@ -5,6 +5,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
@@ -26,8 +27,7 @@ pub struct Identity {
 /// A certificate chain and its matching key.
 pub struct Credentials {
     pub identity: Identity,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    certified: Arc<CertifiedKey>,
     files: (Vec<u8>, Vec<u8>),
 }
 
@@ -104,14 +104,14 @@ fn parse(
         key: key.to_owned(),
         err,
     };
-    CertifiedKey::from_der(chain.clone(), pkey.clone_key(), &provider())
-        .map_err(|e| mismatch(e.to_string()))?
+    let certified =
+        CertifiedKey::from_der(chain, pkey, &provider()).map_err(|e| mismatch(e.to_string()))?;
+    certified
         .keys_match()
         .map_err(|e| mismatch(e.to_string()))?;
     Ok(Credentials {
         identity,
-        chain,
-        key: pkey,
+        certified: Arc::new(certified),
         files,
     })
 }
@@ -228,22 +228,46 @@ pub fn roots(ca: Option<&Path>) -> Result<RootCertStore, CredentialError> {
     Ok(store)
 }
 
-/// A rustls client config: TLS 1.3 and 1.2, our pair as the client certificate.
+/// A rustls client config: TLS 1.3 and 1.2, our pair as the client certificate. The flag
+/// turns true once the server asks for the certificate: a handshake that then ends in a
+/// bare close (no alert) is the server turning the certificate down.
 pub fn client_config(
     creds: &Credentials,
     roots: RootCertStore,
-) -> Result<Arc<ClientConfig>, CredentialError> {
+) -> Result<(Arc<ClientConfig>, Arc<AtomicBool>), CredentialError> {
+    let asked = Arc::new(AtomicBool::new(false));
+    let resolver = Arc::new(Presenter {
+        certified: creds.certified.clone(),
+        asked: asked.clone(),
+    });
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| CredentialError::Roots(e.to_string()))?
         .with_root_certificates(roots)
-        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())
-        .map_err(|e| CredentialError::Mismatch {
-            cert: PathBuf::new(),
-            key: PathBuf::new(),
-            err: e.to_string(),
-        })?;
-    Ok(Arc::new(cfg))
+        .with_client_cert_resolver(resolver);
+    Ok((Arc::new(cfg), asked))
+}
+
+/// Hands our one pair to rustls and notes that the server asked for it.
+#[derive(Debug)]
+struct Presenter {
+    certified: Arc<CertifiedKey>,
+    asked: Arc<AtomicBool>,
+}
+
+impl rustls::client::ResolvesClientCert for Presenter {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, Ordering::SeqCst);
+        Some(self.certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// What a TLS-level failure says about us.
