@@ -35,6 +35,7 @@ p.add_argument("--max-payload", type=int, default=1_000_000)
 p.add_argument("--signer-cert")
 p.add_argument("--signer-key")
 p.add_argument("--enroll-fail", default="")
+p.add_argument("--no-client-cert", action="store_true", help="enrolment: the device has no certificate yet")
 args = p.parse_args()
 
 sio = socketio.AsyncServer(
@@ -163,7 +164,7 @@ def tls_context():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
     ctx.load_verify_locations(args.client_ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_NONE if args.no_client_cert else ssl.CERT_REQUIRED
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if args.tls == "1.2":
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2

@@ -187,6 +187,8 @@ pub struct ServerOpts {
     pub signer: Option<(PathBuf, PathBuf)>,
     /// Enrolment answers HTTP 400 with this error when set.
     pub enroll_fail: Option<String>,
+    /// No client certificate asked for (the enrolment endpoint).
+    pub no_client_cert: bool,
 }
 
 impl Default for ServerOpts {
@@ -198,6 +200,7 @@ impl Default for ServerOpts {
             max_payload: 1_000_000,
             signer: None,
             enroll_fail: None,
+            no_client_cert: false,
         }
     }
 }
@@ -239,6 +242,9 @@ impl CloudServer {
                 "--signer-key".into(),
                 k.display().to_string(),
             ]);
+        }
+        if o.no_client_cert {
+            args.push("--no-client-cert".into());
         }
         if let Some(e) = &o.enroll_fail {
             args.extend(["--enroll-fail".into(), e.clone()]);

@@ -14,6 +14,12 @@ use rustls::{AlertDescription, ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Checks a PEM certificate and key in memory (parse, CN, match): who the pair names.
+pub fn check_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<Identity, CredentialError> {
+    let here = Path::new("(received)");
+    parse(here, here, (cert_pem.to_vec(), key_pem.to_vec())).map(|c| c.identity)
+}
+
 /// Who the certificate says we are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
