@@ -11,9 +11,9 @@ use e2e::cloud::{ClientOpts, CloudServer, Pki, ServerOpts, Signer};
 /// Starts a link with `cert`/`key`/`ca` against `srv` and returns its first settled failure.
 async fn first_failure(
     srv: &CloudServer,
-    cert: &std::path::PathBuf,
-    key: &std::path::PathBuf,
-    ca: &std::path::PathBuf,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
 ) -> LinkStatus {
     let mut link = Link::start(config(&srv.url(), cert, key, ca));
     let st = link

@@ -94,12 +94,14 @@ pub fn disk() -> (u64, u64) {
         points.push("/".into());
     }
     let (mut used, mut total) = (0u64, 0u64);
+    #[allow(clippy::useless_conversion)]
     for p in points {
         if let Ok(s) = nix::sys::statvfs::statvfs(p.as_str()) {
-            let frsize = s.fragment_size() as u64;
-            let blocks = s.blocks() as u64;
+            // The field widths differ between 32- and 64-bit targets (u32 on armv7).
+            let frsize = u64::from(s.fragment_size());
+            let blocks = u64::from(s.blocks());
             total += blocks * frsize;
-            used += blocks.saturating_sub(s.blocks_free() as u64) * frsize;
+            used += blocks.saturating_sub(u64::from(s.blocks_free())) * frsize;
         }
     }
     (used, total)

@@ -289,7 +289,7 @@ mod tests {
                 data: Value::Null
             })
         );
-        assert_eq!(parse(r#"43 5[{}]"#).is_err(), true);
+        assert!(parse(r#"43 5[{}]"#).is_err());
         assert_eq!(parse(r#"435[{}]"#), Ok(Inbound::Ack { id: 5 }));
         assert!(matches!(
             parse(r#"42/admin,["x",{}]"#),

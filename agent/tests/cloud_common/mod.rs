@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,11 +45,11 @@ pub struct Link {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-pub fn config(url: &str, cert: &PathBuf, key: &PathBuf, ca: &PathBuf) -> CloudConfig {
+pub fn config(url: &str, cert: &Path, key: &Path, ca: &Path) -> CloudConfig {
     let mut c = CloudConfig::new(url);
-    c.cert = cert.clone();
-    c.key = key.clone();
-    c.ca = Some(ca.clone());
+    c.cert = cert.to_owned();
+    c.key = key.to_owned();
+    c.ca = Some(ca.to_owned());
     c
 }
 
