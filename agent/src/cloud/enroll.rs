@@ -193,30 +193,16 @@ struct Target {
 
 impl Target {
     fn parse(url: &str) -> Result<Target, EnrollError> {
-        let bad = |why: &str| EnrollError::BadUrl {
-            url: url.to_owned(),
-            why: why.to_owned(),
-        };
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(bad("not https"));
-        }
-        let host = uri
-            .host()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| bad("no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let prefix = uri.path().trim_end_matches('/');
+        let ep =
+            super::Endpoint::parse_with(url, &["https"]).map_err(|why| EnrollError::BadUrl {
+                url: url.to_owned(),
+                why,
+            })?;
         Ok(Target {
             url: format!("{}/orchestrators/enroll", url.trim_end_matches('/')),
-            port: uri.port_u16().unwrap_or(443),
-            path: format!("{prefix}/orchestrators/enroll"),
-            host,
+            port: ep.port,
+            path: format!("{}/orchestrators/enroll", ep.path),
+            host: ep.host,
         })
     }
 }

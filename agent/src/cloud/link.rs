@@ -21,6 +21,8 @@ use super::{Backend, CloudConfig, LinkStatus, WhyNot};
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// Without the trailing `/` ("" for none); the Socket.IO path is always `/socket.io/`.
+    pub path: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,29 +34,30 @@ pub struct UrlError {
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, UrlError> {
-        let err = |why: &str| UrlError {
+        Endpoint::parse_with(url, &["https", "wss"]).map_err(|why| UrlError {
             url: url.to_owned(),
-            why: why.to_owned(),
-        };
+            why,
+        })
+    }
+
+    /// Host, port (443 by default) and path of `url` if its scheme is one of `schemes`.
+    pub fn parse_with(url: &str, schemes: &[&str]) -> Result<Endpoint, String> {
         let uri: http::Uri = url
             .parse()
-            .map_err(|e: http::uri::InvalidUri| err(&e.to_string()))?;
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
         match uri.scheme_str() {
-            Some("https") | Some("wss") => {}
-            Some(s) => return Err(err(&format!("scheme {s} is not TLS"))),
-            None => return Err(err("no scheme")),
+            Some(s) if schemes.contains(&s) => {}
+            Some(s) => return Err(format!("scheme {s} is not one of {}", schemes.join(", "))),
+            None => return Err("no scheme".into()),
         }
-        let host = uri
-            .host()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| err("no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or("no host")?;
         Ok(Endpoint {
-            host,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port: uri.port_u16().unwrap_or(443),
+            path: uri.path().trim_end_matches('/').to_owned(),
         })
     }
 }
@@ -206,6 +209,7 @@ mod tests {
             Ok(Endpoint {
                 host: h.into(),
                 port: p,
+                path: String::new(),
             })
         };
         assert_eq!(
