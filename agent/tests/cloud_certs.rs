@@ -132,6 +132,23 @@ async fn each_bad_pair_has_its_own_status() {
             "nobody got in: {state}"
         );
     }
+    // A server whose certificate (from the trusted CA) is for another host name.
+    let srv = CloudServer::start(
+        &pki,
+        &ServerOpts {
+            wrong_name: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let st = first_failure(&srv, &good_c, &good_k, &pki.ca_cert).await;
+    assert_eq!(st.why_not, Some(WhyNot::ServerNotTrusted), "{st:?}");
+    assert!(
+        st.detail.as_deref().unwrap().contains("NotValidForName"),
+        "{st:?}"
+    );
+    drop(srv);
+
     // A server that is not there at all.
     let mut c = config("https://localhost:1", &good_c, &good_k, &pki.ca_cert);
     c.first_retry = std::time::Duration::from_secs(1);

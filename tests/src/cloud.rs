@@ -101,11 +101,17 @@ impl Pki {
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
         )?;
         std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
-        sh(&format!(
-            "cd {d} && openssl req -new -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>&1 && \
-             openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -set_serial 1 -days 30 -extfile server.ext -out server.crt 2>&1",
-            d = q(&dir)
-        ))?;
+        std::fs::write(
+            dir.join("elsewhere.ext"),
+            "subjectAltName=DNS:elsewhere.example\nextendedKeyUsage=serverAuth\n",
+        )?;
+        for (name, cn) in [("server", "localhost"), ("elsewhere", "elsewhere.example")] {
+            sh(&format!(
+                "cd {d} && openssl req -new -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={cn} 2>&1 && \
+                 openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -set_serial 1 -days 30 -extfile {name}.ext -out {name}.crt 2>&1",
+                d = q(&dir)
+            ))?;
+        }
         Ok(Pki {
             ca_cert: dir.join("ca.crt"),
             server_cert: dir.join("server.crt"),
@@ -189,6 +195,8 @@ pub struct ServerOpts {
     pub enroll_fail: Option<String>,
     /// No client certificate asked for (the enrolment endpoint).
     pub no_client_cert: bool,
+    /// Serve a certificate (from the same CA) for `elsewhere.example`, not localhost.
+    pub wrong_name: bool,
 }
 
 impl Default for ServerOpts {
@@ -201,6 +209,7 @@ impl Default for ServerOpts {
             signer: None,
             enroll_fail: None,
             no_client_cert: false,
+            wrong_name: false,
         }
     }
 }
@@ -215,15 +224,20 @@ pub struct CloudServer {
 
 impl CloudServer {
     pub fn start(pki: &Pki, o: &ServerOpts) -> Result<CloudServer> {
+        let (cert, key) = if o.wrong_name {
+            (pki.dir.join("elsewhere.crt"), pki.dir.join("elsewhere.key"))
+        } else {
+            (pki.server_cert.clone(), pki.server_key.clone())
+        };
         let mut args = vec![
             workspace()
                 .join("tests/cloud/server.py")
                 .display()
                 .to_string(),
             "--cert".into(),
-            pki.server_cert.display().to_string(),
+            cert.display().to_string(),
             "--key".into(),
-            pki.server_key.display().to_string(),
+            key.display().to_string(),
             "--client-ca".into(),
             pki.ca_cert.display().to_string(),
             "--tls".into(),
