@@ -107,6 +107,25 @@ pub enum WhyNot {
     Stopped,
 }
 
+impl std::fmt::Display for WhyNot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WhyNot::Connecting => "connecting",
+            WhyNot::BadUrl => "bad cloud URL",
+            WhyNot::CredentialsUnusable => "certificate or key unusable",
+            WhyNot::KeyMismatch => "key does not match the certificate",
+            WhyNot::CertificateExpired => "certificate expired",
+            WhyNot::CertificateRefused => "certificate refused by the server",
+            WhyNot::ServerNotTrusted => "server certificate not trusted",
+            WhyNot::TlsError => "TLS error",
+            WhyNot::ServerUnreachable => "server unreachable",
+            WhyNot::ProtocolError => "protocol error",
+            WhyNot::LinkLost => "link lost",
+            WhyNot::Stopped => "stopped",
+        })
+    }
+}
+
 /// What `agent status` shows about the link.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LinkStatus {
