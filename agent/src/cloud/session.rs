@@ -153,7 +153,13 @@ async fn connect(
         Ok(Err(e)) => return Err(upgrade_failure(e, tls13)),
         Ok(Ok((ws, _resp))) => ws,
     };
-    let open = match timeout(step, next_text(&mut ws)).await {
+    let open = handshake(&mut ws, step).await?;
+    Ok((ws, open, version))
+}
+
+/// Engine.IO OPEN from the server, then our Socket.IO CONNECT and its answer.
+async fn handshake(ws: &mut Ws, step: std::time::Duration) -> Result<Open, Failure> {
+    let open = match timeout(step, next_text(ws)).await {
         Err(_) => {
             return Err(fail(
                 WhyNot::ProtocolError,
@@ -164,20 +170,18 @@ async fn connect(
         Ok(Ok(t)) => match packet::parse(&t) {
             Ok(Inbound::Open(o)) => o,
             other => {
-                return Err(fail(
-                    WhyNot::ProtocolError,
-                    format!("expected Engine.IO OPEN, got {other:?}"),
-                ));
+                let d = format!("expected Engine.IO OPEN, got {other:?}");
+                return Err(fail(WhyNot::ProtocolError, d));
             }
         },
     };
-    send(&mut ws, packet::CONNECT.into()).await?;
-    match timeout(step, socket_connect(&mut ws)).await {
+    send(ws, packet::CONNECT.into()).await?;
+    match timeout(step, socket_connect(ws)).await {
         Err(_) => Err(fail(
             WhyNot::ProtocolError,
             "no answer to the Socket.IO CONNECT",
         )),
-        Ok(r) => r.map(|()| (ws, open, version)),
+        Ok(r) => r.map(|()| open),
     }
 }
 
