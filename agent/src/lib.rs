@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod cache;
 pub mod cli;
+pub mod cloud;
 pub mod control;
 pub mod daemon;
 pub mod dhcp;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod agent;
+pub mod cloud;
 pub mod deploy;
 pub mod dhcp;
 pub mod docker;
