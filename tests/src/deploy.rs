@@ -83,7 +83,7 @@ fn build_images(args: &[&str], envs: &[(&str, &str)]) -> String {
     let out = run(Command::new(packaging("build-images.sh"))
         .args(args)
         .envs(envs.iter().copied()))
-        .unwrap_or_else(|e| panic!("packaging/build-images.sh: {e:#}"));
+    .unwrap_or_else(|e| panic!("packaging/build-images.sh: {e:#}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -15,6 +15,7 @@ pub mod deploy;
 pub mod docker;
 pub mod kernel;
 pub mod netmon;
+pub mod systemd;
 
 pub use netmon::NetmonProc;
 

@@ -214,9 +214,63 @@ fn install_script_containers_mode_brings_the_project_up_and_is_idempotent() {
         ids,
         "a second run replaced the containers"
     );
-    compose
-        .down()
-        .unwrap_or_else(|e| panic!("compose down -v: {e:#}"));
+
+    // What it was given is recorded: the README's compose command, typed later
+    // without any EDGENET_* or --project, acts on this very project.
+    let env = config.join("edgenet.env");
+    let recorded = std::fs::read_to_string(&env).expect("install.sh wrote edgenet.env");
+    for want in [
+        format!("COMPOSE_PROJECT_NAME={}", compose.project),
+        format!("EDGENET_VOLUME={}", compose.volume),
+        format!("EDGENET_AGENT_IMAGE={}", imgs.agent),
+    ] {
+        assert!(
+            recorded.lines().any(|l| l == want),
+            "{want} not in {recorded}"
+        );
+    }
+    let mut ps = Command::new("docker-compose");
+    ps.arg("--env-file").arg(&env).args(["ps", "-q"]);
+    for (k, _) in compose.envs() {
+        ps.env_remove(k);
+    }
+    let listed = run(ps
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("COMPOSE_FILE"))
+    .unwrap_or_else(|e| panic!("docker-compose --env-file: {e:#}"));
+    let mut listed: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    listed.sort();
+    let mut want = vec![ids.0.clone(), ids.1.clone()];
+    want.sort();
+    assert_eq!(
+        listed, want,
+        "docker-compose --env-file saw another project"
+    );
+
+    // --uninstall: the project and its volume go; runtimes would stay, and it says so.
+    let out = run(Command::new(packaging("install.sh"))
+        .arg("--uninstall")
+        .arg("--config-dir")
+        .arg(config.path()))
+    .unwrap_or_else(|e| panic!("install.sh --uninstall: {e:#}"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("left in place"), "{said}");
+    assert!(said.contains("uninstalled"), "{said}");
+    assert_eq!(compose.container("netmon"), "", "netmon left: {said}");
+    assert_eq!(compose.container("agent"), "", "agent left: {said}");
+    assert!(
+        sh(&format!(
+            "docker volume inspect {} >/dev/null 2>&1",
+            compose.volume
+        ))
+        .is_err(),
+        "volume {} left after --uninstall",
+        compose.volume
+    );
+    assert!(!env.exists(), "{} left after --uninstall", env.display());
 }
 
 /// Validates `file` against the Compose Specification's JSON schema (as shipped

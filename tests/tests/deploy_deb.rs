@@ -152,12 +152,11 @@ fn install_script_systemd_mode_is_idempotent_and_says_why_units_are_not_started(
     // would rightly count as a change.
     let dir = TempDir::new("deb");
     let deb = build_deb(&dir);
-    let install = || {
-        run(Command::new(packaging("install.sh")).args(["--mode", "systemd", "--deb", &deb]))
-            .unwrap_or_else(|e| panic!("install.sh --mode systemd --deb {deb}: {e:#}"))
-    };
+    let config = TempDir::new("icd");
+    let env_file = config.join("edgenet.env");
+    let install = || install_sh(&config, &["--mode", "systemd", "--deb", &deb]);
     let first = install();
-    let said = String::from_utf8_lossy(&first.stdout);
+    let said = first.as_str();
     assert!(said.contains("installed edgenet"), "{said}");
     assert!(
         said.contains("systemd is not the running init") && said.contains("NOT started"),
@@ -166,17 +165,23 @@ fn install_script_systemd_mode_is_idempotent_and_says_why_units_are_not_started(
     assert_installed();
 
     let second = install();
-    let said = String::from_utf8_lossy(&second.stdout);
+    let said = second.as_str();
     assert!(
         said.contains("already installed and unchanged"),
         "a second run did not see the installed package: {said}"
     );
     assert!(!said.contains("dpkg:"), "a second run reinstalled: {said}");
     assert_installed();
+    assert!(
+        std::fs::read_to_string(&env_file).is_ok_and(|t| t.contains("EDGENET_MODE=systemd")),
+        "install.sh did not record the install in {}",
+        env_file.display()
+    );
 
-    run(Command::new("dpkg").args(["--purge", "edgenet"]))
-        .unwrap_or_else(|e| panic!("dpkg --purge: {e:#}"));
+    let said = install_sh(&config, &["--uninstall"]);
+    assert!(said.contains("purged edgenet"), "{said}");
     assert_gone();
+    assert!(!env_file.exists(), "{} left: {said}", env_file.display());
 }
 
 /// Removes what `install.sh --from binaries` put in place (it has no package to
@@ -214,13 +219,8 @@ fn install_script_systemd_mode_from_binaries_is_idempotent() {
         );
     }
     let _remove = RemoveBinaryInstall;
-    let install = || {
-        let out =
-            run(Command::new(packaging("install.sh"))
-                .args(["--mode", "systemd", "--from", "binaries"]))
-            .unwrap_or_else(|e| panic!("install.sh --mode systemd --from binaries: {e:#}"));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let config = TempDir::new("icb");
+    let install = || install_sh(&config, &["--mode", "systemd", "--from", "binaries"]);
 
     let said = install();
     for f in BINARY_INSTALL {
@@ -255,4 +255,33 @@ fn install_script_systemd_mode_from_binaries_is_idempotent() {
         !again.contains("installed /"),
         "a second run installed again: {again}"
     );
+
+    // --uninstall removes every file it copied, and the user and group.
+    let said = install_sh(&config, &["--uninstall"]);
+    for f in BINARY_INSTALL {
+        assert!(!Path::new(f).exists(), "{f} left after --uninstall: {said}");
+    }
+    assert!(
+        sh("getent passwd netmon").is_err(),
+        "user netmon left: {said}"
+    );
+    assert!(
+        sh("getent group netmon").is_err(),
+        "group netmon left: {said}"
+    );
+    assert!(
+        !config.join("edgenet.env").exists(),
+        "edgenet.env left: {said}"
+    );
+}
+
+/// `install.sh` with `--config-dir` in a directory of the test's own, so a
+/// user's /etc/edgenet is never written.
+fn install_sh(config: &TempDir, args: &[&str]) -> String {
+    let out = run(Command::new(packaging("install.sh"))
+        .args(args)
+        .arg("--config-dir")
+        .arg(config.path()))
+    .unwrap_or_else(|e| panic!("install.sh {args:?}: {e:#}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -261,9 +261,11 @@ fn agent_container_as_pid_1_stops_on_sigterm() {
 fn test_images_have_tags_of_their_own_and_are_removed() {
     let version = env!("CARGO_PKG_VERSION");
     let id = |i: &str| {
-        sh(&format!("docker image inspect -f '{{{{.Id}}}}' {i} 2>/dev/null"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
+        sh(&format!(
+            "docker image inspect -f '{{{{.Id}}}}' {i} 2>/dev/null"
+        ))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
     };
     let users = [
         format!("edgenet/netmon:{version}"),
