@@ -217,10 +217,6 @@ fn netmon_stopped_leaves_the_agent_idle_and_it_reconnects_within_a_second_of_the
     let used = host.cpu_time(agent).expect("agent cpu") - t0;
     let wall = w0.elapsed();
     eprintln!("agent CPU with netmon stopped: {used:?} in {wall:?}");
-    assert!(
-        used < Duration::from_millis(300),
-        "the agent used {used:?} of CPU in {wall:?} while netmon was stopped (busy loop?)"
-    );
     assert_eq!(
         host.wait_active("agent.service", UP_WITHIN),
         agent,
@@ -247,9 +243,11 @@ fn netmon_stopped_leaves_the_agent_idle_and_it_reconnects_within_a_second_of_the
         .expect("the agent logged `connected to netmon` after netmon started");
     let took = Duration::from_micros(connected - listening);
     eprintln!("agent reconnected {took:?} after netmon started listening");
+    // Both figures are checked here, so a failure reports both.
     assert!(
-        took <= Duration::from_secs(1),
-        "the agent reconnected {took:?} after netmon started"
+        used < Duration::from_millis(300) && took <= Duration::from_secs(1),
+        "with netmon stopped the agent used {used:?} of CPU in {wall:?} (near zero expected: \
+         a busy loop?), and reconnected {took:?} after netmon started (at most 1 s)"
     );
 
     // Stopping the agent removes its control socket too.
