@@ -15,7 +15,7 @@
 #       undoes the install recorded in DIR/edgenet.env (either mode): the package
 #       purged or the copied files removed; or the compose project brought down
 #       with its volume. Runtime containers the agent made, and their networks,
-#       stay unless --remove-runtimes.
+#       stay unless --remove-runtimes (then the agent deletes them first).
 #
 # What it was given is recorded in DIR/edgenet.env (mode, project, images,
 # container and volume names), which later compose commands read with
@@ -234,25 +234,29 @@ record() {
   fi
 }
 
-# The agent's runtimes (labelled edgenet.managed=true) and their networks.
-remove_runtimes() {
-  local c n
-  c=$(docker ps -aq --filter label=edgenet.managed=true 2>/dev/null | tr '\n' ' ')
-  if [ -n "${c// /}" ]; then
-    docker rm -f $c >/dev/null
-    say "removed runtime containers: $c"
-  fi
-  n=$(docker network ls -q --filter label=edgenet.managed=true 2>/dev/null | tr '\n' ' ')
-  if [ -n "${n// /}" ]; then
-    docker network rm $n >/dev/null || say "some agent networks are still in use: $n"
-    say "removed agent networks: $n"
-  fi
+# The names of this install's runtimes, asked of its own agent while it runs
+# (`$@` runs the agent CLI), so runtimes of any other agent are never touched.
+# `runtime list --json` is an object of name -> [vNICs]; names are container names.
+runtime_names() {
+  "$@" runtime list --json 2>/dev/null | grep -o '"[A-Za-z0-9][A-Za-z0-9_.-]*": *\[' \
+    | sed 's/^"\([^"]*\)".*/\1/' | tr '\n' ' '
 }
 
-runtimes_note() {
-  local c
-  c=$(docker ps -aq --filter label=edgenet.managed=true 2>/dev/null | wc -l || echo 0)
-  say "runtime containers made by the agent are left in place ($c found), with their MACVLAN networks; they keep running but nothing follows LAN changes for them now (--remove-runtimes removes them)"
+# Before the agent stops: deletes its runtimes through it (their containers,
+# internal networks and vNIC records; MACVLAN networks it no longer needs), or
+# says what stays.
+handle_runtimes() {
+  local names n
+  names=$(runtime_names "$@")
+  if [ -z "${names// /}" ]; then
+    say "no runtimes to leave or remove"
+  elif [ "$remove_runtimes" = 1 ]; then
+    for n in $names; do
+      "$@" runtime delete "$n" >/dev/null && say "removed runtime $n"
+    done
+  else
+    say "runtimes left in place: $names (running, with their MACs and networks; nothing moves them on a LAN change now; --remove-runtimes removes them)"
+  fi
 }
 
 uninstall_all() {
@@ -264,6 +268,7 @@ uninstall_all() {
   set -a; . "$f"; set +a
   case "$EDGENET_MODE" in
     systemd)
+      if [ -x /usr/bin/agent ]; then handle_runtimes /usr/bin/agent; fi
       if [ "$EDGENET_FROM" = binaries ]; then
         if systemd_running; then systemctl disable --now agent.service netmon.service >/dev/null 2>&1 || true; fi
         local p
@@ -285,6 +290,8 @@ uninstall_all() {
     containers)
       local compose
       compose=$(compose_cmd)
+      handle_runtimes $compose --env-file "$f" -p "$COMPOSE_PROJECT_NAME" \
+        -f "$config_dir/compose.yaml" exec -T agent agent
       $compose --env-file "$f" -p "$COMPOSE_PROJECT_NAME" -f "$config_dir/compose.yaml" \
         down -v --remove-orphans -t 10 2>&1 | sed 's/^/install: compose: /'
       say "project $COMPOSE_PROJECT_NAME down, its volume removed"
@@ -292,9 +299,6 @@ uninstall_all() {
       ;;
     *) die "$f names no mode (EDGENET_MODE=$EDGENET_MODE)" ;;
   esac
-  if docker version >/dev/null 2>&1; then
-    if [ "$remove_runtimes" = 1 ]; then remove_runtimes; else runtimes_note; fi
-  fi
   rm -f "$f"
   rmdir "$config_dir" 2>/dev/null || true
   say "uninstalled"

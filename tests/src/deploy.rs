@@ -48,6 +48,15 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// Builds the project's .deb into `dir` (the static binaries are shared); its path.
+pub fn build_deb(dir: &TempDir) -> String {
+    let out = run(Command::new(packaging("build-deb.sh"))
+        .arg("--out")
+        .arg(dir.path()))
+    .unwrap_or_else(|e| panic!("build-deb.sh: {e:#}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The static release binaries that the images and the package carry.
 pub struct StaticBinaries {
     pub netmon: PathBuf,

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::deploy::{packaging, repo_root, run};
-use crate::{TempDir, must, require_root, sh, unique, wait_for};
+pub use crate::deploy::build_deb;
+use crate::deploy::{repo_root, run};
+use crate::{must, require_root, sh, unique, wait_for};
 
 /// The image's tag (built when missing; concurrent callers wait on its lock).
 pub fn image() -> String {
@@ -26,15 +27,6 @@ pub fn image() -> String {
         repo_root().join("scripts/systemd-image.sh"),
     ))
     .unwrap_or_else(|e| panic!("scripts/systemd-image.sh (apt-get install mmdebstrap): {e:#}"));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Builds the project's .deb into `dir` (the static binaries are shared); its path.
-pub fn build_deb(dir: &TempDir) -> String {
-    let out = run(Command::new(packaging("build-deb.sh"))
-        .arg("--out")
-        .arg(dir.path()))
-    .unwrap_or_else(|e| panic!("build-deb.sh: {e:#}"));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 

@@ -250,14 +250,30 @@ fn install_script_containers_mode_brings_the_project_up_and_is_idempotent() {
         "docker-compose --env-file saw another project"
     );
 
-    // --uninstall: the project and its volume go; runtimes would stay, and it says so.
-    let out = run(Command::new(packaging("install.sh"))
-        .arg("--uninstall")
-        .arg("--config-dir")
-        .arg(config.path()))
-    .unwrap_or_else(|e| panic!("install.sh --uninstall: {e:#}"));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("left in place"), "{said}");
+    // --uninstall: the project and its volume go; the runtime stays, and it says so.
+    let (a1, _, _) = subnets();
+    let lan = MetricLan::new(&format!("{a1}.2/24"), &format!("{a1}.1/24"));
+    let (kept, removed) = (unique("kpt"), unique("rmd"));
+    let _cleanup = DockerCleanup {
+        containers: vec![kept.clone(), removed.clone()],
+        networks: vec![format!("{kept}_internal"), format!("{removed}_internal")],
+        parents: vec![lan.parent.clone()],
+    };
+    create_runtime(&compose, &env, &lan.parent, &kept);
+    let uninstall = |extra: &[&str]| {
+        let out = run(Command::new(packaging("install.sh"))
+            .arg("--uninstall")
+            .args(extra)
+            .arg("--config-dir")
+            .arg(config.path()))
+        .unwrap_or_else(|e| panic!("install.sh --uninstall {extra:?}: {e:#}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = uninstall(&[]);
+    assert!(
+        said.contains(&format!("runtimes left in place: {kept}")),
+        "{said}"
+    );
     assert!(said.contains("uninstalled"), "{said}");
     assert_eq!(compose.container("netmon"), "", "netmon left: {said}");
     assert_eq!(compose.container("agent"), "", "agent left: {said}");
@@ -271,6 +287,79 @@ fn install_script_containers_mode_brings_the_project_up_and_is_idempotent() {
         compose.volume
     );
     assert!(!env.exists(), "{} left after --uninstall", env.display());
+    assert_eq!(
+        e2e::deploy::health(&kept),
+        "running",
+        "the runtime did not stay"
+    );
+
+    // Again, with --remove-runtimes: the agent deletes its runtime first.
+    install();
+    create_runtime(&compose, &env, &lan.parent, &removed);
+    let said = uninstall(&["--remove-runtimes"]);
+    assert!(
+        said.contains(&format!("removed runtime {removed}")),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&kept),
+        "another agent's runtime named: {said}"
+    );
+    assert_eq!(e2e::deploy::health(&removed), "missing", "{said}");
+    assert!(
+        sh(&format!(
+            "docker network inspect {removed}_internal >/dev/null 2>&1"
+        ))
+        .is_err(),
+        "{removed}_internal left: {said}"
+    );
+    assert_eq!(
+        e2e::deploy::health(&kept),
+        "running",
+        "another runtime touched"
+    );
+}
+
+/// `docker-compose --env-file ENV exec -T agent agent ARGS`, as the README types it.
+fn exec_recorded(env: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("docker-compose")
+        .arg("--env-file")
+        .arg(env)
+        .args(["exec", "-T", "agent", "agent"])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A runtime on `parent`, made through the installed project's agent once it
+/// knows the parent.
+fn create_runtime(compose: &Compose, env: &std::path::Path, parent: &str, name: &str) {
+    compose.wait_healthy(HEALTHY_WITHIN);
+    wait_for(
+        Duration::from_secs(60),
+        "the agent to know the parent",
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&exec_recorded(env, &["status", "--json"])?).ok()?;
+            v["interfaces"]
+                .as_array()?
+                .iter()
+                .any(|i| i["name"] == parent)
+                .then_some(())
+        },
+    );
+    let image = test_image();
+    let vnic = format!("name=eth0,parent={parent},mode=dhcp");
+    exec_recorded(
+        env,
+        &[
+            "runtime", "create", name, "--image", &image, "--vnic", &vnic,
+        ],
+    )
+    .unwrap_or_else(|| panic!("runtime create {name} through the recorded project failed"));
 }
 
 /// Validates `file` against the Compose Specification's JSON schema (as shipped

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use e2e::deploy::{packaging, run, system_lock};
+use e2e::deploy::{build_deb, packaging, run, system_lock};
 use e2e::{TempDir, must, sh};
 
 const FILES: &[&str] = &[
@@ -26,15 +26,6 @@ impl Drop for Purge {
     fn drop(&mut self) {
         let _ = sh("dpkg --purge edgenet >/dev/null 2>&1");
     }
-}
-
-/// `packaging/build-deb.sh --out <dir>`: the package's path.
-fn build_deb(dir: &TempDir) -> String {
-    let built = run(Command::new(packaging("build-deb.sh"))
-        .arg("--out")
-        .arg(dir.path()))
-    .unwrap_or_else(|e| panic!("build-deb.sh: {e:#}"));
-    String::from_utf8_lossy(&built.stdout).trim().to_string()
 }
 
 fn installed() -> bool {
