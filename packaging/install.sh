@@ -238,7 +238,9 @@ record() {
 # (`$@` runs the agent CLI), so runtimes of any other agent are never touched.
 # `runtime list --json` is an object of name -> [vNICs]; names are container names.
 runtime_names() {
-  "$@" runtime list --json 2>/dev/null | grep -o '"[A-Za-z0-9][A-Za-z0-9_.-]*": *\[' \
+  local listed
+  listed=$("$@" runtime list --json 2>/dev/null) || return 1
+  { grep -o '"[A-Za-z0-9][A-Za-z0-9_.-]*": *\[' <<<"$listed" || true; } \
     | sed 's/^"\([^"]*\)".*/\1/' | tr '\n' ' '
 }
 
@@ -246,13 +248,20 @@ runtime_names() {
 # internal networks and vNIC records; MACVLAN networks it no longer needs), or
 # says what stays.
 handle_runtimes() {
-  local names n
-  names=$(runtime_names "$@")
+  local names n said
+  if ! names=$(runtime_names "$@"); then
+    say "the agent does not answer, so its runtimes cannot be listed: any it made stay in place"
+    return 0
+  fi
   if [ -z "${names// /}" ]; then
     say "no runtimes to leave or remove"
   elif [ "$remove_runtimes" = 1 ]; then
     for n in $names; do
-      "$@" runtime delete "$n" >/dev/null && say "removed runtime $n"
+      if said=$("$@" runtime delete "$n" 2>&1); then
+        say "removed runtime $n"
+      else
+        say "warning: removing runtime $n: $said"
+      fi
     done
   else
     say "runtimes left in place: $names (running, with their MACs and networks; nothing moves them on a LAN change now; --remove-runtimes removes them)"

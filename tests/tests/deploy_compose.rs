@@ -253,11 +253,15 @@ fn install_script_containers_mode_brings_the_project_up_and_is_idempotent() {
     // --uninstall: the project and its volume go; the runtime stays, and it says so.
     let (a1, _, _) = subnets();
     let lan = MetricLan::new(&format!("{a1}.2/24"), &format!("{a1}.1/24"));
+    // Its own LAN for the second runtime: runtimes on one parent share its
+    // MACVLAN network, which the agent cannot remove while another uses it.
+    let (b1, _, _) = subnets();
+    let lan2 = MetricLan::new(&format!("{b1}.2/24"), &format!("{b1}.1/24"));
     let (kept, removed) = (unique("kpt"), unique("rmd"));
     let _cleanup = DockerCleanup {
         containers: vec![kept.clone(), removed.clone()],
         networks: vec![format!("{kept}_internal"), format!("{removed}_internal")],
-        parents: vec![lan.parent.clone()],
+        parents: vec![lan.parent.clone(), lan2.parent.clone()],
     };
     create_runtime(&compose, &env, &lan.parent, &kept);
     let uninstall = |extra: &[&str]| {
@@ -295,7 +299,7 @@ fn install_script_containers_mode_brings_the_project_up_and_is_idempotent() {
 
     // Again, with --remove-runtimes: the agent deletes its runtime first.
     install();
-    create_runtime(&compose, &env, &lan.parent, &removed);
+    create_runtime(&compose, &env, &lan2.parent, &removed);
     let said = uninstall(&["--remove-runtimes"]);
     assert!(
         said.contains(&format!("removed runtime {removed}")),
@@ -305,7 +309,12 @@ fn install_script_containers_mode_brings_the_project_up_and_is_idempotent() {
         !said.contains(&kept),
         "another agent's runtime named: {said}"
     );
+    assert!(!said.contains("warning"), "{said}");
     assert_eq!(e2e::deploy::health(&removed), "missing", "{said}");
+    assert!(
+        e2e::docker::networks_on(&lan2.parent).is_empty(),
+        "the removed runtime's MACVLAN network left: {said}"
+    );
     assert!(
         sh(&format!(
             "docker network inspect {removed}_internal >/dev/null 2>&1"
