@@ -19,12 +19,36 @@ const FILES: &[&str] = &[
 ];
 const WANTS: &str = "/etc/systemd/system/multi-user.target.wants";
 
-/// Purges the package on drop (also when the test fails half way).
+/// Marks the package as installed by a test, so a later run may purge what a
+/// killed run left, and never a user's own install.
+const TEST_MARK: &str = "/var/tmp/edgenet-test-installed-deb";
+
+/// Purges the package on drop (also when the test fails half way). Made (with
+/// the [`system_lock`] held) before the test installs anything: an edgenet that
+/// a test did not install is refused, not replaced.
 struct Purge;
+
+impl Purge {
+    fn new() -> Purge {
+        if installed() || sh("dpkg-query -W edgenet >/dev/null 2>&1").is_ok() {
+            assert!(
+                Path::new(TEST_MARK).exists(),
+                "edgenet is installed on this host, not by a test: the package tests would \
+                 replace it. Remove it (dpkg --purge edgenet) or run them on another host"
+            );
+            // A test run killed half way left it.
+            must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+        }
+        std::fs::write(TEST_MARK, "installed by tests/tests/deploy_deb.rs\n")
+            .unwrap_or_else(|e| panic!("write {TEST_MARK}: {e}"));
+        Purge
+    }
+}
 
 impl Drop for Purge {
     fn drop(&mut self) {
         let _ = sh("dpkg --purge edgenet >/dev/null 2>&1");
+        let _ = std::fs::remove_file(TEST_MARK);
     }
 }
 
@@ -99,9 +123,7 @@ fn assert_gone() {
 #[test]
 fn deb_installs_enables_the_units_and_purges_cleanly() {
     let _lock = system_lock();
-    let _purge = Purge;
-    // A run that died half way may have left it installed.
-    must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+    let _purge = Purge::new();
 
     let out = TempDir::new("deb");
     let deb = build_deb(&out);
@@ -136,8 +158,7 @@ fn deb_installs_enables_the_units_and_purges_cleanly() {
 #[test]
 fn install_script_systemd_mode_is_idempotent_and_says_why_units_are_not_started() {
     let _lock = system_lock();
-    let _purge = Purge;
-    must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+    let _purge = Purge::new();
 
     // One package for both runs: a rebuild in between (sources edited meanwhile)
     // would rightly count as a change.
@@ -201,8 +222,7 @@ impl Drop for RemoveBinaryInstall {
 #[test]
 fn install_script_systemd_mode_from_binaries_is_idempotent() {
     let _lock = system_lock();
-    let _purge = Purge;
-    must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+    let _purge = Purge::new();
     for f in BINARY_INSTALL {
         assert!(
             !Path::new(f).exists(),
