@@ -11,8 +11,8 @@ set -euo pipefail
 
 suite=bookworm
 # systemd as PID 1 with what the .deb depends on (passwd, init-system-helpers);
-# dbus for systemctl's usual path, procps for ps.
-packages=systemd,systemd-sysv,dbus,procps,passwd,init-system-helpers
+# dbus for systemctl's usual path, procps for ps, iproute2 for links netmon reports.
+packages=systemd,systemd-sysv,dbus,procps,passwd,init-system-helpers,iproute2
 key=$(printf '%s %s %s' "$suite" "$packages" minbase | sha256sum | cut -c1-12)
 tag="edgenet-test-systemd:$key"
 if [ "${1:-}" = --print-tag ]; then echo "$tag"; exit 0; fi
@@ -38,4 +38,8 @@ if ! mmdebstrap --quiet --variant=minbase --include="$packages" "$suite" - 2>"$l
   exit 1
 fi
 say "built $tag in $(( $(date +%s) - started ))s"
+# Images of older package lists are this script's too, and no longer used.
+for old in $(docker images edgenet-test-systemd --format '{{.Repository}}:{{.Tag}}'); do
+  if [ "$old" != "$tag" ] && docker rmi "$old" >/dev/null 2>&1; then say "removed $old"; fi
+done
 echo "$tag"

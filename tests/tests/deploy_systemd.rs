@@ -125,6 +125,25 @@ fn units_come_up_in_order_with_the_modes_they_declare_and_health_by_membership()
         "agent health for a non-root user does not say why: {refused}"
     );
 
+    // A link of the container's own going up and down: netmon logs each change.
+    host.must(
+        "ip link add edt0 type veth peer name edt1 && ip link set edt1 up && ip link set edt0 up",
+    );
+    let change = |status: &str| {
+        e2e::wait_for(UP_WITHIN, &format!("netmon to log edt0 {status}"), || {
+            host.journal("netmon.service").into_iter().find(|r| {
+                message(r) == "network_change"
+                    && r["F_INTERFACE"] == "edt0"
+                    && r["F_STATUS"] == status
+            })
+        })
+    };
+    change("up");
+    host.must("ip link set edt0 down");
+    let down = change("down");
+    // An absent value is left out, not written as `None`.
+    assert!(down.get("F_GATEWAY").is_none(), "{down}");
+
     // journald gets plain values, never Rust's Debug text.
     for unit in ["netmon.service", "agent.service"] {
         for r in host.journal(unit) {
