@@ -11,6 +11,15 @@
 #       (default /etc/edgenet) and the project brought up; waits until both
 #       containers are healthy (default 180 s, 0: do not wait).
 #
+#   packaging/install.sh --uninstall [--remove-runtimes] [--config-dir DIR]
+#       undoes the install recorded in DIR/edgenet.env (either mode): the package
+#       purged or the copied files removed; or the compose project brought down
+#       with its volume. Runtime containers the agent made, and their networks,
+#       stay unless --remove-runtimes (then the agent deletes them first).
+#
+# What it was given is recorded in DIR/edgenet.env (mode, project, images,
+# container and volume names), which later compose commands read with
+# `--env-file`, so every one acts on the same project and volume.
 # Safe to run again: what is already in place is left alone and said to be.
 # Every step it takes, or skips, is printed. Exit status non-zero on failure.
 set -euo pipefail
@@ -24,12 +33,14 @@ project=${EDGENET_PROJECT:-edgenet}
 config_dir=/etc/edgenet
 wait_s=180
 rebuild=0
+uninstall=0
+remove_runtimes=0
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" 2>/dev/null | head -n1)
 version=${version:-0.1.0}
 # Set when files changed, so running units are restarted onto them.
 changed=0
 
-usage() { sed -n '2,15p' "$0"; }
+usage() { sed -n '2,25p' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --mode) mode=${2:-}; shift 2 ;;
@@ -39,6 +50,8 @@ while [ $# -gt 0 ]; do
     --config-dir) config_dir=${2:-}; shift 2 ;;
     --wait) wait_s=${2:-}; shift 2 ;;
     --rebuild) rebuild=1; shift ;;
+    --uninstall) uninstall=1; shift ;;
+    --remove-runtimes) remove_runtimes=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -167,6 +180,12 @@ install_containers() {
   fi
   local f="$config_dir/compose.yaml"
   put "$here/compose.yaml" "$f" 0644 || true
+  record "EDGENET_MODE=containers" "COMPOSE_PROJECT_NAME=$project" "COMPOSE_FILE=$f" \
+    "EDGENET_NETMON_IMAGE=$netmon_image" "EDGENET_AGENT_IMAGE=$agent_image" \
+    "EDGENET_AGENT_CONTAINER=${EDGENET_AGENT_CONTAINER:-edgenet-agent}" \
+    "EDGENET_VOLUME=${EDGENET_VOLUME:-edgenet-orchestrator}"
+  # The recorded values are what compose reads from here on.
+  set -a; . "$(env_file)"; set +a
   local before after
   before=$($compose -p "$project" -f "$f" ps -q 2>/dev/null | sort | tr '\n' ' ')
   $compose -p "$project" -f "$f" up -d 2>&1 | sed 's/^/install: compose: /'
@@ -192,8 +211,112 @@ install_containers() {
     fi
     sleep 2
   done
-  say "logs: $compose -p $project -f $f logs"
+  say "logs: $compose --env-file $(env_file) logs"
 }
+
+env_file() { echo "$config_dir/edgenet.env"; }
+
+# Records what this install was given (atomically: a reader never sees half).
+record() {
+  local f tmp
+  f=$(env_file)
+  mkdir -p "$config_dir"
+  tmp=$(mktemp "$f.XXXXXX")
+  printf '%s\n' "# Written by packaging/install.sh; read by install.sh --uninstall and by" \
+    "# docker compose --env-file $f (same project, images, volume)." "$@" >"$tmp"
+  chmod 0644 "$tmp"
+  if [ -f "$f" ] && cmp -s <(grep -v '^#' "$tmp") <(grep -v '^#' "$f"); then
+    rm -f "$tmp"
+    say "$f unchanged"
+  else
+    mv "$tmp" "$f"
+    say "recorded the install in $f"
+  fi
+}
+
+# The names of this install's runtimes, asked of its own agent while it runs
+# (`$@` runs the agent CLI), so runtimes of any other agent are never touched.
+# `runtime list --json` is an object of name -> [vNICs]; names are container names.
+runtime_names() {
+  local listed
+  listed=$("$@" runtime list --json 2>/dev/null) || return 1
+  { grep -o '"[A-Za-z0-9][A-Za-z0-9_.-]*": *\[' <<<"$listed" || true; } \
+    | sed 's/^"\([^"]*\)".*/\1/' | tr '\n' ' '
+}
+
+# Before the agent stops: deletes its runtimes through it (their containers,
+# internal networks and vNIC records; MACVLAN networks it no longer needs), or
+# says what stays.
+handle_runtimes() {
+  local names n said
+  if ! names=$(runtime_names "$@"); then
+    say "the agent does not answer, so its runtimes cannot be listed: any it made stay in place"
+    return 0
+  fi
+  if [ -z "${names// /}" ]; then
+    say "no runtimes to leave or remove"
+  elif [ "$remove_runtimes" = 1 ]; then
+    for n in $names; do
+      if said=$("$@" runtime delete "$n" 2>&1); then
+        say "removed runtime $n"
+      else
+        say "warning: removing runtime $n: $said"
+      fi
+    done
+  else
+    say "runtimes left in place: $names (running, with their MACs and networks; nothing moves them on a LAN change now; --remove-runtimes removes them)"
+  fi
+}
+
+uninstall_all() {
+  local f
+  f=$(env_file)
+  [ -f "$f" ] || die "no install recorded in $f (use --config-dir DIR if it was installed with one)"
+  # shellcheck disable=SC1090
+  local EDGENET_MODE="" EDGENET_FROM="" COMPOSE_PROJECT_NAME=""
+  set -a; . "$f"; set +a
+  case "$EDGENET_MODE" in
+    systemd)
+      if [ -x /usr/bin/agent ]; then handle_runtimes /usr/bin/agent; fi
+      if [ "$EDGENET_FROM" = binaries ]; then
+        if systemd_running; then systemctl disable --now agent.service netmon.service >/dev/null 2>&1 || true; fi
+        local p
+        for p in /etc/systemd/system/multi-user.target.wants/agent.service \
+                 /etc/systemd/system/multi-user.target.wants/netmon.service \
+                 /etc/systemd/system/agent.service /etc/systemd/system/netmon.service \
+                 /usr/lib/sysusers.d/netmon.conf /usr/bin/agent /usr/bin/netmon; do
+          if [ -e "$p" ] || [ -L "$p" ]; then rm -f "$p"; say "removed $p"; fi
+        done
+        if systemd_running; then systemctl daemon-reload; fi
+        rm -rf /var/lib/agent /run/netmon /run/agent
+        userdel netmon >/dev/null 2>&1 && say "removed user netmon" || true
+        groupdel netmon >/dev/null 2>&1 && say "removed group netmon" || true
+      else
+        dpkg --purge edgenet | sed 's/^/install: dpkg: /'
+        say "purged edgenet"
+      fi
+      ;;
+    containers)
+      local compose
+      compose=$(compose_cmd)
+      handle_runtimes $compose --env-file "$f" -p "$COMPOSE_PROJECT_NAME" \
+        -f "$config_dir/compose.yaml" exec -T agent agent
+      $compose --env-file "$f" -p "$COMPOSE_PROJECT_NAME" -f "$config_dir/compose.yaml" \
+        down -v --remove-orphans -t 10 2>&1 | sed 's/^/install: compose: /'
+      say "project $COMPOSE_PROJECT_NAME down, its volume removed"
+      rm -f "$config_dir/compose.yaml"
+      ;;
+    *) die "$f names no mode (EDGENET_MODE=$EDGENET_MODE)" ;;
+  esac
+  rm -f "$f"
+  rmdir "$config_dir" 2>/dev/null || true
+  say "uninstalled"
+}
+
+if [ "$uninstall" = 1 ]; then
+  uninstall_all
+  exit 0
+fi
 
 case "$mode" in
   systemd)
@@ -202,6 +325,7 @@ case "$mode" in
       binaries) install_systemd_binaries ;;
       *) die "--from must be deb or binaries" ;;
     esac
+    record "EDGENET_MODE=systemd" "EDGENET_FROM=${from:-deb}"
     start_units
     ;;
   containers) install_containers ;;

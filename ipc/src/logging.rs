@@ -1,6 +1,7 @@
 //! Logging set-up shared by netmon and the agent: human text on stderr, JSON lines
 //! on stderr, or native journald fields.
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
@@ -54,7 +55,13 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    // Colour codes only for a person at a terminal: in a pipe, a
+                    // file or `docker logs` they are noise in every line.
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -62,6 +69,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
+                    .with_ansi(false)
                     .with_writer(std::io::stderr),
             )
             .try_init(),

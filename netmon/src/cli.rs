@@ -131,16 +131,17 @@ pub enum Command {
     /// Checks that a netmon answers on the socket with a discovery (exit 0), else
     /// prints why and exits 1. For health checks and probes.
     Health {
+        /// Path of the netmon socket to ask.
         #[arg(long, env = "NETMON_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
         /// How long to wait for the discovery.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        #[arg(long, env = "NETMON_HEALTH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
     },
     /// Reads the kernel once and prints what netmon would report (no daemon needed).
     Dump {
         /// Print the `network_discovery` event as JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, env = "NETMON_JSON")]
         json: bool,
         /// Report only interfaces matching this glob (repeatable).
         #[arg(long, env = "NETMON_INCLUDE", value_delimiter = ',')]
@@ -149,13 +150,14 @@ pub enum Command {
         #[arg(long, env = "NETMON_EXCLUDE", value_delimiter = ',')]
         exclude: Vec<String>,
     },
-    /// Follows a running netmon and prints one line per event; reconnects when it
-    /// restarts.
+    /// Follows a running netmon and prints one line per event; waits for the
+    /// socket when netmon is not running yet, and reconnects when it restarts.
     Watch {
+        /// Path of the netmon socket to follow.
         #[arg(long, env = "NETMON_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// Print the raw JSON lines.
-        #[arg(long)]
+        /// Print the raw JSON lines, exactly as netmon sends them.
+        #[arg(long, env = "NETMON_JSON")]
         json: bool,
     },
 }
@@ -168,6 +170,30 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every subcommand and every option (but clap's own --help/--version) says
+    /// what it is for in `--help`.
+    #[test]
+    fn every_subcommand_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "netmon", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
     }
 
     #[test]

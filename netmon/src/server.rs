@@ -180,10 +180,13 @@ impl Hub {
                 }
             }
             // Only the primary address: an interface can carry thousands.
-            info!(interface = %iface.interface, index = ?iface.index, status = ?iface.status,
-                  ipv4 = ?iface.ipv4_addresses.first().map(|a| a.address),
+            // Plain values (an absent one is left out), not Debug text: journald
+            // stores each field as typed (F_STATUS=down, never Some(Down)).
+            info!(interface = %iface.interface, index = iface.index,
+                  status = iface.status.map(status_word),
+                  ipv4 = iface.ipv4_addresses.first().map(|a| display(a.address)),
                   ipv4_count = iface.ipv4_addresses.len(),
-                  gateway = ?iface.gateway, "network_change");
+                  gateway = iface.gateway.map(display), "network_change");
         }
     }
 
@@ -420,7 +423,7 @@ pub fn bind(cfg: &SocketConfig) -> Result<Server, ServerError> {
     let ino = std::fs::symlink_metadata(path)
         .ok()
         .map(|m| (m.dev(), m.ino()));
-    info!(path = %path.display(), mode = format!("{:o}", cfg.mode), group = ?cfg.group, "listening");
+    info!(path = %path.display(), mode = format!("{:o}", cfg.mode), group = cfg.group.as_deref(), "listening");
     Ok(Server {
         listener,
         path: path.clone(),
@@ -581,5 +584,14 @@ fn handle_line(hub: &Hub, id: u64, line: &[u8]) {
             let reply = Reply::err(req.id, format!("Unknown command: {other}"));
             hub.reply(id, &reply, false, false);
         }
+    }
+}
+
+/// An interface status as the wire spells it, for log fields.
+fn status_word(s: ipc::Status) -> &'static str {
+    match s {
+        ipc::Status::Up => "up",
+        ipc::Status::Down => "down",
+        ipc::Status::Removed => "removed",
     }
 }

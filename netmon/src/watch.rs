@@ -51,8 +51,21 @@ pub fn format_event(ev: &Event) -> Vec<String> {
 
 /// Prints events until `shutdown` (or stdout closes).
 pub async fn run(path: &Path, json: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (_client, mut rx) = Client::spawn(ClientConfig::new(path), shutdown.clone());
-    eprintln!("watching {}", path.display());
+    // A person is watching: retry at most every second, so the first event
+    // follows soon after netmon starts.
+    let mut config = ClientConfig::new(path);
+    config.max_backoff = std::time::Duration::from_secs(1);
+    let (_client, mut rx) = Client::spawn(config, shutdown.clone());
+    if path.exists() {
+        eprintln!("watching {}", path.display());
+    } else {
+        // Otherwise nothing would be printed until netmon starts.
+        eprintln!(
+            "waiting for {} to appear (is netmon running with --socket {}?)",
+            path.display(),
+            path.display()
+        );
+    }
     let mut out = std::io::stdout().lock();
     loop {
         let ev = tokio::select! {
@@ -66,7 +79,10 @@ pub async fn run(path: &Path, json: bool, shutdown: CancellationToken) -> anyhow
                 continue;
             }
             ClientEvent::Disconnected { reason } => {
-                eprintln!("disconnected: {reason}; reconnecting");
+                eprintln!(
+                    "disconnected: {reason}; waiting for {} again",
+                    path.display()
+                );
                 continue;
             }
             ClientEvent::Event(e) if json => vec![serde_json::to_string(&e)?],

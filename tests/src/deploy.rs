@@ -48,21 +48,51 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// Builds the project's .deb into `dir` (the static binaries are shared); its path.
+pub fn build_deb(dir: &TempDir) -> String {
+    let out = run(Command::new(packaging("build-deb.sh"))
+        .arg("--out")
+        .arg(dir.path()))
+    .unwrap_or_else(|e| panic!("build-deb.sh: {e:#}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The static release binaries that the images and the package carry.
 pub struct StaticBinaries {
     pub netmon: PathBuf,
     pub agent: PathBuf,
 }
 
-/// The two images, by name.
+/// The two images, by name. Tagged for this test alone (never the names a user's
+/// install uses, `edgenet/netmon:<version>`), and removed on drop; or, when
+/// [`PREBUILT_NETMON`] and [`PREBUILT_AGENT`] are set (CI builds the images once
+/// before the tests), those, left to whoever built them.
 pub struct Images {
     pub netmon: String,
     pub agent: String,
+    owned: bool,
 }
 
-fn build_images(args: &[&str]) -> String {
-    let out = run(Command::new(packaging("build-images.sh")).args(args))
-        .unwrap_or_else(|e| panic!("packaging/build-images.sh: {e:#}"));
+/// Environment naming images built before the tests (see `.ci/run`).
+pub const PREBUILT_NETMON: &str = "EDGENET_TEST_NETMON_IMAGE";
+pub const PREBUILT_AGENT: &str = "EDGENET_TEST_AGENT_IMAGE";
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = sh(&format!(
+                "docker rmi {} {} >/dev/null 2>&1",
+                self.netmon, self.agent
+            ));
+        }
+    }
+}
+
+fn build_images(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = run(Command::new(packaging("build-images.sh"))
+        .args(args)
+        .envs(envs.iter().copied()))
+    .unwrap_or_else(|e| panic!("packaging/build-images.sh: {e:#}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -77,21 +107,61 @@ fn field(out: &str, kind: &str, name: &str, col: usize) -> String {
 /// Builds (once per machine and source state; concurrent callers wait on the
 /// script's lock) and returns the static binaries.
 pub fn static_binaries() -> StaticBinaries {
-    let out = build_images(&["--binaries-only"]);
+    let out = build_images(&["--binaries-only"], &[]);
     StaticBinaries {
         netmon: field(&out, "binary", "netmon", 2).into(),
         agent: field(&out, "binary", "agent", 2).into(),
     }
 }
 
-/// Builds the binaries (once) and both images; returns the image names.
+/// Builds the binaries (once) and both images under tags of this test's own
+/// (`edgenet-test/netmon:<unique>`), or takes the prebuilt ones CI names.
 pub fn images() -> Images {
     crate::agent::require_engine();
-    let out = build_images(&[]);
-    Images {
-        netmon: field(&out, "image", "netmon", 2),
-        agent: field(&out, "image", "agent", 2),
+    if let (Ok(netmon), Ok(agent)) = (
+        std::env::var(PREBUILT_NETMON),
+        std::env::var(PREBUILT_AGENT),
+    ) && !netmon.is_empty()
+        && !agent.is_empty()
+    {
+        for i in [&netmon, &agent] {
+            if sh(&format!("docker image inspect {i} >/dev/null 2>&1")).is_err() {
+                panic!("{PREBUILT_NETMON}/{PREBUILT_AGENT} name {i}, which is not built");
+            }
+        }
+        return Images {
+            netmon,
+            agent,
+            owned: false,
+        };
     }
+    own_images()
+}
+
+/// Builds both images under tags of this call's own, removed on drop.
+pub fn own_images() -> Images {
+    crate::agent::require_engine();
+    let tag = unique("t");
+    let (netmon, agent) = (
+        format!("edgenet-test/netmon:{tag}"),
+        format!("edgenet-test/agent:{tag}"),
+    );
+    // Owned from here, so a failed build still removes what it tagged.
+    let images = Images {
+        netmon,
+        agent,
+        owned: true,
+    };
+    let out = build_images(
+        &[],
+        &[
+            ("EDGENET_NETMON_IMAGE", &images.netmon),
+            ("EDGENET_AGENT_IMAGE", &images.agent),
+        ],
+    );
+    assert_eq!(field(&out, "image", "netmon", 2), images.netmon);
+    assert_eq!(field(&out, "image", "agent", 2), images.agent);
+    images
 }
 
 /// Held by tests that change system-wide state (the installed package, files in

@@ -214,9 +214,161 @@ fn install_script_containers_mode_brings_the_project_up_and_is_idempotent() {
         ids,
         "a second run replaced the containers"
     );
-    compose
-        .down()
-        .unwrap_or_else(|e| panic!("compose down -v: {e:#}"));
+
+    // What it was given is recorded: the README's compose command, typed later
+    // without any EDGENET_* or --project, acts on this very project.
+    let env = config.join("edgenet.env");
+    let recorded = std::fs::read_to_string(&env).expect("install.sh wrote edgenet.env");
+    for want in [
+        format!("COMPOSE_PROJECT_NAME={}", compose.project),
+        format!("EDGENET_VOLUME={}", compose.volume),
+        format!("EDGENET_AGENT_IMAGE={}", imgs.agent),
+    ] {
+        assert!(
+            recorded.lines().any(|l| l == want),
+            "{want} not in {recorded}"
+        );
+    }
+    let mut ps = Command::new("docker-compose");
+    ps.arg("--env-file").arg(&env).args(["ps", "-q"]);
+    for (k, _) in compose.envs() {
+        ps.env_remove(k);
+    }
+    let listed = run(ps
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("COMPOSE_FILE"))
+    .unwrap_or_else(|e| panic!("docker-compose --env-file: {e:#}"));
+    let mut listed: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    listed.sort();
+    let mut want = vec![ids.0.clone(), ids.1.clone()];
+    want.sort();
+    assert_eq!(
+        listed, want,
+        "docker-compose --env-file saw another project"
+    );
+
+    // --uninstall: the project and its volume go; the runtime stays, and it says so.
+    let (a1, _, _) = subnets();
+    let lan = MetricLan::new(&format!("{a1}.2/24"), &format!("{a1}.1/24"));
+    // Its own LAN for the second runtime: runtimes on one parent share its
+    // MACVLAN network, which the agent cannot remove while another uses it.
+    let (b1, _, _) = subnets();
+    let lan2 = MetricLan::new(&format!("{b1}.2/24"), &format!("{b1}.1/24"));
+    let (kept, removed) = (unique("kpt"), unique("rmd"));
+    let _cleanup = DockerCleanup {
+        containers: vec![kept.clone(), removed.clone()],
+        networks: vec![format!("{kept}_internal"), format!("{removed}_internal")],
+        parents: vec![lan.parent.clone(), lan2.parent.clone()],
+    };
+    create_runtime(&compose, &env, &lan.parent, &kept);
+    let uninstall = |extra: &[&str]| {
+        let out = run(Command::new(packaging("install.sh"))
+            .arg("--uninstall")
+            .args(extra)
+            .arg("--config-dir")
+            .arg(config.path()))
+        .unwrap_or_else(|e| panic!("install.sh --uninstall {extra:?}: {e:#}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = uninstall(&[]);
+    assert!(
+        said.contains(&format!("runtimes left in place: {kept}")),
+        "{said}"
+    );
+    assert!(said.contains("uninstalled"), "{said}");
+    assert_eq!(compose.container("netmon"), "", "netmon left: {said}");
+    assert_eq!(compose.container("agent"), "", "agent left: {said}");
+    assert!(
+        sh(&format!(
+            "docker volume inspect {} >/dev/null 2>&1",
+            compose.volume
+        ))
+        .is_err(),
+        "volume {} left after --uninstall",
+        compose.volume
+    );
+    assert!(!env.exists(), "{} left after --uninstall", env.display());
+    assert_eq!(
+        e2e::deploy::health(&kept),
+        "running",
+        "the runtime did not stay"
+    );
+
+    // Again, with --remove-runtimes: the agent deletes its runtime first.
+    install();
+    create_runtime(&compose, &env, &lan2.parent, &removed);
+    let said = uninstall(&["--remove-runtimes"]);
+    assert!(
+        said.contains(&format!("removed runtime {removed}")),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&kept),
+        "another agent's runtime named: {said}"
+    );
+    assert!(!said.contains("warning"), "{said}");
+    assert_eq!(e2e::deploy::health(&removed), "missing", "{said}");
+    assert!(
+        e2e::docker::networks_on(&lan2.parent).is_empty(),
+        "the removed runtime's MACVLAN network left: {said}"
+    );
+    assert!(
+        sh(&format!(
+            "docker network inspect {removed}_internal >/dev/null 2>&1"
+        ))
+        .is_err(),
+        "{removed}_internal left: {said}"
+    );
+    assert_eq!(
+        e2e::deploy::health(&kept),
+        "running",
+        "another runtime touched"
+    );
+}
+
+/// `docker-compose --env-file ENV exec -T agent agent ARGS`, as the README types it.
+fn exec_recorded(env: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("docker-compose")
+        .arg("--env-file")
+        .arg(env)
+        .args(["exec", "-T", "agent", "agent"])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A runtime on `parent`, made through the installed project's agent once it
+/// knows the parent.
+fn create_runtime(compose: &Compose, env: &std::path::Path, parent: &str, name: &str) {
+    compose.wait_healthy(HEALTHY_WITHIN);
+    wait_for(
+        Duration::from_secs(60),
+        "the agent to know the parent",
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&exec_recorded(env, &["status", "--json"])?).ok()?;
+            v["interfaces"]
+                .as_array()?
+                .iter()
+                .any(|i| i["name"] == parent)
+                .then_some(())
+        },
+    );
+    let image = test_image();
+    let vnic = format!("name=eth0,parent={parent},mode=dhcp");
+    exec_recorded(
+        env,
+        &[
+            "runtime", "create", name, "--image", &image, "--vnic", &vnic,
+        ],
+    )
+    .unwrap_or_else(|| panic!("runtime create {name} through the recorded project failed"));
 }
 
 /// Validates `file` against the Compose Specification's JSON schema (as shipped

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use e2e::deploy::{packaging, run, system_lock};
+use e2e::deploy::{build_deb, packaging, run, system_lock};
 use e2e::{TempDir, must, sh};
 
 const FILES: &[&str] = &[
@@ -19,22 +19,37 @@ const FILES: &[&str] = &[
 ];
 const WANTS: &str = "/etc/systemd/system/multi-user.target.wants";
 
-/// Purges the package on drop (also when the test fails half way).
+/// Marks the package as installed by a test, so a later run may purge what a
+/// killed run left, and never a user's own install.
+const TEST_MARK: &str = "/var/tmp/edgenet-test-installed-deb";
+
+/// Purges the package on drop (also when the test fails half way). Made (with
+/// the [`system_lock`] held) before the test installs anything: an edgenet that
+/// a test did not install is refused, not replaced.
 struct Purge;
+
+impl Purge {
+    fn new() -> Purge {
+        if installed() || sh("dpkg-query -W edgenet >/dev/null 2>&1").is_ok() {
+            assert!(
+                Path::new(TEST_MARK).exists(),
+                "edgenet is installed on this host, not by a test: the package tests would \
+                 replace it. Remove it (dpkg --purge edgenet) or run them on another host"
+            );
+            // A test run killed half way left it.
+            must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+        }
+        std::fs::write(TEST_MARK, "installed by tests/tests/deploy_deb.rs\n")
+            .unwrap_or_else(|e| panic!("write {TEST_MARK}: {e}"));
+        Purge
+    }
+}
 
 impl Drop for Purge {
     fn drop(&mut self) {
         let _ = sh("dpkg --purge edgenet >/dev/null 2>&1");
+        let _ = std::fs::remove_file(TEST_MARK);
     }
-}
-
-/// `packaging/build-deb.sh --out <dir>`: the package's path.
-fn build_deb(dir: &TempDir) -> String {
-    let built = run(Command::new(packaging("build-deb.sh"))
-        .arg("--out")
-        .arg(dir.path()))
-    .unwrap_or_else(|e| panic!("build-deb.sh: {e:#}"));
-    String::from_utf8_lossy(&built.stdout).trim().to_string()
 }
 
 fn installed() -> bool {
@@ -108,9 +123,7 @@ fn assert_gone() {
 #[test]
 fn deb_installs_enables_the_units_and_purges_cleanly() {
     let _lock = system_lock();
-    let _purge = Purge;
-    // A run that died half way may have left it installed.
-    must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+    let _purge = Purge::new();
 
     let out = TempDir::new("deb");
     let deb = build_deb(&out);
@@ -145,19 +158,17 @@ fn deb_installs_enables_the_units_and_purges_cleanly() {
 #[test]
 fn install_script_systemd_mode_is_idempotent_and_says_why_units_are_not_started() {
     let _lock = system_lock();
-    let _purge = Purge;
-    must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+    let _purge = Purge::new();
 
     // One package for both runs: a rebuild in between (sources edited meanwhile)
     // would rightly count as a change.
     let dir = TempDir::new("deb");
     let deb = build_deb(&dir);
-    let install = || {
-        run(Command::new(packaging("install.sh")).args(["--mode", "systemd", "--deb", &deb]))
-            .unwrap_or_else(|e| panic!("install.sh --mode systemd --deb {deb}: {e:#}"))
-    };
+    let config = TempDir::new("icd");
+    let env_file = config.join("edgenet.env");
+    let install = || install_sh(&config, &["--mode", "systemd", "--deb", &deb]);
     let first = install();
-    let said = String::from_utf8_lossy(&first.stdout);
+    let said = first.as_str();
     assert!(said.contains("installed edgenet"), "{said}");
     assert!(
         said.contains("systemd is not the running init") && said.contains("NOT started"),
@@ -166,17 +177,23 @@ fn install_script_systemd_mode_is_idempotent_and_says_why_units_are_not_started(
     assert_installed();
 
     let second = install();
-    let said = String::from_utf8_lossy(&second.stdout);
+    let said = second.as_str();
     assert!(
         said.contains("already installed and unchanged"),
         "a second run did not see the installed package: {said}"
     );
     assert!(!said.contains("dpkg:"), "a second run reinstalled: {said}");
     assert_installed();
+    assert!(
+        std::fs::read_to_string(&env_file).is_ok_and(|t| t.contains("EDGENET_MODE=systemd")),
+        "install.sh did not record the install in {}",
+        env_file.display()
+    );
 
-    run(Command::new("dpkg").args(["--purge", "edgenet"]))
-        .unwrap_or_else(|e| panic!("dpkg --purge: {e:#}"));
+    let said = install_sh(&config, &["--uninstall"]);
+    assert!(said.contains("purged edgenet"), "{said}");
     assert_gone();
+    assert!(!env_file.exists(), "{} left: {said}", env_file.display());
 }
 
 /// Removes what `install.sh --from binaries` put in place (it has no package to
@@ -205,8 +222,7 @@ impl Drop for RemoveBinaryInstall {
 #[test]
 fn install_script_systemd_mode_from_binaries_is_idempotent() {
     let _lock = system_lock();
-    let _purge = Purge;
-    must("dpkg --purge edgenet >/dev/null 2>&1 || true");
+    let _purge = Purge::new();
     for f in BINARY_INSTALL {
         assert!(
             !Path::new(f).exists(),
@@ -214,13 +230,8 @@ fn install_script_systemd_mode_from_binaries_is_idempotent() {
         );
     }
     let _remove = RemoveBinaryInstall;
-    let install = || {
-        let out =
-            run(Command::new(packaging("install.sh"))
-                .args(["--mode", "systemd", "--from", "binaries"]))
-            .unwrap_or_else(|e| panic!("install.sh --mode systemd --from binaries: {e:#}"));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let config = TempDir::new("icb");
+    let install = || install_sh(&config, &["--mode", "systemd", "--from", "binaries"]);
 
     let said = install();
     for f in BINARY_INSTALL {
@@ -255,4 +266,33 @@ fn install_script_systemd_mode_from_binaries_is_idempotent() {
         !again.contains("installed /"),
         "a second run installed again: {again}"
     );
+
+    // --uninstall removes every file it copied, and the user and group.
+    let said = install_sh(&config, &["--uninstall"]);
+    for f in BINARY_INSTALL {
+        assert!(!Path::new(f).exists(), "{f} left after --uninstall: {said}");
+    }
+    assert!(
+        sh("getent passwd netmon").is_err(),
+        "user netmon left: {said}"
+    );
+    assert!(
+        sh("getent group netmon").is_err(),
+        "group netmon left: {said}"
+    );
+    assert!(
+        !config.join("edgenet.env").exists(),
+        "edgenet.env left: {said}"
+    );
+}
+
+/// `install.sh` with `--config-dir` in a directory of the test's own, so a
+/// user's /etc/edgenet is never written.
+fn install_sh(config: &TempDir, args: &[&str]) -> String {
+    let out = run(Command::new(packaging("install.sh"))
+        .args(args)
+        .arg("--config-dir")
+        .arg(config.path()))
+    .unwrap_or_else(|e| panic!("install.sh {args:?}: {e:#}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

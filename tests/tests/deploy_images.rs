@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use e2e::deploy::{Images, health, images, static_binaries};
+use e2e::deploy::{health, images, own_images, static_binaries};
 use e2e::{must, sh, unique, wait_for};
 
 /// The size limit the deployment issue sets for each image.
@@ -87,12 +87,13 @@ fn binaries_are_static() {
 
 #[test]
 fn images_are_small_hold_only_the_binary_and_have_no_shell() {
-    let Images { netmon, agent } = images();
+    let imgs = images();
+    let (netmon, agent) = (&imgs.netmon, &imgs.agent);
     let mut cleanup = Cleanup {
         containers: vec![],
         volumes: vec![],
     };
-    for (image, bin) in [(&netmon, "netmon"), (&agent, "agent")] {
+    for (image, bin) in [(netmon, "netmon"), (agent, "agent")] {
         let size: u64 = inspect(image, "{{.Size}}").parse().expect("image size");
         eprintln!("image {image}: {size} bytes");
         assert!(
@@ -188,7 +189,8 @@ fn stop(container: &str) -> (Duration, i64) {
 
 #[test]
 fn netmon_container_is_healthy_and_as_pid_1_stops_on_sigterm_removing_its_socket() {
-    let Images { netmon, .. } = images();
+    let imgs = images();
+    let netmon = &imgs.netmon;
     let name = unique("nmc");
     let volume = unique("nmv");
     let _cleanup = Cleanup {
@@ -225,7 +227,8 @@ fn netmon_container_is_healthy_and_as_pid_1_stops_on_sigterm_removing_its_socket
 
 #[test]
 fn agent_container_as_pid_1_stops_on_sigterm() {
-    let Images { agent, .. } = images();
+    let imgs = images();
+    let agent = &imgs.agent;
     let name = unique("agc");
     let volume = unique("agv");
     let _cleanup = Cleanup {
@@ -249,4 +252,39 @@ fn agent_container_as_pid_1_stops_on_sigterm() {
         took < Duration::from_secs(15),
         "docker stop took {took:?}: SIGTERM was not handled by PID 1"
     );
+}
+
+/// The tests' images never take the names a user's install uses
+/// (`edgenet/<name>:<version>`): they have tags of their own, removed afterwards,
+/// and an image a user has under the install's name is left as it was.
+#[test]
+fn test_images_have_tags_of_their_own_and_are_removed() {
+    let version = env!("CARGO_PKG_VERSION");
+    let id = |i: &str| {
+        sh(&format!(
+            "docker image inspect -f '{{{{.Id}}}}' {i} 2>/dev/null"
+        ))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+    };
+    let users = [
+        format!("edgenet/netmon:{version}"),
+        format!("edgenet/agent:{version}"),
+    ];
+    let before: Vec<String> = users.iter().map(|u| id(u)).collect();
+    let imgs = own_images();
+    let names = (imgs.netmon.clone(), imgs.agent.clone());
+    for n in [&names.0, &names.1] {
+        assert!(
+            n.starts_with("edgenet-test/") && !users.contains(n),
+            "test image named {n}"
+        );
+        assert!(!id(n).is_empty(), "{n} was not built");
+    }
+    drop(imgs);
+    for n in [&names.0, &names.1] {
+        assert!(id(n).is_empty(), "{n} left after the test");
+    }
+    let after: Vec<String> = users.iter().map(|u| id(u)).collect();
+    assert_eq!(before, after, "a user's {users:?} changed");
 }
