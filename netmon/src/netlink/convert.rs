@@ -3,10 +3,11 @@
 
 use std::net::IpAddr;
 
+use rtnetlink::packet_core::{DecodeError, NetlinkBuffer, NlasIterator, Parseable};
 use rtnetlink::packet_route::{
-    AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
-    link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State},
+    AddressFamily,
+    address::{AddressAttribute, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope},
+    link::{LinkAttribute, LinkFlags, LinkHeader, LinkInfo, LinkMessage, State},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
 };
 
@@ -195,61 +196,114 @@ pub(crate) fn default_routes(msg: &RouteMessage) -> Vec<Route4> {
     out
 }
 
-/// Whether a link message itself says the link is not usable (or gone).
-fn link_went_down(msg: &LinkMessage) -> bool {
-    let flags = msg.header.flags;
+/// IFLA_OPERSTATE (linux/if_link.h).
+const IFLA_OPERSTATE: u16 = 16;
+/// Fixed header sizes of struct ifinfomsg, struct rtmsg.
+const LINK_HEADER_LEN: usize = 16;
+const ROUTE_HEADER_LEN: usize = 12;
+/// RTA_TABLE (linux/rtnetlink.h).
+const RTA_TABLE: u16 = 15;
+
+/// Whether a link message itself says the link is not usable: no IFF_UP, no
+/// LOWER_UP, or an operstate that is not up. Only the header and the operstate
+/// attribute are read.
+fn link_went_down(flags: LinkFlags, attributes: &[u8]) -> bool {
     if !flags.contains(LinkFlags::Up) || !flags.contains(LinkFlags::LowerUp) {
         return true;
     }
-    msg.attributes.iter().any(|a| {
-        matches!(
-            a,
-            LinkAttribute::OperState(
-                State::Down
-                    | State::LowerLayerDown
-                    | State::NotPresent
-                    | State::Dormant
-                    | State::Testing
-            )
+    let operstate = NlasIterator::new(attributes)
+        .filter_map(Result::ok)
+        .find(|nla| nla.kind() == IFLA_OPERSTATE)
+        .and_then(|nla| nla.value().first().copied())
+        .map(State::from);
+    matches!(
+        operstate,
+        Some(
+            State::Down
+                | State::LowerLayerDown
+                | State::NotPresent
+                | State::Dormant
+                | State::Testing
         )
-    })
+    )
 }
 
-/// The hints one multicast message gives, appended to `out`.
-pub(crate) fn hints(msg: &RouteNetlinkMessage, out: &mut Vec<KernelEvent>) {
-    match msg {
-        RouteNetlinkMessage::NewLink(l) => out.push(KernelEvent::Hint {
-            ifindex: l.header.index,
-            urgent: link_went_down(l),
-        }),
-        RouteNetlinkMessage::DelLink(l) => out.push(KernelEvent::Hint {
-            ifindex: l.header.index,
-            urgent: true,
-        }),
-        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-            if matches!(a.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
+/// Whether a route message may be a main-table IPv4 default route, from its fixed
+/// header and RTA_TABLE alone: the prefix and local routes of an address storm are
+/// dropped here without being decoded.
+fn may_be_default_v4(payload: &[u8]) -> Result<bool, DecodeError> {
+    let h = RouteHeader::parse(payload)?;
+    if h.address_family != AddressFamily::Inet || h.destination_prefix_length != 0 {
+        return Ok(false);
+    }
+    let table = NlasIterator::new(payload.get(ROUTE_HEADER_LEN..).unwrap_or_default())
+        .filter_map(Result::ok)
+        .find(|nla| nla.kind() == RTA_TABLE)
+        .and_then(|nla| {
+            nla.value()
+                .get(..4)
+                .map(|v| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
+        })
+        .unwrap_or(u32::from(h.table));
+    Ok(table == u32::from(RouteHeader::RT_TABLE_MAIN))
+}
+
+/// The hints one multicast message gives, appended to `out`. Only fixed headers
+/// (and for links the operstate) are read; a route message is decoded in full only
+/// when its header says it may be a default route.
+pub(crate) fn hints(
+    msg: NetlinkBuffer<&[u8]>,
+    out: &mut Vec<KernelEvent>,
+) -> Result<(), DecodeError> {
+    let payload = msg.payload();
+    let kind = msg.message_type();
+    match kind {
+        libc::RTM_NEWLINK | libc::RTM_DELLINK => {
+            let h = LinkHeader::parse(payload)?;
+            let attributes = payload.get(LINK_HEADER_LEN..).unwrap_or_default();
+            out.push(KernelEvent::Hint {
+                ifindex: h.index,
+                urgent: kind == libc::RTM_DELLINK || link_went_down(h.flags, attributes),
+            });
+        }
+        libc::RTM_NEWADDR | libc::RTM_DELADDR => {
+            let h = AddressHeader::parse(payload)?;
+            if matches!(h.family, AddressFamily::Inet | AddressFamily::Inet6) {
                 out.push(KernelEvent::Hint {
-                    ifindex: a.header.index,
+                    ifindex: h.index,
                     urgent: false,
                 });
             }
         }
-        RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
-            for route in default_routes(r) {
+        libc::RTM_NEWROUTE | libc::RTM_DELROUTE if may_be_default_v4(payload)? => {
+            let route = RouteMessage::parse(payload)?;
+            for r in default_routes(&route) {
                 out.push(KernelEvent::Hint {
-                    ifindex: route.oif,
+                    ifindex: r.oif,
                     urgent: false,
                 });
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtnetlink::packet_core::NetlinkMessage;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
     use rtnetlink::packet_route::route::RouteNextHop;
+
+    /// The hints of `msg` as it arrives: serialized, then read from the wire.
+    fn hints_of(msg: RouteNetlinkMessage, out: &mut Vec<KernelEvent>) {
+        let mut nl = NetlinkMessage::from(msg);
+        nl.finalize();
+        let mut buf = vec![0; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        hints(NetlinkBuffer::new(&buf[..]), out).unwrap();
+    }
 
     fn default_route(table_hdr: u8, table_attr: Option<u32>) -> RouteMessage {
         let mut m = RouteMessage::default();
@@ -313,7 +367,7 @@ mod tests {
         assert_eq!(r.iter().map(|r| r.oif).collect::<Vec<_>>(), [3, 4]);
         assert!(r.iter().all(|r| r.metric == 100));
         let mut out = Vec::new();
-        hints(&RouteNetlinkMessage::DelRoute(m), &mut out);
+        hints_of(RouteNetlinkMessage::DelRoute(m), &mut out);
         let ifs: Vec<u32> = out
             .iter()
             .map(|e| match e {
@@ -325,19 +379,58 @@ mod tests {
     }
 
     #[test]
+    fn only_default_route_messages_hint() {
+        let mut out = Vec::new();
+        hints_of(
+            RouteNetlinkMessage::NewRoute(default_route(254, None)),
+            &mut out,
+        );
+        // The main table named by RTA_TABLE only (the header says RT_TABLE_COMPAT).
+        hints_of(
+            RouteNetlinkMessage::NewRoute(default_route(252, Some(254))),
+            &mut out,
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        // What an address storm brings: prefix routes, local-table routes.
+        let mut prefix = default_route(254, None);
+        prefix.header.destination_prefix_length = 24;
+        hints_of(RouteNetlinkMessage::NewRoute(prefix), &mut out);
+        hints_of(
+            RouteNetlinkMessage::DelRoute(default_route(255, None)),
+            &mut out,
+        );
+        hints_of(
+            RouteNetlinkMessage::NewRoute(default_route(252, Some(1000))),
+            &mut out,
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        let mut a = AddressMessage::default();
+        a.header.family = AddressFamily::Inet6;
+        a.header.index = 9;
+        hints_of(RouteNetlinkMessage::DelAddress(a), &mut out);
+        assert_eq!(
+            out[2],
+            KernelEvent::Hint {
+                ifindex: 9,
+                urgent: false
+            }
+        );
+    }
+
+    #[test]
     fn link_down_is_urgent() {
         let mut l = LinkMessage::default();
         l.header.index = 5;
         l.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
         l.attributes.push(LinkAttribute::OperState(State::Up));
         let mut out = Vec::new();
-        hints(&RouteNetlinkMessage::NewLink(l.clone()), &mut out);
+        hints_of(RouteNetlinkMessage::NewLink(l.clone()), &mut out);
         l.header.flags = LinkFlags::Up;
-        hints(&RouteNetlinkMessage::NewLink(l.clone()), &mut out);
+        hints_of(RouteNetlinkMessage::NewLink(l.clone()), &mut out);
         l.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
         l.attributes = vec![LinkAttribute::OperState(State::LowerLayerDown)];
-        hints(&RouteNetlinkMessage::NewLink(l.clone()), &mut out);
-        hints(&RouteNetlinkMessage::DelLink(l), &mut out);
+        hints_of(RouteNetlinkMessage::NewLink(l.clone()), &mut out);
+        hints_of(RouteNetlinkMessage::DelLink(l), &mut out);
         let urgent: Vec<bool> = out
             .iter()
             .map(|e| match e {

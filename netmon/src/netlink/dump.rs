@@ -9,14 +9,17 @@
 
 use std::fmt;
 use std::io;
+use std::ops::ControlFlow;
 
 use rtnetlink::packet_core::{
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
+
+use super::wire;
 
 /// The kernel sizes dump datagrams after the reader's buffer, capped near 32 KiB
 /// (larger only when a single message needs it, which MSG_TRUNC catches).
@@ -145,11 +148,11 @@ fn encode_request(request: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
     wire
 }
 
-/// The messages of one datagram (several, back to back, 4-byte aligned). Returns
-/// `Some(())` once NLMSG_DONE of this dump was seen. Messages of another sequence
-/// number (a reply to nothing we asked for now) are skipped.
+/// The messages of one datagram. Returns `Some(())` once NLMSG_DONE of this dump
+/// was seen. Messages of another sequence number (a reply to nothing we asked for
+/// now) are skipped.
 fn parse_datagram<F>(
-    mut data: &[u8],
+    data: &[u8],
     seq: u32,
     interrupted: &mut bool,
     each: &mut F,
@@ -157,66 +160,74 @@ fn parse_datagram<F>(
 where
     F: FnMut(RouteNetlinkMessage),
 {
-    while !data.is_empty() {
-        let len = NetlinkBuffer::new_checked(data)
-            .map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("undecodable reply datagram: {e}"),
-                )
-            })?
-            .length() as usize;
-        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]);
-        // Messages are 4-byte aligned (NLMSG_ALIGN).
-        data = data.get((len + 3) & !3..).unwrap_or(&[]);
-        let msg = match msg {
-            Ok(msg) => msg,
+    let walked = wire::walk(data, |buf| {
+        if buf.sequence_number() != seq {
+            debug!(
+                got = buf.sequence_number(),
+                want = seq,
+                "netlink reply of another request; skipped"
+            );
+            return ControlFlow::Continue(());
+        }
+        if buf.flags() & NLM_F_DUMP_INTR != 0 {
+            *interrupted = true;
+        }
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(buf.into_inner()) {
+            Ok(msg) => match reply(msg.payload, each) {
+                Ok(false) => ControlFlow::Continue(()),
+                Ok(true) => ControlFlow::Break(Ok(())),
+                Err(e) => ControlFlow::Break(Err(e)),
+            },
             // One message this library version cannot parse: skip it, as rtnetlink's
             // connection did, rather than fail every read from now on.
             Err(e) => {
                 warn!(error = %e, "undecodable netlink dump reply; skipped");
-                continue;
+                ControlFlow::Continue(())
             }
-        };
-        if msg.header.sequence_number != seq {
-            debug!(
-                got = msg.header.sequence_number,
-                want = seq,
-                "netlink reply of another request; skipped"
-            );
-            continue;
         }
-        if msg.header.flags & NLM_F_DUMP_INTR != 0 {
-            *interrupted = true;
-        }
-        match msg.payload {
-            NetlinkPayload::InnerMessage(m) => each(m),
-            NetlinkPayload::Done(done) => {
-                if done.code < 0 {
-                    let e = io::Error::from_raw_os_error(-done.code);
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("kernel ended the dump with an error: {e}"),
-                    ));
-                }
-                return Ok(Some(()));
-            }
-            NetlinkPayload::Error(err) if err.code.is_some() => {
-                let e = err.to_io();
+    });
+    match walked {
+        Ok(None) => Ok(None),
+        Ok(Some(done)) => done.map(Some),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("undecodable reply datagram: {e}"),
+        )),
+    }
+}
+
+/// One reply of our dump: true once it is the end (NLMSG_DONE).
+fn reply<F>(payload: NetlinkPayload<RouteNetlinkMessage>, each: &mut F) -> io::Result<bool>
+where
+    F: FnMut(RouteNetlinkMessage),
+{
+    match payload {
+        NetlinkPayload::InnerMessage(m) => each(m),
+        NetlinkPayload::Done(done) => {
+            if done.code < 0 {
+                let e = io::Error::from_raw_os_error(-done.code);
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("kernel refused the request (NLMSG_ERROR): {e}"),
+                    format!("kernel ended the dump with an error: {e}"),
                 ));
             }
-            // An ACK: not asked for, nothing to do.
-            NetlinkPayload::Error(_) | NetlinkPayload::Noop => {}
-            NetlinkPayload::Overrun(_) => {
-                return Err(io::Error::other("kernel reported NLMSG_OVERRUN"));
-            }
-            _ => {}
+            return Ok(true);
         }
+        NetlinkPayload::Error(err) if err.code.is_some() => {
+            let e = err.to_io();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("kernel refused the request (NLMSG_ERROR): {e}"),
+            ));
+        }
+        // An ACK: not asked for, nothing to do.
+        NetlinkPayload::Error(_) | NetlinkPayload::Noop => {}
+        NetlinkPayload::Overrun(_) => {
+            return Err(io::Error::other("kernel reported NLMSG_OVERRUN"));
+        }
+        _ => {}
     }
-    Ok(None)
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 mod convert;
 mod dump;
 mod events;
+mod wire;
 
 use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_route::address::AddressMessage;
