@@ -217,6 +217,8 @@ async fn deleted_link_is_removed_at_once() {
             .unwrap_or_else(|| panic!("no removed event for {n}: {evs:?}"));
         assert_eq!(i.status, Some(Status::Removed), "{n}");
         assert!(i.ipv4_addresses.is_empty(), "{n}");
+        // Not "UP": a reader of the older protocol (operstate only) must see it gone.
+        assert_eq!(i.operstate.as_deref(), Some("NOTPRESENT"), "{n}");
     }
     let c_ev = evs.iter().find(|i| i.interface == "ethC").expect("ethC");
     assert_eq!(c_ev.index, Some(idx), "last known index");
