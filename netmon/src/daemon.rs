@@ -67,7 +67,35 @@ impl Reader {
         release_free_memory();
         Ok(map)
     }
+
+    /// Reads only `indexes` when they are a small part of the host (a storm then
+    /// costs what changed, not the host), else everything. The map holds what is
+    /// left of `indexes` (a missing one is gone or filtered), or everything.
+    async fn read_some(
+        &self,
+        kernel: &Kernel,
+        indexes: &BTreeSet<u32>,
+    ) -> Result<BTreeMap<u32, Interface>, NetlinkError> {
+        let links = self.names.lock().map(|n| n.len()).unwrap_or(0);
+        if indexes.len().saturating_mul(PARTIAL_SHARE) > links {
+            return self.read(kernel).await;
+        }
+        let Some(snap) = kernel.dump_some(indexes).await? else {
+            return self.read(kernel).await;
+        };
+        if let Ok(mut names) = self.names.lock() {
+            for i in indexes {
+                names.remove(i);
+            }
+            names.extend(snap.links.iter().map(|l| (l.index, l.name.clone())));
+        }
+        Ok(build(&snap, &self.filter, &sysfs_is_wireless))
+    }
 }
+
+/// A read of a few interfaces costs three round trips each; a full read costs one
+/// pass over the host. Up to a quarter of the links are read one by one.
+const PARTIAL_SHARE: usize = 4;
 
 /// A full read allocates the snapshot and the built map (hundreds of KiB with many
 /// links) and frees most of it right after; glibc keeps freed pages mapped unless
@@ -222,7 +250,7 @@ impl Daemon {
             warn!("netlink event socket overran; re-reading everything");
             self.resync_all(true).await;
         } else if !urgent.is_empty() {
-            match self.reader.read(&self.kernel).await {
+            match self.reader.read_some(&self.kernel, &urgent).await {
                 Ok(current) => {
                     for i in urgent {
                         if let Some(changes) = self.state.apply_urgent(&current, i) {
@@ -244,11 +272,10 @@ impl Daemon {
         for i in &due {
             self.hub.set_pending(*i, None);
         }
-        match self.reader.read(&self.kernel).await {
+        let due: BTreeSet<u32> = due.into_iter().collect();
+        match self.reader.read_some(&self.kernel, &due).await {
             Ok(current) => {
-                let changes = self
-                    .state
-                    .apply(&current, &Due::Some(due.into_iter().collect()));
+                let changes = self.state.apply(&current, &Due::Some(due));
                 self.hub.publish(changes);
             }
             Err(e) => {

@@ -58,7 +58,22 @@ impl fmt::Debug for DumpSocket {
 impl DumpSocket {
     /// Call it inside a tokio runtime: the socket is registered with its reactor.
     pub(super) fn open() -> io::Result<DumpSocket> {
+        Self::open_with(false)
+    }
+
+    /// A socket whose dump requests the kernel checks strictly and filters by the
+    /// fields set in them (NETLINK_GET_STRICT_CHK, Linux 4.20): an address dump for
+    /// one ifindex, a route dump for one table and output interface. Only requests
+    /// built for filtering go there: on it every header field set is a filter.
+    pub(super) fn open_strict() -> io::Result<DumpSocket> {
+        Self::open_with(true)
+    }
+
+    fn open_with(strict: bool) -> io::Result<DumpSocket> {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
+        if strict {
+            sock.set_netlink_get_strict_chk(true)?;
+        }
         sock.bind_auto()?;
         // Connected to the kernel (port 0), so `send` needs no address and only the
         // kernel's replies arrive.
@@ -82,14 +97,51 @@ impl DumpSocket {
     where
         F: FnMut(RouteNetlinkMessage),
     {
+        let mut interrupted = false;
+        self.exchange(request, NLM_F_REQUEST | NLM_F_DUMP, |d, seq| {
+            parse_datagram(d, seq, &mut interrupted, &mut each)
+        })
+        .await?;
+        Ok(if interrupted {
+            Outcome::Interrupted
+        } else {
+            Outcome::Complete
+        })
+    }
+
+    /// Sends `request` as a plain request (one object, e.g. RTM_GETLINK for one
+    /// ifindex) and returns its reply; `None` when the kernel answers ENODEV (the
+    /// object is gone). Same rule as [`DumpSocket::dump`] for a dropped future.
+    pub(super) async fn get(
+        &mut self,
+        request: RouteNetlinkMessage,
+    ) -> io::Result<Option<RouteNetlinkMessage>> {
+        let mut out = None;
+        self.exchange(request, NLM_F_REQUEST, |d, seq| {
+            parse_single(d, seq, &mut out)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Sends `request` with `flags` and feeds each reply datagram to `on_datagram`
+    /// until it says the exchange is over.
+    async fn exchange<F>(
+        &mut self,
+        request: RouteNetlinkMessage,
+        flags: u16,
+        mut on_datagram: F,
+    ) -> io::Result<()>
+    where
+        F: FnMut(&[u8], u32) -> io::Result<Option<()>>,
+    {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let wire = encode_request(request, seq);
+        let wire = encode_request(request, seq, flags);
         self.send(&wire).await?;
         drop(wire);
 
         let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
-        let mut interrupted = false;
         loop {
             let mut guard = self.fd.readable().await?;
             loop {
@@ -109,10 +161,8 @@ impl DumpSocket {
                         ),
                     ));
                 }
-                match parse_datagram(&buf[..n], seq, &mut interrupted, &mut each)? {
-                    Some(()) if interrupted => return Ok(Outcome::Interrupted),
-                    Some(()) => return Ok(Outcome::Complete),
-                    None => {}
+                if on_datagram(&buf[..n], seq)?.is_some() {
+                    return Ok(());
                 }
             }
         }
@@ -137,10 +187,10 @@ impl DumpSocket {
     }
 }
 
-/// The request as the library serializes it, flagged as a dump.
-fn encode_request(request: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
+/// The request as the library serializes it, with `flags` (a dump or not).
+fn encode_request(request: RouteNetlinkMessage, seq: u32, flags: u16) -> Vec<u8> {
     let mut msg = NetlinkMessage::from(request);
-    msg.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.header.flags = flags;
     msg.header.sequence_number = seq;
     msg.finalize();
     let mut wire = vec![0; msg.buffer_len()];
@@ -189,6 +239,51 @@ where
     match walked {
         Ok(None) => Ok(None),
         Ok(Some(done)) => done.map(Some),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("undecodable reply datagram: {e}"),
+        )),
+    }
+}
+
+/// The reply to a plain request: the first message of our sequence number ends it.
+/// ENODEV (the object is gone) leaves `out` empty; another error is an error.
+fn parse_single(
+    data: &[u8],
+    seq: u32,
+    out: &mut Option<RouteNetlinkMessage>,
+) -> io::Result<Option<()>> {
+    let walked = wire::walk(data, |buf| {
+        if buf.sequence_number() != seq {
+            return ControlFlow::Continue(());
+        }
+        let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(buf.into_inner()) {
+            Ok(m) => m,
+            Err(e) => {
+                return ControlFlow::Break(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("undecodable reply: {e}"),
+                )));
+            }
+        };
+        match msg.payload {
+            NetlinkPayload::InnerMessage(m) => *out = Some(m),
+            NetlinkPayload::Error(err) => match err.code {
+                Some(c) if c.get() == -libc::ENODEV => {}
+                Some(_) => {
+                    let e = err.to_io();
+                    let what = format!("kernel refused the request (NLMSG_ERROR): {e}");
+                    return ControlFlow::Break(Err(io::Error::new(e.kind(), what)));
+                }
+                None => {}
+            },
+            _ => {}
+        }
+        ControlFlow::Break(Ok(()))
+    });
+    match walked {
+        Ok(None) => Ok(None),
+        Ok(Some(r)) => r.map(Some),
         Err(e) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("undecodable reply datagram: {e}"),
@@ -281,7 +376,11 @@ mod tests {
 
     #[test]
     fn request_is_a_dump_with_our_sequence_number() {
-        let w = encode_request(RouteNetlinkMessage::GetLink(LinkMessage::default()), 42);
+        let w = encode_request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            42,
+            NLM_F_REQUEST | NLM_F_DUMP,
+        );
         let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&w).unwrap();
         assert_eq!(msg.header.sequence_number, 42);
         assert_eq!(msg.header.flags, NLM_F_REQUEST | NLM_F_DUMP);

@@ -1,0 +1,116 @@
+//! Reading a few interfaces instead of the whole host: after a change only the
+//! dirty interfaces are re-read, so the cost follows the change, not the number of
+//! links. Per interface: RTM_GETLINK for its index, an address dump filtered by
+//! its index and a main-table IPv4 route dump filtered by it as output interface
+//! (filtered dumps need NETLINK_GET_STRICT_CHK, Linux 4.20).
+
+use std::collections::BTreeSet;
+
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::address::AddressMessage;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use tracing::debug;
+
+use super::dump::DumpSocket;
+use super::{Kernel, NetlinkError, convert, dump_retrying, link_query};
+use crate::model::Snapshot;
+
+impl Kernel {
+    /// Links, addresses (v4, v6) and main-table IPv4 default routes of `indexes`
+    /// only; an index whose link is gone is simply absent. `None` when this kernel
+    /// cannot filter dumps (the caller then reads everything).
+    pub async fn dump_some(
+        &self,
+        indexes: &BTreeSet<u32>,
+    ) -> Result<Option<Snapshot>, NetlinkError> {
+        let mut turn = self.strict.lock().await;
+        let mut sock = match turn.take() {
+            Some(s) => s,
+            None => match DumpSocket::open_strict() {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(error = %e, "no strict netlink checking; reading everything instead");
+                    return Ok(None);
+                }
+            },
+        };
+        let mut snap = Snapshot::default();
+        for &index in indexes {
+            read_one(&mut sock, index, &mut snap).await?;
+        }
+        *turn = Some(sock);
+        Ok(Some(snap))
+    }
+}
+
+async fn read_one(
+    sock: &mut DumpSocket,
+    index: u32,
+    snap: &mut Snapshot,
+) -> Result<(), NetlinkError> {
+    let reply = sock
+        .get(RouteNetlinkMessage::GetLink(link_query(index)))
+        .await
+        .map_err(|error| NetlinkError::Dump {
+            what: "links",
+            error,
+        })?;
+    let Some(RouteNetlinkMessage::NewLink(l)) = reply else {
+        // Gone: no addresses or routes to read either.
+        return Ok(());
+    };
+    snap.links.extend(convert::link(&l));
+
+    let mut query = AddressMessage::default();
+    query.header.index = index;
+    let mut addrs = (Vec::new(), Vec::new());
+    dump_retrying(
+        sock,
+        "addresses",
+        || RouteNetlinkMessage::GetAddress(query.clone()),
+        &mut addrs,
+        |msg, (v4, v6)| {
+            if let RouteNetlinkMessage::NewAddress(a) = msg {
+                // The filter is the kernel's; checked again so a kernel that ignored
+                // it cannot give this interface another's addresses.
+                if a.header.index != index {
+                    return;
+                }
+                match convert::address(&a) {
+                    Some(convert::Addr::V4(a)) => v4.push(a),
+                    Some(convert::Addr::V6(a)) => v6.push(a),
+                    None => {}
+                }
+            }
+        },
+    )
+    .await?;
+    snap.addrs4.extend(addrs.0);
+    snap.addrs6.extend(addrs.1);
+
+    // Only the fields that filter are set: family, table, output interface.
+    let mut query = RouteMessage::default();
+    query.header.address_family = AddressFamily::Inet;
+    query.header.table = RouteHeader::RT_TABLE_MAIN;
+    query.attributes.push(RouteAttribute::Oif(index));
+    let mut routes = Vec::new();
+    dump_retrying(
+        sock,
+        "routes",
+        || RouteNetlinkMessage::GetRoute(query.clone()),
+        &mut routes,
+        |msg, routes| {
+            if let RouteNetlinkMessage::NewRoute(r) = msg {
+                routes.extend(
+                    convert::default_routes(&r)
+                        .into_iter()
+                        .filter(|r| r.oif == index),
+                );
+            }
+        },
+    )
+    .await?;
+    snap.routes.extend(routes);
+    Ok(())
+}
