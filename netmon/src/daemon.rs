@@ -93,6 +93,9 @@ impl Reader {
     }
 }
 
+/// How long after an interface's window closes its read may wait for others.
+const COALESCE: Duration = Duration::from_millis(20);
+
 /// A read of a few interfaces costs three round trips each; a full read costs one
 /// pass over the host. Up to a quarter of the links are read one by one.
 const PARTIAL_SHARE: usize = 4;
@@ -219,7 +222,11 @@ impl Daemon {
                         self.resync_all(false).await;
                     }
                 },
-                _ = sleep_until_opt(deadline), if deadline.is_some() => self.on_due().await,
+                // A little after the first deadline, so interfaces due within a few
+                // ms of each other (a storm) share one read.
+                _ = sleep_until_opt(deadline.map(|d| d + COALESCE)), if deadline.is_some() => {
+                    self.on_due().await
+                }
                 _ = resync.tick() => {
                     debug!("periodic resync");
                     self.resync_all(false).await;

@@ -231,7 +231,7 @@ fn link_went_down(flags: LinkFlags, attributes: &[u8]) -> bool {
 /// Whether a route message may be a main-table IPv4 default route, from its fixed
 /// header and RTA_TABLE alone: the prefix and local routes of an address storm are
 /// dropped here without being decoded.
-fn may_be_default_v4(payload: &[u8]) -> Result<bool, DecodeError> {
+pub(super) fn may_be_default_v4(payload: &[u8]) -> Result<bool, DecodeError> {
     let h = RouteHeader::parse(payload)?;
     if h.address_family != AddressFamily::Inet || h.destination_prefix_length != 0 {
         return Ok(false);

@@ -19,7 +19,7 @@ use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
-use super::wire;
+use super::{convert, wire};
 
 /// The kernel sizes dump datagrams after the reader's buffer, capped near 32 KiB
 /// (larger only when a single message needs it, which MSG_TRUNC catches).
@@ -221,6 +221,13 @@ where
         }
         if buf.flags() & NLM_F_DUMP_INTR != 0 {
             *interrupted = true;
+        }
+        // Only default routes are kept: the others (a prefix and a local route per
+        // address) are skipped on their fixed header instead of decoded.
+        if buf.message_type() == libc::RTM_NEWROUTE
+            && !convert::may_be_default_v4(buf.payload()).unwrap_or(true)
+        {
+            return ControlFlow::Continue(());
         }
         match NetlinkMessage::<RouteNetlinkMessage>::deserialize(buf.into_inner()) {
             Ok(msg) => match reply(msg.payload, each) {

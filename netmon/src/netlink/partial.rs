@@ -1,15 +1,16 @@
 //! Reading a few interfaces instead of the whole host: after a change only the
 //! dirty interfaces are re-read, so the cost follows the change, not the number of
-//! links. Per interface: RTM_GETLINK for its index, an address dump filtered by
-//! its index and a main-table IPv4 route dump filtered by it as output interface
-//! (filtered dumps need NETLINK_GET_STRICT_CHK, Linux 4.20).
+//! links. Per interface: RTM_GETLINK for its index and an address dump filtered by
+//! its index; per read, one dump of the main IPv4 route table (filtered dumps need
+//! NETLINK_GET_STRICT_CHK, Linux 4.20). The route dump is not filtered by output
+//! interface: the kernel walks the whole table for each filtered dump anyway.
 
 use std::collections::BTreeSet;
 
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::address::AddressMessage;
-use rtnetlink::packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use rtnetlink::packet_route::route::{RouteHeader, RouteMessage};
 use tracing::debug;
 
 use super::dump::DumpSocket;
@@ -39,6 +40,7 @@ impl Kernel {
         for &index in indexes {
             read_one(&mut sock, index, &mut snap).await?;
         }
+        read_default_routes(&mut sock, indexes, &mut snap).await?;
         *turn = Some(sock);
         Ok(Some(snap))
     }
@@ -89,11 +91,19 @@ async fn read_one(
     snap.addrs4.extend(addrs.0);
     snap.addrs6.extend(addrs.1);
 
-    // Only the fields that filter are set: family, table, output interface.
+    Ok(())
+}
+
+/// The main-table IPv4 default routes through any of `indexes`.
+async fn read_default_routes(
+    sock: &mut DumpSocket,
+    indexes: &BTreeSet<u32>,
+    snap: &mut Snapshot,
+) -> Result<(), NetlinkError> {
+    // Only the fields that filter are set: family and table.
     let mut query = RouteMessage::default();
     query.header.address_family = AddressFamily::Inet;
     query.header.table = RouteHeader::RT_TABLE_MAIN;
-    query.attributes.push(RouteAttribute::Oif(index));
     let mut routes = Vec::new();
     dump_retrying(
         sock,
@@ -102,15 +112,14 @@ async fn read_one(
         &mut routes,
         |msg, routes| {
             if let RouteNetlinkMessage::NewRoute(r) = msg {
-                routes.extend(
-                    convert::default_routes(&r)
-                        .into_iter()
-                        .filter(|r| r.oif == index),
-                );
+                let mine = convert::default_routes(&r)
+                    .into_iter()
+                    .filter(|r| indexes.contains(&r.oif));
+                routes.extend(mine);
             }
         },
     )
     .await?;
-    snap.routes.extend(routes);
+    snap.routes = routes;
     Ok(())
 }
