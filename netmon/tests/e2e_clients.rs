@@ -4,10 +4,9 @@
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use e2e::{NetmonProc, Netns, TempDir, bin};
+use e2e::{NetmonProc, Netns, TempDir};
 
 fn lan() -> Netns {
     let ns = Netns::new();
@@ -16,20 +15,8 @@ fn lan() -> Netns {
     ns
 }
 
-/// Runs `netmon <args>` in `ns` to completion: (exit code, stdout + stderr).
 fn run_netmon(ns: &Netns, args: &[&str]) -> (i32, String) {
-    let out = ns
-        .command(&bin("netmon"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn netmon");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    e2e::netmon::run_to_end(ns, args)
 }
 
 /// A client that has been served its discovery (retrying while netmon still counts

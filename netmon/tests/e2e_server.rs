@@ -23,20 +23,8 @@ fn lan() -> Netns {
     ns
 }
 
-/// Runs `netmon <args>` in `ns` to completion: (exit code, stdout + stderr).
 fn run_netmon(ns: &Netns, args: &[&str]) -> (i32, String) {
-    let out = ns
-        .command(&bin("netmon"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn netmon");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    e2e::netmon::run_to_end(ns, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
