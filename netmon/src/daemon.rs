@@ -2,7 +2,7 @@
 //! an interface's window closes netmon re-reads the kernel and reports what differs
 //! from what it last sent.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,18 @@ struct Reader {
     /// The name of every link of the last read, reported or not: hints arrive for
     /// filtered links too, and `pending_changes` should not list those.
     names: std::sync::Mutex<HashMap<u32, String>>,
+    /// Route knowledge for partial reads: the interfaces with a main-table default
+    /// route at the last read of them, and those named by a default-route message
+    /// since. Only these need the route dump: the kernel announces every default
+    /// route it adds, but may drop one silently (its gateway became unreachable
+    /// when an address went).
+    routes: std::sync::Mutex<RouteWatch>,
+}
+
+#[derive(Default)]
+struct RouteWatch {
+    with_default: HashSet<u32>,
+    hinted: HashSet<u32>,
 }
 
 impl Reader {
@@ -62,6 +74,10 @@ impl Reader {
                 .iter()
                 .map(|l| (l.index, l.name.clone()))
                 .collect();
+        }
+        if let Ok(mut w) = self.routes.lock() {
+            w.with_default = snap.routes.iter().map(|r| r.oif).collect();
+            w.hinted.clear();
         }
         drop(snap);
         release_free_memory();
@@ -80,9 +96,21 @@ impl Reader {
         if indexes.len().saturating_mul(PARTIAL_SHARE) > links {
             return self.read(kernel).await;
         }
-        let Some(snap) = kernel.dump_some(indexes).await? else {
+        let routes = self.routes.lock().is_ok_and(|w| {
+            indexes
+                .iter()
+                .any(|i| w.with_default.contains(i) || w.hinted.contains(i))
+        });
+        let Some(snap) = kernel.dump_some(indexes, routes).await? else {
             return self.read(kernel).await;
         };
+        if let (true, Ok(mut w)) = (routes, self.routes.lock()) {
+            for i in indexes {
+                w.with_default.remove(i);
+                w.hinted.remove(i);
+            }
+            w.with_default.extend(snap.routes.iter().map(|r| r.oif));
+        }
         if let Ok(mut names) = self.names.lock() {
             for i in indexes {
                 names.remove(i);
@@ -137,6 +165,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let reader = Reader {
         filter: Filter::new(&config.include, &config.exclude)?,
         names: Default::default(),
+        routes: Default::default(),
     };
     // Subscribe before the first read: a change made in between is then both read and
     // announced, never neither.
@@ -243,8 +272,17 @@ impl Daemon {
         let now = Instant::now();
         while let Some(ev) = next {
             match ev {
-                KernelEvent::Hint { ifindex, urgent: u } => {
+                KernelEvent::Hint {
+                    ifindex,
+                    urgent: u,
+                    route,
+                } => {
                     self.mark(ifindex, now);
+                    if route {
+                        if let Ok(mut w) = self.reader.routes.lock() {
+                            w.hinted.insert(ifindex);
+                        }
+                    }
                     if u {
                         urgent.insert(ifindex);
                     }

@@ -59,17 +59,18 @@ fn reading_some_interfaces_matches_the_full_dump_for_them() {
     must("ip route add 172.16.0.0/16 via 10.0.0.1 dev ethA");
 
     let (a, b, c) = (ifindex("ethA"), ifindex("ethB"), ifindex("ethC"));
-    let (full, some, gone) = runtime().block_on(async {
+    let (full, some, gone, no_routes) = runtime().block_on(async {
         let kernel = Kernel::open_dump_only().expect("open dump connection");
         let full = kernel.dump().await.expect("full dump");
         let want: BTreeSet<u32> = [a, c].into();
-        let some = kernel.dump_some(&want).await.expect("dump_some");
+        let some = kernel.dump_some(&want, true).await.expect("dump_some");
         // An index with no link (never existed, or just deleted) is simply absent.
         let gone = kernel
-            .dump_some(&[b, 99_999].into())
+            .dump_some(&[b, 99_999].into(), true)
             .await
             .expect("dump_some with a missing index");
-        (full, some, gone)
+        let no_routes = kernel.dump_some(&want, false).await.expect("dump_some");
+        (full, some, gone, no_routes)
     });
     let some = some.expect("this kernel filters dumps (Linux >= 4.20)");
     assert_eq!(some, only(&full, &[a, c].into()));
@@ -80,4 +81,8 @@ fn reading_some_interfaces_matches_the_full_dump_for_them() {
     let gone = gone.expect("filtered");
     assert_eq!(gone, only(&full, &[b].into()));
     assert_eq!(gone.links.len(), 1);
+    let no_routes = no_routes.expect("filtered");
+    assert!(no_routes.routes.is_empty());
+    assert_eq!(no_routes.links, some.links);
+    assert_eq!(no_routes.addrs4, some.addrs4);
 }

@@ -264,6 +264,7 @@ pub(crate) fn hints(
             out.push(KernelEvent::Hint {
                 ifindex: h.index,
                 urgent: kind == libc::RTM_DELLINK || link_went_down(h.flags, attributes),
+                route: false,
             });
         }
         libc::RTM_NEWADDR | libc::RTM_DELADDR => {
@@ -272,6 +273,7 @@ pub(crate) fn hints(
                 out.push(KernelEvent::Hint {
                     ifindex: h.index,
                     urgent: false,
+                    route: false,
                 });
             }
         }
@@ -281,6 +283,7 @@ pub(crate) fn hints(
                 out.push(KernelEvent::Hint {
                     ifindex: r.oif,
                     urgent: false,
+                    route: true,
                 });
             }
         }

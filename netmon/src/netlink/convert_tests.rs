@@ -121,7 +121,8 @@ fn only_default_route_messages_hint() {
         out[2],
         KernelEvent::Hint {
             ifindex: 9,
-            urgent: false
+            urgent: false,
+            route: false
         }
     );
 }
@@ -143,7 +144,9 @@ fn link_down_is_urgent() {
     let urgent: Vec<bool> = out
         .iter()
         .map(|e| match e {
-            KernelEvent::Hint { ifindex: 5, urgent } => *urgent,
+            KernelEvent::Hint {
+                ifindex: 5, urgent, ..
+            } => *urgent,
             other => panic!("unexpected {other:?}"),
         })
         .collect();

@@ -189,11 +189,13 @@ mod tests {
             [
                 KernelEvent::Hint {
                     ifindex: 3,
-                    urgent: false
+                    urgent: false,
+                    route: false
                 },
                 KernelEvent::Hint {
                     ifindex: 4,
-                    urgent: true
+                    urgent: true,
+                    route: false
                 }
             ]
         );

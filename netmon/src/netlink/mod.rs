@@ -32,7 +32,14 @@ pub enum KernelEvent {
     /// `urgent` when the message itself says the link went down (no IFF_UP / no LOWER_UP /
     /// operstate not up) or was deleted (RTM_DELLINK): the daemon then re-reads at once
     /// instead of debouncing.
-    Hint { ifindex: u32, urgent: bool },
+    /// `route` when it came from a default-route message: the daemon then re-reads
+    /// the routes of the interface (it skips the route dump for interfaces that had
+    /// no default route and got no route message: additions are always announced).
+    Hint {
+        ifindex: u32,
+        urgent: bool,
+        route: bool,
+    },
     /// The event socket overran (ENOBUFS): events were lost, the daemon must re-read everything.
     Overrun,
 }

@@ -18,12 +18,13 @@ use super::{Kernel, NetlinkError, convert, dump_retrying, link_query};
 use crate::model::Snapshot;
 
 impl Kernel {
-    /// Links, addresses (v4, v6) and main-table IPv4 default routes of `indexes`
-    /// only; an index whose link is gone is simply absent. `None` when this kernel
-    /// cannot filter dumps (the caller then reads everything).
+    /// Links, addresses (v4, v6) and, with `routes`, main-table IPv4 default routes
+    /// of `indexes` only; an index whose link is gone is simply absent. `None` when
+    /// this kernel cannot filter dumps (the caller then reads everything).
     pub async fn dump_some(
         &self,
         indexes: &BTreeSet<u32>,
+        routes: bool,
     ) -> Result<Option<Snapshot>, NetlinkError> {
         let mut turn = self.strict.lock().await;
         let mut sock = match turn.take() {
@@ -40,7 +41,9 @@ impl Kernel {
         for &index in indexes {
             read_one(&mut sock, index, &mut snap).await?;
         }
-        read_default_routes(&mut sock, indexes, &mut snap).await?;
+        if routes {
+            read_default_routes(&mut sock, indexes, &mut snap).await?;
+        }
         *turn = Some(sock);
         Ok(Some(snap))
     }
