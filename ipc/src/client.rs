@@ -3,18 +3,18 @@
 //! [`Connection`] is one connection, used step by step (CLIs, health probes).
 //! [`Client`] keeps a connection up in the background: it waits for the socket
 //! file with inotify rather than polling, reconnects with capped jittered backoff,
-//! forwards events over a channel, and matches replies to requests by `id`.
+//! and forwards events over a channel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -32,10 +32,6 @@ pub enum ClientError {
     },
     #[error("connection closed by the server")]
     Closed,
-    #[error("not connected")]
-    NotConnected,
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
     #[error("bad message from the server: {0}")]
     BadMessage(String),
     #[error(transparent)]
@@ -121,17 +117,6 @@ impl Connection {
             }
         }
     }
-
-    /// Sends raw bytes (tests of bad input).
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        use tokio::io::AsyncWriteExt;
-        self.writer
-            .get_mut()
-            .write_all(bytes)
-            .await
-            .map_err(CodecError::Io)?;
-        Ok(())
-    }
 }
 
 /// Settings of the reconnecting client.
@@ -140,7 +125,6 @@ pub struct ClientConfig {
     pub path: PathBuf,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
-    pub request_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -149,7 +133,6 @@ impl ClientConfig {
             path: path.into(),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -165,16 +148,11 @@ pub enum ClientEvent {
     Disconnected { reason: String },
 }
 
-type ReplyMap = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
-
-/// Handle of a background client. Cloneable; requests go through the current
-/// connection.
+/// Handle of a background client. Cloneable. It only receives: nothing sends
+/// requests through it (one-off requests use a [`Connection`]).
 #[derive(Clone)]
 pub struct Client {
-    outbox: Arc<Mutex<Option<mpsc::Sender<Request>>>>,
-    waiting: ReplyMap,
-    next_id: Arc<AtomicU64>,
-    timeout: Duration,
+    connected: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -187,49 +165,14 @@ impl Client {
     ) -> (Client, mpsc::Receiver<ClientEvent>) {
         let (tx, rx) = mpsc::channel(1024);
         let client = Client {
-            outbox: Arc::new(Mutex::new(None)),
-            waiting: Arc::new(Mutex::new(HashMap::new())),
-            next_id: Arc::new(AtomicU64::new(1)),
-            timeout: config.request_timeout,
+            connected: Arc::new(AtomicBool::new(false)),
         };
         tokio::spawn(run(config, client.clone(), tx, shutdown));
         (client, rx)
     }
 
     pub fn is_connected(&self) -> bool {
-        self.outbox.lock().map(|o| o.is_some()).unwrap_or(false)
-    }
-
-    /// Sends a request over the current connection and waits for its reply.
-    pub async fn request(&self, mut req: Request) -> Result<Reply, ClientError> {
-        let id = format!("c{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        req.id = Some(Value::from(id.clone()));
-        let sender = self
-            .outbox
-            .lock()
-            .ok()
-            .and_then(|o| o.clone())
-            .ok_or(ClientError::NotConnected)?;
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut w) = self.waiting.lock() {
-            w.insert(id.clone(), tx);
-        }
-        let result = async {
-            sender
-                .send(req)
-                .await
-                .map_err(|_| ClientError::NotConnected)?;
-            match tokio::time::timeout(self.timeout, rx).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(_)) => Err(ClientError::Closed),
-                Err(_) => Err(ClientError::Timeout(self.timeout)),
-            }
-        }
-        .await;
-        if let Ok(mut w) = self.waiting.lock() {
-            w.remove(&id);
-        }
-        result
+        self.connected.load(Ordering::Acquire)
     }
 }
 
@@ -265,13 +208,9 @@ async fn run(
         };
         backoff.reset();
         info!(path = %config.path.display(), "connected");
-        let reason = serve(stream, &client, &events, &shutdown).await;
-        if let Ok(mut o) = client.outbox.lock() {
-            *o = None;
-        }
-        if let Ok(mut w) = client.waiting.lock() {
-            w.clear();
-        }
+        client.connected.store(true, Ordering::Release);
+        let reason = serve(stream, &events, &shutdown).await;
+        client.connected.store(false, Ordering::Release);
         if shutdown.is_cancelled() {
             return;
         }
@@ -291,57 +230,35 @@ async fn run(
     }
 }
 
-/// Runs one connection until it ends; returns why it ended.
+/// Runs one connection until it ends; returns why it ended. Replies (to nothing
+/// this client sent) are skipped.
 async fn serve(
     stream: UnixStream,
-    client: &Client,
     events: &mpsc::Sender<ClientEvent>,
     shutdown: &CancellationToken,
 ) -> String {
-    let (r, w) = stream.into_split();
-    let mut reader = FramedRead::new(r, JsonLines::new(MAX_LINE_LEN * 64));
-    let mut writer = FramedWrite::new(w, JsonLines::default());
-    let (out_tx, mut out_rx) = mpsc::channel::<Request>(64);
-    if let Ok(mut o) = client.outbox.lock() {
-        *o = Some(out_tx);
-    }
+    let mut reader = FramedRead::new(stream, JsonLines::new(MAX_LINE_LEN * 64));
     if events.send(ClientEvent::Connected).await.is_err() {
         return "consumer gone".into();
     }
     loop {
-        tokio::select! {
+        let line = tokio::select! {
             _ = shutdown.cancelled() => return "shutdown".into(),
-            Some(req) = out_rx.recv() => {
-                if let Err(e) = writer.send(&req).await {
-                    return format!("write: {e}");
+            line = reader.next() => line,
+        };
+        let line = match line {
+            None => return "closed by the server".into(),
+            Some(Err(e)) => return format!("read: {e}"),
+            Some(Ok(l)) => l,
+        };
+        match ServerMessage::parse(&line) {
+            Ok(ServerMessage::Event(e)) => {
+                if events.send(ClientEvent::Event(e)).await.is_err() {
+                    return "consumer gone".into();
                 }
             }
-            line = reader.next() => {
-                let line = match line {
-                    None => return "closed by the server".into(),
-                    Some(Err(e)) => return format!("read: {e}"),
-                    Some(Ok(l)) => l,
-                };
-                match ServerMessage::parse(&line) {
-                    Ok(ServerMessage::Event(e)) => {
-                        if events.send(ClientEvent::Event(e)).await.is_err() {
-                            return "consumer gone".into();
-                        }
-                    }
-                    Ok(ServerMessage::Reply(r)) => {
-                        let key = match &r.id {
-                            Some(Value::String(s)) => s.clone(),
-                            Some(v) => v.to_string(),
-                            None => continue,
-                        };
-                        let tx = client.waiting.lock().ok().and_then(|mut w| w.remove(&key));
-                        if let Some(tx) = tx {
-                            let _ = tx.send(r);
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "ignoring a line that is not a message"),
-                }
-            }
+            Ok(ServerMessage::Reply(_)) => {}
+            Err(e) => warn!(error = %e, "ignoring a line that is not a message"),
         }
     }
 }
@@ -449,16 +366,17 @@ mod tests {
             )
             .await
             .unwrap();
-            let mut lines = BufReader::new(r).lines();
-            let req = lines.next_line().await.unwrap().unwrap();
-            let req: Request = serde_json::from_str(&req).unwrap();
-            assert_eq!(req.command, "ping");
-            let reply = Reply::ok(req.id);
-            w.write_all(&JsonLines::to_line(&reply).unwrap())
+            // A reply to nothing the client asked is skipped, not an event.
+            w.write_all(b"{\"success\":true,\"id\":\"c1\"}\n")
                 .await
                 .unwrap();
+            w.write_all(
+                b"{\"type\":\"network_change\",\"seq\":2,\"data\":{\"interface\":\"e1\"}}\n",
+            )
+            .await
+            .unwrap();
             // Keep the connection open until the test ends.
-            let _ = lines.next_line().await;
+            let _ = BufReader::new(r).lines().next_line().await;
         });
 
         let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -472,8 +390,14 @@ mod tests {
             Some(ClientEvent::Event(e)) => assert_eq!(e.seq, Some(1)),
             other => panic!("expected an event, got {other:?}"),
         }
-        let reply = client.request(Request::new("ping")).await.unwrap();
-        assert!(reply.success);
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap();
+        match ev {
+            Some(ClientEvent::Event(e)) => assert_eq!(e.seq, Some(2)),
+            other => panic!("expected the second event, got {other:?}"),
+        }
+        assert!(client.is_connected());
         shutdown.cancel();
         server.abort();
         let _ = std::fs::remove_dir_all(&dir);

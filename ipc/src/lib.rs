@@ -8,6 +8,7 @@ pub mod event;
 pub mod logging;
 pub mod mac;
 pub mod request;
+pub mod server;
 pub mod systemd;
 
 pub use backoff::Backoff;
@@ -19,6 +20,7 @@ pub use event::{
 };
 pub use mac::{MacAddr, MacError};
 pub use request::{Reply, Request, ServerMessage};
+pub use server::{PeerCred, Server, ServerConfig, ServerError};
 
 /// RFC 3339 UTC with microseconds, the form the Python sidecar used.
 pub fn timestamp_now() -> String {

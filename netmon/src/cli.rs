@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ipc::logging::LogFormat;
 
+use ipc::ServerConfig;
+
 use crate::daemon::Config;
-use crate::server::SocketConfig;
 
 pub const DEFAULT_SOCKET: &str = "/run/netmon/netmon.sock";
 
@@ -102,21 +103,58 @@ pub struct DaemonArgs {
     #[arg(long, env = "NETMON_EXCLUDE", value_delimiter = ',')]
     pub exclude: Vec<String>,
 
-    /// Events queued per client before a client that does not read is disconnected.
-    #[arg(long, env = "NETMON_CLIENT_QUEUE", default_value_t = 1024,
-          value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
-    pub client_queue: u64,
+    /// Bytes of events a client may owe before it is disconnected for not reading
+    /// (`4MiB`, `512KiB`, or a number of bytes). Events are shared between clients,
+    /// so this bounds how far a client may fall behind, not a copy per client. The
+    /// first event of an empty queue (a large discovery) always goes.
+    #[arg(long, env = "NETMON_CLIENT_QUEUE_BYTES", default_value = "4MiB", value_parser = parse_size)]
+    pub client_queue_bytes: usize,
+
+    /// Clients served at once; the next one is told "busy" and closed.
+    #[arg(long, env = "NETMON_MAX_CLIENTS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_clients: u64,
+}
+
+/// A byte count: a number with an optional `KiB`, `MiB` or `GiB` suffix.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (examples: 4MiB, 512KiB, 65536)"
+            ));
+        }
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 4MiB"))?;
+    match n.checked_mul(mult) {
+        Some(0) => Err("must be more than zero".into()),
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?} is too large")),
+    }
 }
 
 impl DaemonArgs {
     pub fn config(&self) -> Config {
         Config {
-            socket: SocketConfig {
+            socket: ServerConfig {
                 path: self.socket.clone(),
                 mode: self.socket_mode,
                 group: self.socket_group.clone(),
-                client_queue: self.client_queue as usize,
+                max_clients: self.max_clients as usize,
+                idle_timeout: None,
             },
+            client_queue_bytes: self.client_queue_bytes,
             debounce: self.debounce,
             max_wait: self.max_wait,
             resync_interval: self.resync_interval,
@@ -205,6 +243,8 @@ mod tests {
         assert_eq!(c.resync_interval, Duration::from_secs(300));
         assert_eq!(c.socket.mode, 0o660);
         assert_eq!(c.socket.path, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.socket.max_clients, 1000);
+        assert_eq!(c.client_queue_bytes, 4 << 20);
         let cli = Cli::try_parse_from([
             "netmon",
             "--debounce",
@@ -219,6 +259,16 @@ mod tests {
         .unwrap();
         let c = cli.daemon.config();
         assert_eq!(c.debounce, Duration::from_secs(1));
+        let cli = Cli::try_parse_from([
+            "netmon",
+            "--max-clients",
+            "5",
+            "--client-queue-bytes",
+            "64KiB",
+        ])
+        .unwrap();
+        assert_eq!(cli.daemon.config().socket.max_clients, 5);
+        assert_eq!(cli.daemon.config().client_queue_bytes, 65536);
         assert_eq!(c.socket.mode, 0o600);
         assert_eq!(c.include, vec!["eth*".to_string(), "ens*".to_string()]);
     }
@@ -229,5 +279,12 @@ mod tests {
         assert!(Cli::try_parse_from(["netmon", "--debounce", "0s"]).is_err());
         assert!(Cli::try_parse_from(["netmon", "--socket-mode", "999"]).is_err());
         assert!(Cli::try_parse_from(["netmon", "--socket-mode", "7777"]).is_err());
+        assert!(Cli::try_parse_from(["netmon", "--max-clients", "0"]).is_err());
+        for bad in ["0", "4XB", "lots", "99999999999999999999GiB"] {
+            assert!(
+                Cli::try_parse_from(["netmon", "--client-queue-bytes", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -2,8 +2,12 @@
 //! window, or once the maximum wait has passed since the first change of its burst,
 //! whichever comes first. Pure bookkeeping on [`tokio::time::Instant`] so it is tested
 //! with paused time and the daemon sleeps exactly until the next deadline (no tick).
+//!
+//! The deadlines are kept ordered, so marking, the next deadline and taking what is
+//! due cost O(log n) in the number of dirty interfaces: a storm over thousands of
+//! interfaces asks for the next deadline on every batch of kernel messages.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -19,6 +23,8 @@ pub struct Debouncer {
     quiet: Duration,
     max_wait: Duration,
     dirty: HashMap<u32, Burst>,
+    /// `(due_at, ifindex)` of every dirty interface.
+    deadlines: BTreeSet<(Instant, u32)>,
 }
 
 impl Debouncer {
@@ -28,62 +34,78 @@ impl Debouncer {
             quiet,
             max_wait: max_wait.max(quiet),
             dirty: HashMap::new(),
+            deadlines: BTreeSet::new(),
         }
     }
 
     /// Records a change of `ifindex` at `now`. Returns true when the interface was
     /// not dirty before (the pending set changed).
     pub fn mark(&mut self, ifindex: u32, now: Instant) -> bool {
+        let (quiet, max_wait) = (self.quiet, self.max_wait);
+        let due_at = |b: &Burst| (b.last + quiet).min(b.first + max_wait);
         match self.dirty.get_mut(&ifindex) {
             Some(b) => {
-                b.last = now;
+                let before = due_at(b);
+                b.last = b.last.max(now);
+                let after = due_at(b);
+                if after != before {
+                    self.deadlines.remove(&(before, ifindex));
+                    self.deadlines.insert((after, ifindex));
+                }
                 false
             }
             None => {
-                self.dirty.insert(
-                    ifindex,
-                    Burst {
-                        first: now,
-                        last: now,
-                    },
-                );
+                let b = Burst {
+                    first: now,
+                    last: now,
+                };
+                self.deadlines.insert((due_at(&b), ifindex));
+                self.dirty.insert(ifindex, b);
                 true
             }
         }
-    }
-
-    /// Forgets `ifindex` (it was just reported by other means, e.g. an urgent read).
-    pub fn remove(&mut self, ifindex: u32) -> bool {
-        self.dirty.remove(&ifindex).is_some()
-    }
-
-    /// Forgets everything (a full resync covered every interface).
-    pub fn clear(&mut self) {
-        self.dirty.clear();
     }
 
     fn due_at(&self, b: &Burst) -> Instant {
         (b.last + self.quiet).min(b.first + self.max_wait)
     }
 
+    /// Forgets `ifindex` (it was just reported by other means, e.g. an urgent read).
+    pub fn remove(&mut self, ifindex: u32) -> bool {
+        match self.dirty.remove(&ifindex) {
+            Some(b) => {
+                let at = self.due_at(&b);
+                self.deadlines.remove(&(at, ifindex));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets everything (a full resync covered every interface).
+    pub fn clear(&mut self) {
+        self.dirty.clear();
+        self.deadlines.clear();
+    }
+
     /// When the next interface becomes due; `None` when nothing is dirty (the
     /// daemon then sleeps without a timer).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.dirty.values().map(|b| self.due_at(b)).min()
+        self.deadlines.first().map(|(at, _)| *at)
     }
 
     /// Removes and returns the interfaces due at `now`, in ifindex order.
     pub fn take_due(&mut self, now: Instant) -> Vec<u32> {
-        let mut due: Vec<u32> = self
-            .dirty
-            .iter()
-            .filter(|(_, b)| self.due_at(b) <= now)
-            .map(|(i, _)| *i)
-            .collect();
-        due.sort_unstable();
-        for i in &due {
-            self.dirty.remove(i);
+        let mut due = Vec::new();
+        while let Some(&(at, i)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.dirty.remove(&i);
+            due.push(i);
         }
+        due.sort_unstable();
         due
     }
 
@@ -176,6 +198,22 @@ mod tests {
         assert_eq!(d.pending(), vec![2]);
         d.clear();
         assert!(d.is_empty());
+        assert_eq!(d.next_deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_marks_in_order() {
+        let mut d = defaults();
+        let t0 = Instant::now();
+        d.mark(1, t0);
+        d.mark(2, t0 + S);
+        d.mark(1, t0 + 2 * S);
+        // 2 is due first now (t0 + 4 s), then 1 (t0 + 5 s).
+        assert_eq!(d.next_deadline(), Some(t0 + 4 * S));
+        assert!(d.remove(2));
+        assert_eq!(d.next_deadline(), Some(t0 + 5 * S));
+        assert_eq!(d.take_due(t0 + 5 * S), vec![1]);
+        assert_eq!(d.next_deadline(), None);
     }
 
     #[test]

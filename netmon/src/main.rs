@@ -60,11 +60,33 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         None => {
             ipc::logging::init(cli.log.log_format, &cli.log.log_level).context("set up logging")?;
+            raise_fd_limit();
             let shutdown = CancellationToken::new();
             ipc::systemd::cancel_on_signals(shutdown.clone())
                 .map_err(|e| anyhow::anyhow!("install the SIGTERM/SIGINT handlers: {e}"))?;
             netmon::run(cli.daemon.config(), shutdown).await?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Every client is a descriptor, and systemd's default soft limit (1,024) is below
+/// the default client cap: raise the soft limit to the hard one (no privilege needed).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
+        lim.rlim_cur = hard;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
         }
     }
 }

@@ -60,7 +60,7 @@ pub struct Route4 {
 }
 
 /// Everything one full read of the kernel returns, in kernel order.
-#[derive(Default, Clone, Debug)]
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub links: Vec<Link>,
     pub addrs4: Vec<Addr4>,

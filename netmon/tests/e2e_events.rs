@@ -152,6 +152,59 @@ async fn default_route_add_change_delete() {
     assert_eq!(i.ipv4_addresses.len(), 1, "address untouched");
 }
 
+/// A default route the kernel removes on its own when its gateway's subnet goes
+/// (the address is deleted), and one that comes back with the link: the partial
+/// reads must re-read routes for interfaces that had one, not only on route messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_route_lost_with_its_address_and_back_with_the_link() {
+    let ns = lan();
+    ns.must_ip("addr add 10.4.1.2/24 dev ethA");
+    // With the address as its source: the kernel flushes the route with the address.
+    ns.must_ip("route add default via 10.4.1.1 dev ethA src 10.4.1.2 metric 5000");
+    let nm = NetmonProc::start(&ns, FAST);
+    let (mut c, disc) = nm.connect().await;
+    let a = disc.iter().find(|i| i.interface == "ethA").expect("ethA");
+    assert_eq!(a.gateway, Some("10.4.1.1".parse().unwrap()));
+    let limit = Duration::from_secs(6);
+
+    // The route goes with its source address.
+    ns.must_ip("addr add 10.4.2.2/24 dev ethA");
+    ns.must_ip("addr del 10.4.1.2/24 dev ethA");
+    let i = next_change(&mut c, limit, "the address move").await;
+    assert_eq!(
+        e2e::netmon::ip_gateway(&ns, "ethA"),
+        None,
+        "kernel dropped it"
+    );
+    assert_eq!((i.interface.as_str(), i.gateway), ("ethA", None));
+
+    ns.must_ip("route add default via 10.4.2.1 dev ethA metric 5000");
+    let i = next_change(&mut c, limit, "route add").await;
+    assert_eq!(i.gateway, Some("10.4.2.1".parse().unwrap()));
+    // Carrier lost (the peer goes down): no gateway reported, but the kernel keeps
+    // the route (flagged linkdown); carrier back: the gateway is reported again.
+    ns.must_ip("link set ethB down");
+    let i = loop {
+        let i = next_change(&mut c, limit, "carrier lost").await;
+        if i.interface == "ethA" {
+            break i;
+        }
+    };
+    assert_eq!((i.status, i.gateway), (Some(Status::Down), None));
+    ns.must_ip("link set ethB up");
+    e2e::netmon::wait_oper_up(&ns, &["ethA", "ethB"]);
+    let deadline = Instant::now() + limit;
+    loop {
+        let i = next_change(&mut c, limit, "carrier back").await;
+        if i.interface == "ethA" && i.status == Some(Status::Up) && i.gateway.is_some() {
+            let want = e2e::netmon::ip_gateway(&ns, "ethA");
+            assert_eq!(i.gateway.map(|g| g.to_string()), want);
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway never came back: {i:?}");
+    }
+}
+
 /// Uses the default 3 s window: a change is not reported before it, a link going down
 /// is reported at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,6 +270,8 @@ async fn deleted_link_is_removed_at_once() {
             .unwrap_or_else(|| panic!("no removed event for {n}: {evs:?}"));
         assert_eq!(i.status, Some(Status::Removed), "{n}");
         assert!(i.ipv4_addresses.is_empty(), "{n}");
+        // Not "UP": a reader of the older protocol (operstate only) must see it gone.
+        assert_eq!(i.operstate.as_deref(), Some("NOTPRESENT"), "{n}");
     }
     let c_ev = evs.iter().find(|i| i.interface == "ethC").expect("ethC");
     assert_eq!(c_ev.index, Some(idx), "last known index");

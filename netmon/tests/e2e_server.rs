@@ -23,20 +23,8 @@ fn lan() -> Netns {
     ns
 }
 
-/// Runs `netmon <args>` in `ns` to completion: (exit code, stdout + stderr).
 fn run_netmon(ns: &Netns, args: &[&str]) -> (i32, String) {
-    let out = ns
-        .command(&bin("netmon"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn netmon");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    e2e::netmon::run_to_end(ns, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,8 +77,8 @@ async fn a_client_that_does_not_read_is_dropped_and_others_keep_receiving() {
             "100ms",
             "--max-wait",
             "200ms",
-            "--client-queue",
-            "4",
+            "--client-queue-bytes",
+            "64KiB",
         ],
     );
     // The stuck client: connected, never reads.
@@ -277,7 +265,7 @@ async fn stale_socket_is_replaced_and_a_live_one_is_never_stolen() {
     assert_eq!(code, 1, "second instance must fail: {text}");
     assert!(
         text.contains(&format!(
-            "another netmon is listening on {}",
+            "another process is listening on {}",
             path.display()
         )),
         "{text}"
@@ -336,7 +324,7 @@ fn startup_errors_say_what_to_do() {
     assert_eq!(code, 1, "{text}");
     assert!(
         text.contains(&format!(
-            "permission denied creating {}: run netmon as a user who may write to {}",
+            "permission denied creating {}: run as a user who may write to {}",
             sock.display(),
             dir.path().display()
         )),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use e2e::kernel::{ifindex, ip_json, private_netns, runtime, veth};
 use e2e::must;
@@ -229,6 +230,18 @@ fn dump_of_many_links_is_complete() {
     let path = dir.join("batch");
     std::fs::write(&path, batch).expect("write batch file");
     must(&format!("ip -batch {}", path.display()));
+    // Carrier comes up asynchronously after `link set up`: compare once every veth
+    // is operationally up, or the dump and `ip -j` may see different operstates.
+    e2e::wait_for(Duration::from_secs(20), "every veth up", || {
+        let links = ip_json("link show");
+        let all_up = links
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|l| l["ifname"] != "lo")
+            .all(|l| l["operstate"] == "UP");
+        all_up.then_some(())
+    });
 
     let snaps = runtime().block_on(async {
         let kernel = Kernel::open_dump_only().expect("open dump connection");

@@ -26,7 +26,12 @@ async fn wait_for(
 }
 
 fn hint(ifindex: u32, urgent: bool) -> impl Fn(&KernelEvent) -> bool {
-    move |ev| *ev == KernelEvent::Hint { ifindex, urgent }
+    move |ev| matches!(ev, KernelEvent::Hint { ifindex: i, urgent: u, .. } if *i == ifindex && *u == urgent)
+}
+
+/// A hint from a default-route message.
+fn route_hint(ifindex: u32) -> impl Fn(&KernelEvent) -> bool {
+    move |ev| matches!(ev, KernelEvent::Hint { ifindex: i, route: true, .. } if *i == ifindex)
 }
 
 fn any_hint_for(ifindex: u32) -> impl Fn(&KernelEvent) -> bool {
@@ -73,11 +78,11 @@ fn default_route_add_change_delete_hint_the_oif() {
         sync_on(&mut rx, "ethC", 1).await;
 
         must("ip route add default via 10.0.0.1 dev ethA metric 100");
-        wait_for(&mut rx, "a hint for ethA (route add)", hint(a, false)).await;
+        wait_for(&mut rx, "a route hint for ethA (route add)", route_hint(a)).await;
         must("ip route replace default via 10.0.0.254 dev ethA metric 100");
-        wait_for(&mut rx, "a hint for ethA (route change)", hint(a, false)).await;
+        wait_for(&mut rx, "a route hint for ethA (route change)", route_hint(a)).await;
         must("ip route del default via 10.0.0.254 dev ethA metric 100");
-        wait_for(&mut rx, "a hint for ethA (route delete)", hint(a, false)).await;
+        wait_for(&mut rx, "a route hint for ethA (route delete)", route_hint(a)).await;
 
         // Routes netmon does not report must not wake it: another table, a
         // non-default destination.
@@ -237,6 +242,7 @@ fn a_burst_is_delivered_completely() {
                 **e == KernelEvent::Hint {
                     ifindex: a,
                     urgent: false,
+                    route: false,
                 }
             })
             .count();

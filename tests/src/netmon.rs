@@ -238,3 +238,20 @@ pub fn assert_matches_ip(ns: &Netns, iface: &Interface) {
         "{name} gateway"
     );
 }
+
+/// Runs `netmon <args>` in `ns` to completion: (exit code, stdout + stderr). For
+/// start-up errors and one-shot subcommands.
+pub fn run_to_end(ns: &Netns, args: &[&str]) -> (i32, String) {
+    let out = ns
+        .command(&bin("netmon"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn netmon");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

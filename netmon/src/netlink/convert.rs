@@ -3,10 +3,11 @@
 
 use std::net::IpAddr;
 
+use rtnetlink::packet_core::{DecodeError, NetlinkBuffer, NlasIterator, Parseable};
 use rtnetlink::packet_route::{
-    AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
-    link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State},
+    AddressFamily,
+    address::{AddressAttribute, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope},
+    link::{LinkAttribute, LinkFlags, LinkHeader, LinkInfo, LinkMessage, State},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
 };
 
@@ -195,165 +196,102 @@ pub(crate) fn default_routes(msg: &RouteMessage) -> Vec<Route4> {
     out
 }
 
-/// Whether a link message itself says the link is not usable (or gone).
-fn link_went_down(msg: &LinkMessage) -> bool {
-    let flags = msg.header.flags;
+/// IFLA_OPERSTATE (linux/if_link.h).
+const IFLA_OPERSTATE: u16 = 16;
+/// Fixed header sizes of struct ifinfomsg, struct rtmsg.
+const LINK_HEADER_LEN: usize = 16;
+const ROUTE_HEADER_LEN: usize = 12;
+/// RTA_TABLE (linux/rtnetlink.h).
+const RTA_TABLE: u16 = 15;
+
+/// Whether a link message itself says the link is not usable: no IFF_UP, no
+/// LOWER_UP, or an operstate that is not up. Only the header and the operstate
+/// attribute are read.
+fn link_went_down(flags: LinkFlags, attributes: &[u8]) -> bool {
     if !flags.contains(LinkFlags::Up) || !flags.contains(LinkFlags::LowerUp) {
         return true;
     }
-    msg.attributes.iter().any(|a| {
-        matches!(
-            a,
-            LinkAttribute::OperState(
-                State::Down
-                    | State::LowerLayerDown
-                    | State::NotPresent
-                    | State::Dormant
-                    | State::Testing
-            )
+    let operstate = NlasIterator::new(attributes)
+        .filter_map(Result::ok)
+        .find(|nla| nla.kind() == IFLA_OPERSTATE)
+        .and_then(|nla| nla.value().first().copied())
+        .map(State::from);
+    matches!(
+        operstate,
+        Some(
+            State::Down
+                | State::LowerLayerDown
+                | State::NotPresent
+                | State::Dormant
+                | State::Testing
         )
-    })
+    )
 }
 
-/// The hints one multicast message gives, appended to `out`.
-pub(crate) fn hints(msg: &RouteNetlinkMessage, out: &mut Vec<KernelEvent>) {
-    match msg {
-        RouteNetlinkMessage::NewLink(l) => out.push(KernelEvent::Hint {
-            ifindex: l.header.index,
-            urgent: link_went_down(l),
-        }),
-        RouteNetlinkMessage::DelLink(l) => out.push(KernelEvent::Hint {
-            ifindex: l.header.index,
-            urgent: true,
-        }),
-        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-            if matches!(a.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
+/// Whether a route message may be a main-table IPv4 default route, from its fixed
+/// header and RTA_TABLE alone: the prefix and local routes of an address storm are
+/// dropped here without being decoded.
+pub(super) fn may_be_default_v4(payload: &[u8]) -> Result<bool, DecodeError> {
+    let h = RouteHeader::parse(payload)?;
+    if h.address_family != AddressFamily::Inet || h.destination_prefix_length != 0 {
+        return Ok(false);
+    }
+    let table = NlasIterator::new(payload.get(ROUTE_HEADER_LEN..).unwrap_or_default())
+        .filter_map(Result::ok)
+        .find(|nla| nla.kind() == RTA_TABLE)
+        .and_then(|nla| {
+            nla.value()
+                .get(..4)
+                .map(|v| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
+        })
+        .unwrap_or(u32::from(h.table));
+    Ok(table == u32::from(RouteHeader::RT_TABLE_MAIN))
+}
+
+/// The hints one multicast message gives, appended to `out`. Only fixed headers
+/// (and for links the operstate) are read; a route message is decoded in full only
+/// when its header says it may be a default route.
+pub(crate) fn hints(
+    msg: NetlinkBuffer<&[u8]>,
+    out: &mut Vec<KernelEvent>,
+) -> Result<(), DecodeError> {
+    let payload = msg.payload();
+    let kind = msg.message_type();
+    match kind {
+        libc::RTM_NEWLINK | libc::RTM_DELLINK => {
+            let h = LinkHeader::parse(payload)?;
+            let attributes = payload.get(LINK_HEADER_LEN..).unwrap_or_default();
+            out.push(KernelEvent::Hint {
+                ifindex: h.index,
+                urgent: kind == libc::RTM_DELLINK || link_went_down(h.flags, attributes),
+                route: false,
+            });
+        }
+        libc::RTM_NEWADDR | libc::RTM_DELADDR => {
+            let h = AddressHeader::parse(payload)?;
+            if matches!(h.family, AddressFamily::Inet | AddressFamily::Inet6) {
                 out.push(KernelEvent::Hint {
-                    ifindex: a.header.index,
+                    ifindex: h.index,
                     urgent: false,
+                    route: false,
                 });
             }
         }
-        RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
-            for route in default_routes(r) {
+        libc::RTM_NEWROUTE | libc::RTM_DELROUTE if may_be_default_v4(payload)? => {
+            let route = RouteMessage::parse(payload)?;
+            for r in default_routes(&route) {
                 out.push(KernelEvent::Hint {
-                    ifindex: route.oif,
+                    ifindex: r.oif,
                     urgent: false,
+                    route: true,
                 });
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rtnetlink::packet_route::route::RouteNextHop;
-
-    fn default_route(table_hdr: u8, table_attr: Option<u32>) -> RouteMessage {
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
-        m.header.table = table_hdr;
-        m.header.kind = RouteType::Unicast;
-        m.attributes.push(RouteAttribute::Oif(7));
-        m.attributes.push(RouteAttribute::Priority(100));
-        m.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(
-                "10.1.1.1".parse().unwrap(),
-            )));
-        if let Some(t) = table_attr {
-            m.attributes.push(RouteAttribute::Table(t));
-        }
-        m
-    }
-
-    #[test]
-    fn only_main_table_v4_defaults() {
-        let r = default_routes(&default_route(254, None));
-        assert_eq!(
-            r,
-            [Route4 {
-                oif: 7,
-                gateway: "10.1.1.1".parse().unwrap(),
-                metric: 100
-            }]
-        );
-        assert_eq!(default_routes(&default_route(254, Some(254))).len(), 1);
-        assert!(default_routes(&default_route(100, None)).is_empty());
-        // Table 1000 is announced as RT_TABLE_COMPAT in the header.
-        assert!(default_routes(&default_route(252, Some(1000))).is_empty());
-        let mut not_default = default_route(254, None);
-        not_default.header.destination_prefix_length = 24;
-        assert!(default_routes(&not_default).is_empty());
-        let mut v6 = default_route(254, None);
-        v6.header.address_family = AddressFamily::Inet6;
-        assert!(default_routes(&v6).is_empty());
-    }
-
-    #[test]
-    fn multipath_gives_each_nexthop() {
-        let mut m = default_route(254, None);
-        m.attributes
-            .retain(|a| !matches!(a, RouteAttribute::Oif(_) | RouteAttribute::Gateway(_)));
-        let hops = [(3, "10.0.0.1"), (4, "10.0.1.1")]
-            .into_iter()
-            .map(|(ifindex, gw)| {
-                let mut hop = RouteNextHop::default();
-                hop.interface_index = ifindex;
-                hop.attributes
-                    .push(RouteAttribute::Gateway(RouteAddress::Inet(
-                        gw.parse().unwrap(),
-                    )));
-                hop
-            })
-            .collect();
-        m.attributes.push(RouteAttribute::MultiPath(hops));
-        let r = default_routes(&m);
-        assert_eq!(r.iter().map(|r| r.oif).collect::<Vec<_>>(), [3, 4]);
-        assert!(r.iter().all(|r| r.metric == 100));
-        let mut out = Vec::new();
-        hints(&RouteNetlinkMessage::DelRoute(m), &mut out);
-        let ifs: Vec<u32> = out
-            .iter()
-            .map(|e| match e {
-                KernelEvent::Hint { ifindex, .. } => *ifindex,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(ifs, [3, 4]);
-    }
-
-    #[test]
-    fn link_down_is_urgent() {
-        let mut l = LinkMessage::default();
-        l.header.index = 5;
-        l.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
-        l.attributes.push(LinkAttribute::OperState(State::Up));
-        let mut out = Vec::new();
-        hints(&RouteNetlinkMessage::NewLink(l.clone()), &mut out);
-        l.header.flags = LinkFlags::Up;
-        hints(&RouteNetlinkMessage::NewLink(l.clone()), &mut out);
-        l.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
-        l.attributes = vec![LinkAttribute::OperState(State::LowerLayerDown)];
-        hints(&RouteNetlinkMessage::NewLink(l.clone()), &mut out);
-        hints(&RouteNetlinkMessage::DelLink(l), &mut out);
-        let urgent: Vec<bool> = out
-            .iter()
-            .map(|e| match e {
-                KernelEvent::Hint { ifindex: 5, urgent } => *urgent,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(urgent, [false, true, true, true]);
-    }
-
-    #[test]
-    fn mac_format() {
-        assert_eq!(
-            format_mac(&[0x02, 0xAB, 0, 1, 0xff, 0x10]).as_deref(),
-            Some("02:ab:00:01:ff:10")
-        );
-        assert_eq!(format_mac(&[]), None);
-    }
-}
+#[path = "convert_tests.rs"]
+mod tests;

@@ -9,14 +9,17 @@
 
 use std::fmt;
 use std::io;
+use std::ops::ControlFlow;
 
 use rtnetlink::packet_core::{
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
+
+use super::{convert, wire};
 
 /// The kernel sizes dump datagrams after the reader's buffer, capped near 32 KiB
 /// (larger only when a single message needs it, which MSG_TRUNC catches).
@@ -55,7 +58,22 @@ impl fmt::Debug for DumpSocket {
 impl DumpSocket {
     /// Call it inside a tokio runtime: the socket is registered with its reactor.
     pub(super) fn open() -> io::Result<DumpSocket> {
+        Self::open_with(false)
+    }
+
+    /// A socket whose dump requests the kernel checks strictly and filters by the
+    /// fields set in them (NETLINK_GET_STRICT_CHK, Linux 4.20): an address dump for
+    /// one ifindex, a route dump for one table and output interface. Only requests
+    /// built for filtering go there: on it every header field set is a filter.
+    pub(super) fn open_strict() -> io::Result<DumpSocket> {
+        Self::open_with(true)
+    }
+
+    fn open_with(strict: bool) -> io::Result<DumpSocket> {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
+        if strict {
+            sock.set_netlink_get_strict_chk(true)?;
+        }
         sock.bind_auto()?;
         // Connected to the kernel (port 0), so `send` needs no address and only the
         // kernel's replies arrive.
@@ -79,14 +97,51 @@ impl DumpSocket {
     where
         F: FnMut(RouteNetlinkMessage),
     {
+        let mut interrupted = false;
+        self.exchange(request, NLM_F_REQUEST | NLM_F_DUMP, |d, seq| {
+            parse_datagram(d, seq, &mut interrupted, &mut each)
+        })
+        .await?;
+        Ok(if interrupted {
+            Outcome::Interrupted
+        } else {
+            Outcome::Complete
+        })
+    }
+
+    /// Sends `request` as a plain request (one object, e.g. RTM_GETLINK for one
+    /// ifindex) and returns its reply; `None` when the kernel answers ENODEV (the
+    /// object is gone). Same rule as [`DumpSocket::dump`] for a dropped future.
+    pub(super) async fn get(
+        &mut self,
+        request: RouteNetlinkMessage,
+    ) -> io::Result<Option<RouteNetlinkMessage>> {
+        let mut out = None;
+        self.exchange(request, NLM_F_REQUEST, |d, seq| {
+            parse_single(d, seq, &mut out)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Sends `request` with `flags` and feeds each reply datagram to `on_datagram`
+    /// until it says the exchange is over.
+    async fn exchange<F>(
+        &mut self,
+        request: RouteNetlinkMessage,
+        flags: u16,
+        mut on_datagram: F,
+    ) -> io::Result<()>
+    where
+        F: FnMut(&[u8], u32) -> io::Result<Option<()>>,
+    {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let wire = encode_request(request, seq);
+        let wire = encode_request(request, seq, flags);
         self.send(&wire).await?;
         drop(wire);
 
         let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
-        let mut interrupted = false;
         loop {
             let mut guard = self.fd.readable().await?;
             loop {
@@ -106,10 +161,8 @@ impl DumpSocket {
                         ),
                     ));
                 }
-                match parse_datagram(&buf[..n], seq, &mut interrupted, &mut each)? {
-                    Some(()) if interrupted => return Ok(Outcome::Interrupted),
-                    Some(()) => return Ok(Outcome::Complete),
-                    None => {}
+                if on_datagram(&buf[..n], seq)?.is_some() {
+                    return Ok(());
                 }
             }
         }
@@ -134,10 +187,10 @@ impl DumpSocket {
     }
 }
 
-/// The request as the library serializes it, flagged as a dump.
-fn encode_request(request: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
+/// The request as the library serializes it, with `flags` (a dump or not).
+fn encode_request(request: RouteNetlinkMessage, seq: u32, flags: u16) -> Vec<u8> {
     let mut msg = NetlinkMessage::from(request);
-    msg.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.header.flags = flags;
     msg.header.sequence_number = seq;
     msg.finalize();
     let mut wire = vec![0; msg.buffer_len()];
@@ -145,11 +198,11 @@ fn encode_request(request: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
     wire
 }
 
-/// The messages of one datagram (several, back to back, 4-byte aligned). Returns
-/// `Some(())` once NLMSG_DONE of this dump was seen. Messages of another sequence
-/// number (a reply to nothing we asked for now) are skipped.
+/// The messages of one datagram. Returns `Some(())` once NLMSG_DONE of this dump
+/// was seen. Messages of another sequence number (a reply to nothing we asked for
+/// now) are skipped.
 fn parse_datagram<F>(
-    mut data: &[u8],
+    data: &[u8],
     seq: u32,
     interrupted: &mut bool,
     each: &mut F,
@@ -157,166 +210,128 @@ fn parse_datagram<F>(
 where
     F: FnMut(RouteNetlinkMessage),
 {
-    while !data.is_empty() {
-        let len = NetlinkBuffer::new_checked(data)
-            .map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("undecodable reply datagram: {e}"),
-                )
-            })?
-            .length() as usize;
-        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]);
-        // Messages are 4-byte aligned (NLMSG_ALIGN).
-        data = data.get((len + 3) & !3..).unwrap_or(&[]);
-        let msg = match msg {
-            Ok(msg) => msg,
+    let walked = wire::walk(data, |buf| {
+        if buf.sequence_number() != seq {
+            debug!(
+                got = buf.sequence_number(),
+                want = seq,
+                "netlink reply of another request; skipped"
+            );
+            return ControlFlow::Continue(());
+        }
+        if buf.flags() & NLM_F_DUMP_INTR != 0 {
+            *interrupted = true;
+        }
+        // Only default routes are kept: the others (a prefix and a local route per
+        // address) are skipped on their fixed header instead of decoded.
+        if buf.message_type() == libc::RTM_NEWROUTE
+            && !convert::may_be_default_v4(buf.payload()).unwrap_or(true)
+        {
+            return ControlFlow::Continue(());
+        }
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(buf.into_inner()) {
+            Ok(msg) => match reply(msg.payload, each) {
+                Ok(false) => ControlFlow::Continue(()),
+                Ok(true) => ControlFlow::Break(Ok(())),
+                Err(e) => ControlFlow::Break(Err(e)),
+            },
             // One message this library version cannot parse: skip it, as rtnetlink's
             // connection did, rather than fail every read from now on.
             Err(e) => {
                 warn!(error = %e, "undecodable netlink dump reply; skipped");
-                continue;
+                ControlFlow::Continue(())
+            }
+        }
+    });
+    match walked {
+        Ok(None) => Ok(None),
+        Ok(Some(done)) => done.map(Some),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("undecodable reply datagram: {e}"),
+        )),
+    }
+}
+
+/// The reply to a plain request: the first message of our sequence number ends it.
+/// ENODEV (the object is gone) leaves `out` empty; another error is an error.
+fn parse_single(
+    data: &[u8],
+    seq: u32,
+    out: &mut Option<RouteNetlinkMessage>,
+) -> io::Result<Option<()>> {
+    let walked = wire::walk(data, |buf| {
+        if buf.sequence_number() != seq {
+            return ControlFlow::Continue(());
+        }
+        let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(buf.into_inner()) {
+            Ok(m) => m,
+            Err(e) => {
+                return ControlFlow::Break(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("undecodable reply: {e}"),
+                )));
             }
         };
-        if msg.header.sequence_number != seq {
-            debug!(
-                got = msg.header.sequence_number,
-                want = seq,
-                "netlink reply of another request; skipped"
-            );
-            continue;
-        }
-        if msg.header.flags & NLM_F_DUMP_INTR != 0 {
-            *interrupted = true;
-        }
         match msg.payload {
-            NetlinkPayload::InnerMessage(m) => each(m),
-            NetlinkPayload::Done(done) => {
-                if done.code < 0 {
-                    let e = io::Error::from_raw_os_error(-done.code);
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("kernel ended the dump with an error: {e}"),
-                    ));
+            NetlinkPayload::InnerMessage(m) => *out = Some(m),
+            NetlinkPayload::Error(err) => match err.code {
+                Some(c) if c.get() == -libc::ENODEV => {}
+                Some(_) => {
+                    let e = err.to_io();
+                    let what = format!("kernel refused the request (NLMSG_ERROR): {e}");
+                    return ControlFlow::Break(Err(io::Error::new(e.kind(), what)));
                 }
-                return Ok(Some(()));
-            }
-            NetlinkPayload::Error(err) if err.code.is_some() => {
-                let e = err.to_io();
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("kernel refused the request (NLMSG_ERROR): {e}"),
-                ));
-            }
-            // An ACK: not asked for, nothing to do.
-            NetlinkPayload::Error(_) | NetlinkPayload::Noop => {}
-            NetlinkPayload::Overrun(_) => {
-                return Err(io::Error::other("kernel reported NLMSG_OVERRUN"));
-            }
+                None => {}
+            },
             _ => {}
         }
+        ControlFlow::Break(Ok(()))
+    });
+    match walked {
+        Ok(None) => Ok(None),
+        Ok(Some(r)) => r.map(Some),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("undecodable reply datagram: {e}"),
+        )),
     }
-    Ok(None)
+}
+
+/// One reply of our dump: true once it is the end (NLMSG_DONE).
+fn reply<F>(payload: NetlinkPayload<RouteNetlinkMessage>, each: &mut F) -> io::Result<bool>
+where
+    F: FnMut(RouteNetlinkMessage),
+{
+    match payload {
+        NetlinkPayload::InnerMessage(m) => each(m),
+        NetlinkPayload::Done(done) => {
+            if done.code < 0 {
+                let e = io::Error::from_raw_os_error(-done.code);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("kernel ended the dump with an error: {e}"),
+                ));
+            }
+            return Ok(true);
+        }
+        NetlinkPayload::Error(err) if err.code.is_some() => {
+            let e = err.to_io();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("kernel refused the request (NLMSG_ERROR): {e}"),
+            ));
+        }
+        // An ACK: not asked for, nothing to do.
+        NetlinkPayload::Error(_) | NetlinkPayload::Noop => {}
+        NetlinkPayload::Overrun(_) => {
+            return Err(io::Error::other("kernel reported NLMSG_OVERRUN"));
+        }
+        _ => {}
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rtnetlink::packet_core::{DoneMessage, ErrorMessage, NetlinkHeader};
-    use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-
-    fn wire(header: NetlinkHeader, payload: NetlinkPayload<RouteNetlinkMessage>) -> Vec<u8> {
-        let mut msg = NetlinkMessage::new(header, payload);
-        msg.finalize();
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
-        while buf.len() % 4 != 0 {
-            buf.push(0);
-        }
-        buf
-    }
-
-    fn header(seq: u32, flags: u16) -> NetlinkHeader {
-        let mut h = NetlinkHeader::default();
-        h.sequence_number = seq;
-        h.flags = flags;
-        h
-    }
-
-    fn link(index: u32) -> NetlinkPayload<RouteNetlinkMessage> {
-        let mut l = LinkMessage::default();
-        l.header.index = index;
-        l.attributes
-            .push(LinkAttribute::IfName(format!("l{index}")));
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l))
-    }
-
-    fn done(code: i32) -> NetlinkPayload<RouteNetlinkMessage> {
-        let mut d = DoneMessage::default();
-        d.code = code;
-        NetlinkPayload::Done(d)
-    }
-
-    fn indexes(data: &[u8], seq: u32) -> (io::Result<Option<()>>, Vec<u32>, bool) {
-        let mut seen = Vec::new();
-        let mut interrupted = false;
-        let res = parse_datagram(data, seq, &mut interrupted, &mut |m| {
-            if let RouteNetlinkMessage::NewLink(l) = m {
-                seen.push(l.header.index);
-            }
-        });
-        (res, seen, interrupted)
-    }
-
-    #[test]
-    fn request_is_a_dump_with_our_sequence_number() {
-        let w = encode_request(RouteNetlinkMessage::GetLink(LinkMessage::default()), 42);
-        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&w).unwrap();
-        assert_eq!(msg.header.sequence_number, 42);
-        assert_eq!(msg.header.flags, NLM_F_REQUEST | NLM_F_DUMP);
-        assert!(matches!(
-            msg.payload,
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(_))
-        ));
-    }
-
-    #[test]
-    fn messages_until_done_other_sequences_skipped() {
-        let mut d = wire(header(7, 0), link(1));
-        d.extend(wire(header(6, 0), link(99)));
-        d.extend(wire(header(7, 0), link(2)));
-        let (res, seen, intr) = indexes(&d, 7);
-        assert_eq!(res.unwrap(), None);
-        assert_eq!(seen, [1, 2]);
-        assert!(!intr);
-        d.extend(wire(header(7, 0), done(0)));
-        let (res, seen, _) = indexes(&d, 7);
-        assert_eq!(res.unwrap(), Some(()));
-        assert_eq!(seen, [1, 2]);
-    }
-
-    #[test]
-    fn interrupted_flag_is_noticed() {
-        let mut d = wire(header(3, 0), link(1));
-        d.extend(wire(header(3, NLM_F_DUMP_INTR), done(0)));
-        let (res, _, intr) = indexes(&d, 3);
-        assert_eq!(res.unwrap(), Some(()));
-        assert!(intr);
-    }
-
-    #[test]
-    fn errors_are_errors() {
-        let mut e = ErrorMessage::default();
-        e.code = std::num::NonZeroI32::new(-libc::EPERM);
-        let d = wire(header(1, 0), NetlinkPayload::Error(e));
-        let err = indexes(&d, 1).0.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-        assert!(err.to_string().contains("NLMSG_ERROR"), "{err}");
-
-        let d = wire(header(1, 0), done(-libc::EINVAL));
-        let err = indexes(&d, 1).0.unwrap_err();
-        assert!(err.to_string().contains("ended the dump"), "{err}");
-
-        assert!(indexes(&[1, 2, 3], 1).0.is_err());
-    }
-}
+#[path = "dump_tests.rs"]
+mod tests;

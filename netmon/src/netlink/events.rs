@@ -2,20 +2,20 @@
 //!
 //! A raw `netlink_sys` socket rather than an rtnetlink connection: netlink-proto's
 //! connection swallows ENOBUFS, and ENOBUFS is the one signal that events were lost.
-//! Each datagram is parsed by netlink-packet-core/-route.
+//! Each datagram is framed by the shared walker; only message headers are read.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 
 use rtnetlink::MulticastGroup;
-use rtnetlink::packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
-use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::NLMSG_OVERRUN;
 use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use super::{KernelEvent, KernelOptions, NetlinkError, convert};
+use super::{KernelEvent, KernelOptions, NetlinkError, convert, wire};
 
 const GROUPS: [MulticastGroup; 4] = [
     MulticastGroup::Link,
@@ -130,39 +130,32 @@ async fn read_loop(fd: &AsyncFd<Socket>, tx: &mpsc::Sender<KernelEvent>) -> io::
     }
 }
 
-/// One datagram can carry several messages back to back.
-fn parse_datagram(mut data: &[u8], out: &mut Vec<KernelEvent>) {
-    while !data.is_empty() {
-        let len = match NetlinkBuffer::new_checked(data) {
-            Ok(b) => b.length() as usize,
-            Err(e) => {
-                warn!(error = %e, "undecodable netlink datagram; re-reading everything");
-                out.push(KernelEvent::Overrun);
-                return;
-            }
-        };
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]) {
-            Ok(msg) => match msg.payload {
-                NetlinkPayload::InnerMessage(m) => convert::hints(&m, out),
-                NetlinkPayload::Overrun(_) => out.push(KernelEvent::Overrun),
-                _ => {}
-            },
-            // A message type this library version cannot parse: say "look at
-            // everything" rather than drop what might be a real change.
-            Err(e) => {
-                debug!(error = %e, "unparsed netlink notification; re-reading everything");
-                out.push(KernelEvent::Overrun);
-            }
+/// One datagram can carry several messages back to back. Only the fixed headers
+/// are read (see [`convert::hints`]): a storm costs what its messages cost to
+/// frame, not to decode.
+fn parse_datagram(data: &[u8], out: &mut Vec<KernelEvent>) {
+    let walked = wire::walk(data, |msg| {
+        if msg.message_type() == NLMSG_OVERRUN {
+            out.push(KernelEvent::Overrun);
+        } else if let Err(e) = convert::hints(msg, out) {
+            // A message this library version cannot read: say "look at everything"
+            // rather than drop what might be a real change.
+            debug!(error = %e, "unparsed netlink notification; re-reading everything");
+            out.push(KernelEvent::Overrun);
         }
-        // Messages are 4-byte aligned (NLMSG_ALIGN).
-        let next = (len + 3) & !3;
-        data = data.get(next..).unwrap_or(&[]);
+        ControlFlow::<()>::Continue(())
+    });
+    if let Err(e) = walked {
+        warn!(error = %e, "undecodable netlink datagram; re-reading everything");
+        out.push(KernelEvent::Overrun);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtnetlink::packet_core::NetlinkMessage;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
     use rtnetlink::packet_route::address::AddressMessage;
     use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 
@@ -196,11 +189,13 @@ mod tests {
             [
                 KernelEvent::Hint {
                     ifindex: 3,
-                    urgent: false
+                    urgent: false,
+                    route: false
                 },
                 KernelEvent::Hint {
                     ifindex: 4,
-                    urgent: true
+                    urgent: true,
+                    route: false
                 }
             ]
         );

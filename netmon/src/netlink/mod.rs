@@ -9,6 +9,8 @@
 mod convert;
 mod dump;
 mod events;
+mod partial;
+mod wire;
 
 use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_route::address::AddressMessage;
@@ -30,7 +32,14 @@ pub enum KernelEvent {
     /// `urgent` when the message itself says the link went down (no IFF_UP / no LOWER_UP /
     /// operstate not up) or was deleted (RTM_DELLINK): the daemon then re-reads at once
     /// instead of debouncing.
-    Hint { ifindex: u32, urgent: bool },
+    /// `route` when it came from a default-route message: the daemon then re-reads
+    /// the routes of the interface (it skips the route dump for interfaces that had
+    /// no default route and got no route message: additions are always announced).
+    Hint {
+        ifindex: u32,
+        urgent: bool,
+        route: bool,
+    },
     /// The event socket overran (ENOBUFS): events were lost, the daemon must re-read everything.
     Overrun,
 }
@@ -82,6 +91,9 @@ pub struct Kernel {
     /// finish (an error, or its future was dropped): replies may still be queued on
     /// that socket, so it was closed and the next dump opens a fresh one.
     socket: tokio::sync::Mutex<Option<DumpSocket>>,
+    /// The strict socket for reads of a few interfaces ([`Kernel::dump_some`]), same
+    /// rules; opened on first use.
+    strict: tokio::sync::Mutex<Option<DumpSocket>>,
 }
 
 impl Kernel {
@@ -110,6 +122,7 @@ impl Kernel {
         let socket = DumpSocket::open().map_err(NetlinkError::DumpConnection)?;
         Ok(Kernel {
             socket: tokio::sync::Mutex::new(Some(socket)),
+            strict: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -127,14 +140,7 @@ impl Kernel {
         };
         let mut snap = Snapshot::default();
 
-        // Statistics are a third of every link message and netmon never reads them;
-        // skipping them (IFLA_EXT_MASK = RTEXT_FILTER_SKIP_STATS) keeps a dump of
-        // 1,000 links cheap.
-        let mut query = LinkMessage::default();
-        query.header.interface_family = AddressFamily::Unspec;
-        query
-            .attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let query = link_query(0);
         dump_retrying(
             &mut sock,
             "links",
@@ -191,6 +197,18 @@ impl Kernel {
         );
         Ok(snap)
     }
+}
+
+/// The link query of every read: statistics are a third of every link message and
+/// netmon never reads them (IFLA_EXT_MASK = RTEXT_FILTER_SKIP_STATS).
+fn link_query(index: u32) -> LinkMessage {
+    let mut query = LinkMessage::default();
+    query.header.interface_family = AddressFamily::Unspec;
+    query.header.index = index;
+    query
+        .attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    query
 }
 
 /// One dump into `out` (reset with `Default` before every attempt), redone while the

@@ -15,6 +15,9 @@
 //! `--discovery-interfaces` links. Exits 1 when a correctness check fails; the
 //! performance figures are printed against their targets.
 
+mod clients;
+mod storm;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,6 +32,8 @@ struct Args {
     idle: Duration,
     discovery_interfaces: usize,
     debounce: Duration,
+    storm: storm::Kind,
+    idle_clients: usize,
 }
 
 fn parse_args() -> Args {
@@ -38,6 +43,8 @@ fn parse_args() -> Args {
         idle: Duration::from_secs(60),
         discovery_interfaces: 1000,
         debounce: Duration::from_secs(3),
+        storm: storm::Kind::Toggle,
+        idle_clients: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,10 +58,17 @@ fn parse_args() -> Args {
             "--discovery-interfaces" => a.discovery_interfaces = num(&val()),
             "--idle" => a.idle = dur(&val()),
             "--debounce" => a.debounce = dur(&val()),
+            "--storm" => {
+                let v = val();
+                a.storm = storm::Kind::parse(&v)
+                    .unwrap_or_else(|| die(&format!("--storm {v:?}: toggle or moves")))
+            }
+            "--idle-clients" => a.idle_clients = num(&val()),
             "-h" | "--help" => {
                 println!(
                     "netmon-bench [--interfaces 200] [--ops 10000] [--idle 60s] \
-                     [--discovery-interfaces 1000] [--debounce 3s]"
+                     [--discovery-interfaces 1000] [--debounce 3s] [--storm toggle|moves] \
+                     [--idle-clients 0]"
                 );
                 std::process::exit(0);
             }
@@ -194,6 +208,13 @@ async fn bench(a: &Args) -> Report {
         ns.name
     ));
     let names = make_links(&ns, a.interfaces);
+    if a.storm == storm::Kind::Moves {
+        let tmp = TempDir::new("bm");
+        let file = tmp.join("setup");
+        std::fs::write(&file, storm::moves_setup(&names))
+            .unwrap_or_else(|e| die(&format!("write setup: {e}")));
+        ns.must_ip(&format!("-batch {}", file.display()));
+    }
     let debounce = format!("{}ms", a.debounce.as_millis());
     let nm = NetmonProc::start(&ns, &["--debounce", &debounce, "--log-level", "warn"]);
     let pid = nm.child.pid();
@@ -214,31 +235,10 @@ async fn bench(a: &Args) -> Report {
         r.failed = true;
     }
 
-    // The storm: per interface, alternately add and delete its next address, so an
-    // interface with an odd number of operations ends with one more
-    // address and one with an even number ends as it started.
     let tmp = TempDir::new("bs");
     let file = tmp.join("storm");
-    let mut cmds = String::with_capacity(a.ops * 40);
-    let mut per_if = vec![0usize; names.len()];
-    // Interfaces picked at random (fixed seed): about half end with an odd number of
-    // operations, i.e. a changed state, the rest end as they started.
-    let mut rng = fastrand::Rng::with_seed(42);
-    for _ in 0..a.ops {
-        let i = rng.usize(..names.len());
-        let n = per_if[i];
-        per_if[i] += 1;
-        let addr = format!("10.{}.{}.{}/32", 100 + i / 250, i % 250, n / 2 % 250 + 1);
-        let verb = if n % 2 == 0 { "add" } else { "del" };
-        cmds.push_str(&format!("addr {verb} {addr} dev {}\n", names[i]));
-    }
-    std::fs::write(&file, cmds).unwrap_or_else(|e| die(&format!("write storm: {e}")));
-    let changed: BTreeSet<String> = names
-        .iter()
-        .zip(&per_if)
-        .filter(|(_, n)| *n % 2 == 1)
-        .map(|(name, _)| name.clone())
-        .collect();
+    let storm::Storm { commands, changed } = storm::build(a.storm, &names, a.ops);
+    std::fs::write(&file, commands).unwrap_or_else(|e| die(&format!("write storm: {e}")));
 
     let cpu0 = cpu_time(pid);
     let t_storm = Instant::now();
@@ -339,8 +339,8 @@ async fn bench(a: &Args) -> Report {
 
     println!();
     r.row(
-        "interfaces / operations (netlink messages)",
-        format!("{} / {}", names.len(), a.ops),
+        "interfaces / operations / storm",
+        format!("{} / {} / {:?}", names.len(), a.ops, a.storm),
         "",
     );
     r.row(
@@ -446,7 +446,43 @@ async fn bench(a: &Args) -> Report {
         format!("{:.1} MiB", rss_now as f64 / 1024.0),
         "",
     );
+    if a.idle_clients > 0 {
+        idle_clients(a, &ns, &nm, &big, &mut r);
+    }
     r
+}
+
+/// `--idle-clients N`: N clients that never read, a few changes queued behind their
+/// discoveries; netmon's peak RSS, and what client N+1 is told.
+fn idle_clients(a: &Args, ns: &Netns, nm: &NetmonProc, names: &[String], r: &mut Report) {
+    let settle = Duration::from_secs(5);
+    let streams = clients::connect_idle(&nm.socket, a.idle_clients, ns, names, 50, settle);
+    let status = format!("/proc/{}/status", nm.child.pid());
+    let rss = status_field(Path::new(&status), "VmHWM:");
+    let line = clients::first_line(&nm.socket);
+    let answer = if line.contains("\"busy") {
+        "busy refusal"
+    } else if line.contains("network_discovery") {
+        "a discovery"
+    } else {
+        r.failed = true;
+        eprintln!("FAIL: client {} read {line:?}", a.idle_clients + 1);
+        "neither"
+    };
+    r.row(
+        &format!(
+            "peak RSS, {} idle clients, {} interfaces",
+            streams.len(),
+            names.len()
+        ),
+        format!("{:.1} MiB", rss as f64 / 1024.0),
+        "< 64 MiB",
+    );
+    r.row(
+        &format!("client {} reads", streams.len() + 1),
+        answer.to_string(),
+        "busy at >= 1,000 clients",
+    );
 }
 
 fn main() {
