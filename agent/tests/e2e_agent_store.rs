@@ -82,7 +82,7 @@ fn corrupt_store_peer_credentials_prefix_parents_and_delete() {
         .expect("spawn a second agent");
     assert!(!second.status.success());
     let why = String::from_utf8_lossy(&second.stderr);
-    assert!(why.contains("already serving"), "{why}");
+    assert!(why.contains("is listening on"), "{why}");
     assert_eq!(agent.status()["netmon"]["connected"], true);
 
     // Corrupt store: reported, kept, writes refused.

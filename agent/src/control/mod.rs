@@ -7,18 +7,16 @@
 
 pub mod protocol;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use ipc::server::{PeerCred, Server, ServerConfig, Stream};
 use ipc::{JsonLines, MAX_LINE_LEN};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use protocol::{Envelope, Reply};
 
@@ -32,18 +30,11 @@ pub struct Call {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("another agent is already serving {0}: stop it first")]
-    InUse(PathBuf),
-    #[error(
-        "{0} exists and is not a socket: it was left as it is; remove it or choose another --control-socket"
-    )]
-    NotASocket(PathBuf),
-    #[error(
-        "{0} is a socket that accepts connections but did not answer in time: another agent may be starting; stop it or choose another --control-socket"
-    )]
-    Busy(PathBuf),
-    #[error("control socket {path}: {source}")]
-    Io {
+    /// Names the path and what to do.
+    #[error(transparent)]
+    Server(#[from] ipc::server::ServerError),
+    #[error("control socket directory {path}: {source}")]
+    Dir {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -106,81 +97,7 @@ impl Access {
     }
 }
 
-/// Binds the socket: a stale file (nobody listening) is replaced, a live socket is
-/// never stolen. Mode 0660, group set when one is configured.
-pub async fn bind(path: &Path, access: &Access) -> Result<UnixListener, ControlError> {
-    let io = |source| ControlError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-        Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-            return Err(ControlError::NotASocket(path.to_path_buf()));
-        }
-        Ok(_) => {
-            match tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path)).await {
-                Ok(Ok(_)) => return Err(ControlError::InUse(path.to_path_buf())),
-                Err(_) => return Err(ControlError::Busy(path.to_path_buf())),
-                // Refused: nobody listens; a stale file of an earlier run.
-                Ok(Err(_)) => {
-                    info!(path = %path.display(), "replacing a stale control socket");
-                    std::fs::remove_file(path).map_err(io)?;
-                }
-            }
-        }
-    }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
-    if let Some(gid) = access.gid {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| io(std::io::Error::from(e)))?;
-    }
-    Ok(listener)
-}
-
-/// Accepts clients until shutdown, then removes the socket file.
-pub async fn serve(
-    listener: UnixListener,
-    path: PathBuf,
-    access: Access,
-    calls: mpsc::Sender<Call>,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        warn!(max = MAX_CLIENTS, "too many control clients; refusing one");
-                        tokio::spawn(refuse_busy(stream));
-                        continue;
-                    };
-                    let (access, calls, shutdown) = (access.clone(), calls.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        connection(stream, access, calls, shutdown).await;
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept on the control socket failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    if let Err(e) = std::fs::remove_file(&path) {
-        debug!(path = %path.display(), error = %e, "control socket already gone");
-    }
-}
-
-/// Control clients served at once; more are told so and closed, so a runaway
+/// Control clients served at once; more are told "busy" and closed, so a runaway
 /// script cannot exhaust the agent.
 const MAX_CLIENTS: usize = 64;
 /// A connection that sends no request for this long is closed, so idle clients
@@ -189,37 +106,57 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The start of the error of a client refused over the cap; the CLI retries on it.
 pub const BUSY_PREFIX: &str = "busy:";
 
-async fn refuse_busy(stream: UnixStream) {
-    let (_r, w) = stream.into_split();
-    let mut writer = FramedWrite::new(w, JsonLines::default());
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        writer.send(&Reply::err(
-            None,
-            format!("{BUSY_PREFIX} the agent is serving {MAX_CLIENTS} control clients already; try again"),
-        )),
-    )
-    .await;
+/// Binds the socket (`ipc`'s server: a live socket is never taken over, anything
+/// that is not a socket is refused and left alone, a stale one is replaced), mode
+/// 0660 and the control group applied before anyone can connect.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<Server, ControlError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| ControlError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let cfg = ServerConfig {
+        path: path.to_path_buf(),
+        mode: 0o660,
+        group: group.map(str::to_string),
+        max_clients: MAX_CLIENTS,
+        idle_timeout: Some(IDLE_TIMEOUT),
+    };
+    Ok(Server::bind(&cfg)?)
 }
 
-async fn connection(
-    stream: UnixStream,
+/// Serves clients until shutdown; returns once every connection has ended and the
+/// socket file is removed.
+pub async fn serve(
+    server: Server,
     access: Access,
     calls: mpsc::Sender<Call>,
     shutdown: CancellationToken,
 ) {
-    let cred = stream.peer_cred();
+    let stop = shutdown.clone();
+    server
+        .serve(
+            move |stream, peer| {
+                connection(stream, peer, access.clone(), calls.clone(), stop.clone())
+            },
+            shutdown,
+        )
+        .await;
+}
+
+async fn connection(
+    stream: Stream,
+    peer: PeerCred,
+    access: Access,
+    calls: mpsc::Sender<Call>,
+    shutdown: CancellationToken,
+) {
     let (r, w) = stream.into_split();
     let mut reader = FramedRead::new(r, JsonLines::new(MAX_LINE_LEN));
     let mut writer = FramedWrite::new(w, JsonLines::default());
-    let allowed = match &cred {
-        Ok(c) => access.allows(c.uid(), c.gid(), c.pid()),
-        Err(_) => false,
-    };
-    if !allowed {
-        let who = cred
-            .map(|c| format!("uid {} gid {}", c.uid(), c.gid()))
-            .unwrap_or_else(|e| format!("unknown peer ({e})"));
+    if !access.allows(peer.uid, peer.gid, peer.pid) {
+        let who = format!("uid {} gid {}", peer.uid, peer.gid);
         warn!(peer = %who, "refused a control client");
         // Answer the first request with its own id so the client shows the reason
         // instead of a bare "connection closed"; then close.
@@ -243,17 +180,15 @@ async fn connection(
     loop {
         let line = tokio::select! {
             _ = shutdown.cancelled() => return,
-            l = tokio::time::timeout(IDLE_TIMEOUT, reader.next()) => match l {
-                Ok(l) => l,
-                Err(_) => {
-                    debug!("closing an idle control connection");
-                    return;
-                }
-            },
+            l = reader.next() => l,
         };
         let line = match line {
             None => return,
             Some(Ok(l)) => l,
+            Some(Err(ipc::CodecError::Io(e))) if e.kind() == std::io::ErrorKind::TimedOut => {
+                debug!("closing an idle control connection");
+                return;
+            }
             Some(Err(e)) => {
                 let _ = writer.send(&Reply::err(None, e.to_string())).await;
                 return;
@@ -261,27 +196,29 @@ async fn connection(
         };
         let reply = match Envelope::decode(&line) {
             Err((e, id)) => Reply::err(id, e.to_string()),
-            Ok(env) => {
-                let id = env.id.clone();
-                let (tx, rx) = oneshot::channel();
-                let call = Call {
-                    env,
-                    reply: tx,
-                    waited: false,
-                };
-                if calls.send(call).await.is_err() {
-                    Reply::err(id, "the agent is shutting down")
-                } else {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => Reply::err(id, "the agent is shutting down"),
-                        r = rx => r.unwrap_or_else(|_| Reply::err(id, "the agent dropped the request")),
-                    }
-                }
-            }
+            Ok(env) => dispatch(env, &calls, &shutdown).await,
         };
         if writer.send(&reply).await.is_err() {
             return;
         }
+    }
+}
+
+/// Hands one request to the state task and waits for its reply.
+async fn dispatch(env: Envelope, calls: &mpsc::Sender<Call>, shutdown: &CancellationToken) -> Reply {
+    let id = env.id.clone();
+    let (tx, rx) = oneshot::channel();
+    let call = Call {
+        env,
+        reply: tx,
+        waited: false,
+    };
+    if calls.send(call).await.is_err() {
+        return Reply::err(id, "the agent is shutting down");
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => Reply::err(id, "the agent is shutting down"),
+        r = rx => r.unwrap_or_else(|_| Reply::err(id, "the agent dropped the request")),
     }
 }
 

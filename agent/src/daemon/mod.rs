@@ -142,7 +142,7 @@ pub async fn run_with(
         source,
     })?;
     let access = Access::new(config.control_group.as_deref())?;
-    let listener = control::bind(&config.control_socket, &access).await?;
+    let server = control::bind(&config.control_socket, config.control_group.as_deref())?;
     let docker_host = docker.host();
 
     let store = VnicStore::open(&config.state_dir);
@@ -152,13 +152,7 @@ pub async fn run_with(
     let (tx, mut rx) = mpsc::channel::<Msg>(256);
     let (call_tx, mut call_rx) = mpsc::channel::<Call>(64);
     let tasks = shutdown.child_token();
-    let control = tokio::spawn(control::serve(
-        listener,
-        config.control_socket.clone(),
-        access,
-        call_tx,
-        tasks.clone(),
-    ));
+    let control = tokio::spawn(control::serve(server, access, call_tx, tasks.clone()));
     netmon_link::spawn(
         config.netmon_socket.clone(),
         tx.clone(),
