@@ -201,35 +201,47 @@ async fn call<T: serde::de::DeserializeOwned>(
     wait: Duration,
     request: Request,
 ) -> Result<T> {
-    let deadline = tokio::time::Instant::now() + wait;
+    let now = tokio::time::Instant::now();
+    let deadline = now + wait;
+    // An agent that is starting binds its socket within moments; one that is not
+    // running should not keep the caller waiting for the whole --wait.
+    let reach_by = now + wait.min(REACH_WAIT);
     let env = Envelope {
         id: Some(1.into()),
         wait: Some(wait),
         request,
     };
     loop {
-        let retry = match exchange(socket, &env).await {
+        let (retry, until) = match exchange(socket, &env).await {
             Ok(reply) => match reply.into_result::<T>() {
                 Ok(v) => return Ok(v),
-                Err(e) if e.starts_with(BUSY_PREFIX) => anyhow::anyhow!(e),
+                Err(e) if e.starts_with(BUSY_PREFIX) => (anyhow::anyhow!(e), deadline),
                 Err(e) => bail!(e),
             },
-            Err(Exchange::Connect(e)) => anyhow::anyhow!(
-                "cannot reach the agent at {}: is `agent run` running? ({e})",
-                socket.display()
+            Err(Exchange::Connect(e)) => (
+                anyhow::anyhow!(
+                    "cannot reach the agent at {}: is `agent run` running? ({e})",
+                    socket.display()
+                ),
+                reach_by,
             ),
             Err(Exchange::Other(e)) => return Err(e),
         };
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if now >= until {
             return Err(retry);
         }
         if socket.exists() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(200).min(until - now)).await;
         } else {
-            ipc::client::wait_for_file(socket, deadline - tokio::time::Instant::now()).await;
+            ipc::client::wait_for_file(socket, until - now).await;
         }
     }
 }
+
+/// How long the CLI retries a control socket that is missing or refuses
+/// connections (an agent starting up), at most.
+const REACH_WAIT: Duration = Duration::from_secs(3);
 
 enum Exchange {
     /// The socket is missing or refuses connections: worth retrying.

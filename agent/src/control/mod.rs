@@ -205,7 +205,11 @@ async fn connection(
 }
 
 /// Hands one request to the state task and waits for its reply.
-async fn dispatch(env: Envelope, calls: &mpsc::Sender<Call>, shutdown: &CancellationToken) -> Reply {
+async fn dispatch(
+    env: Envelope,
+    calls: &mpsc::Sender<Call>,
+    shutdown: &CancellationToken,
+) -> Reply {
     let id = env.id.clone();
     let (tx, rx) = oneshot::channel();
     let call = Call {
