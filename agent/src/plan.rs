@@ -161,6 +161,12 @@ pub enum Note {
         subnet: Ipv4Network,
         lan: Ipv4Network,
     },
+    /// A Wi-Fi vNIC: not attached (macvlan cannot ride a managed-mode Wi-Fi link).
+    WifiUnsupported {
+        container: String,
+        vnic: String,
+        parent: String,
+    },
     /// The parent is down or has no IPv4 address: nothing is touched.
     ParentDown {
         parent: String,
@@ -227,6 +233,14 @@ impl fmt::Display for Note {
             } => write!(
                 f,
                 "{container}/{vnic}: static subnet {subnet} is not the LAN subnet {lan} (kept as an extra pool)"
+            ),
+            Note::WifiUnsupported {
+                container,
+                vnic,
+                parent,
+            } => write!(
+                f,
+                "{container}/{vnic}: {parent} is Wi-Fi: not attached until Wi-Fi support lands"
             ),
             Note::ParentDown { parent } => {
                 write!(f, "{parent} is down or has no IPv4 address: left as is")
@@ -387,6 +401,18 @@ pub fn plan_with(
         }
         let mut parents_seen = BTreeSet::new();
         for vnic in vnics {
+            let wifi_parent = cache
+                .get(&vnic.parent_interface)
+                .is_some_and(|i| i.link_type == Some(ipc::LinkType::Wifi));
+            if vnic.recorded_as_wifi() || wifi_parent {
+                // A managed-mode Wi-Fi link cannot carry macvlan: never given one.
+                out.notes.push(Note::WifiUnsupported {
+                    container: container.clone(),
+                    vnic: vnic.name.clone(),
+                    parent: vnic.parent_interface.clone(),
+                });
+                continue;
+            }
             if !parents_seen.insert(vnic.parent_interface.as_str()) {
                 out.notes.push(Note::DuplicateParent {
                     container: container.clone(),

@@ -316,6 +316,7 @@ pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, R
             docker_network_name: None,
             mac_applied: None,
             extra: Map::new(),
+            raw: Map::new(),
         });
     }
     Ok(out)

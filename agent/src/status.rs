@@ -23,6 +23,10 @@ pub struct StatusView {
     /// Runtimes in the store whose container is gone (removed by hand).
     #[serde(default)]
     pub missing: Vec<String>,
+    /// Runtimes in the store the agent cannot use (kept verbatim, not managed), with
+    /// why: `failed` until the file is repaired.
+    #[serde(default)]
+    pub unusable: BTreeMap<String, String>,
     pub store: StoreView,
     /// Information from the last reconcile (e.g. a static subnet off the LAN).
     pub notes: Vec<Note>,
@@ -200,6 +204,11 @@ impl HealthReport {
     /// longer than `grace`, and every runtime whose container is gone.
     pub fn of(s: &StatusView, grace: std::time::Duration) -> HealthReport {
         let mut problems = health_problems(s);
+        for (name, why) in &s.unusable {
+            problems.push(format!(
+                "runtime {name} is failed: its record in the store cannot be used ({why}); it is kept as it is and not managed"
+            ));
+        }
         for name in &s.missing {
             problems.push(format!(
                 "runtime {name} is missing: its container was removed; `agent runtime delete {name}` cleans up what is left"
@@ -331,7 +340,13 @@ fn render_interfaces(o: &mut String, s: &StatusView) {
 }
 
 fn render_runtimes(o: &mut String, s: &StatusView) {
-    let _ = writeln!(o, "runtimes ({}):", s.runtimes.len());
+    let _ = writeln!(o, "runtimes ({}):", s.runtimes.len() + s.unusable.len());
+    for (name, why) in &s.unusable {
+        let _ = writeln!(
+            o,
+            "  {name}  failed: not managed, its record cannot be used: {why} (kept as it is; repair the file and `agent store reload`)"
+        );
+    }
     for (name, vnics) in &s.runtimes {
         if s.missing.contains(name) {
             let _ = writeln!(

@@ -62,18 +62,11 @@ pub struct Facts<'a> {
     pub next_retry: Option<Duration>,
 }
 
-/// Whether a vNIC is recorded as Wi-Fi by the older system.
-fn recorded_wifi(v: &Vnic) -> bool {
-    v.extra.get("_is_wifi").and_then(|x| x.as_bool()) == Some(true)
-        || v.extra.get("_interface_type").and_then(|x| x.as_str()) == Some("wifi")
-        || v.extra.get("_network_method").and_then(|x| x.as_str()) == Some("proxy_arp")
-}
-
 /// The state of one vNIC of `runtime`.
 pub fn vnic_state(runtime: &str, v: &Vnic, f: &Facts<'_>) -> VnicState {
     let parent = v.parent_interface.as_str();
     let iface = f.cache.get(parent);
-    if recorded_wifi(v) || iface.is_some_and(|i| i.link_type == Some(LinkType::Wifi)) {
+    if v.recorded_as_wifi() || iface.is_some_and(|i| i.link_type == Some(LinkType::Wifi)) {
         return VnicState::Unsupported {
             why: format!("Wi-Fi parent {parent}: a managed-mode Wi-Fi link cannot carry macvlan"),
         };

@@ -68,19 +68,19 @@ async fn one_name_at_a_time_different_names_in_parallel() {
     for _ in 0..6 {
         acks.push(rx.recv().await.unwrap());
     }
-    // Three in a row per name, the two names side by side: 300 ms, not 600 or 100.
+    // Three in a row per name (at least 300 ms); that the two names ran side by side
+    // is shown by the counters, not by timing.
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(400),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
     assert_eq!(slow.max_per_name.load(Ordering::SeqCst), 1);
     assert_eq!(slow.max_all.load(Ordering::SeqCst), 2);
     assert!(d.locks.is_empty(), "lock entries are freed");
     acks.sort();
+    let first: serde_json::Value =
+        serde_json::from_str(acks[0].strip_prefix("430").expect("an ack of id 0")).unwrap();
     assert_eq!(
-        acks[0],
-        r#"430[{"action":"start_device","correlation_id":0,"device_id":"a","status":"success"}]"#
+        first,
+        serde_json::json!([{"action": "start_device", "correlation_id": 0, "device_id": "a", "status": "success"}])
     );
 }
 

@@ -114,6 +114,12 @@ impl State {
                 }
             }
         }
+        v.unusable = self
+            .store
+            .unusable()
+            .iter()
+            .map(|(n, u)| (n.clone(), u.reason.clone()))
+            .collect();
         let last = self.view.reconcile.last.as_ref();
         v.missing = v
             .runtimes
@@ -170,6 +176,14 @@ impl State {
     }
 
     fn create_cmd(&mut self, req: CreateRequest, r: Responder) {
+        if let Some(u) = self.store.unusable().get(&req.name) {
+            return r.err(format!(
+                "runtime {} is in the store but cannot be used ({}): repair {} and run `agent store reload`",
+                req.name,
+                u.reason,
+                self.store.path().display()
+            ));
+        }
         let vnics = match runtime::validate(&req, self.store.runtimes()) {
             Ok(v) => v,
             Err(e) => return r.err(e.to_string()),
@@ -204,7 +218,7 @@ impl State {
         match result {
             Ok(()) => self.trigger(Some(Waiter::Created { name, reply })),
             Err(e) => {
-                if let Err(se) = self.store.update(|r| r.remove(&name)) {
+                if let Err(se) = self.store.update(|r| r.shift_remove(&name)) {
                     tracing::warn!(runtime = %name, error = %se, "could not forget a failed runtime");
                 }
                 reply.err(format!("runtime {name}: {e}"));
@@ -216,7 +230,7 @@ impl State {
         let Some(vnics) = self.store.runtimes().get(&name).cloned() else {
             return r.err(RuntimeError::NoSuchRuntime(name).to_string());
         };
-        if let Err(e) = self.store.update(|rt| rt.remove(&name)) {
+        if let Err(e) = self.store.update(|rt| rt.shift_remove(&name)) {
             return r.err(format!("store: {e}"));
         }
         let unused: Vec<String> = vnics

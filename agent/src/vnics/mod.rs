@@ -8,13 +8,15 @@
 //!
 //! Over 400 lines: about half is the tests of the file format and its faults.
 
-use std::collections::BTreeMap;
+mod format;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use indexmap::IndexMap;
 use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -49,35 +51,41 @@ pub enum MacMethod {
     Netns,
 }
 
-/// One vNIC. Field order is the older file's order, so files stay diffable.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// One vNIC. Read and written through `format.rs` (the field's shapes, every key
+/// kept where it was); new vNICs are written in the older file's order.
+#[derive(Clone, Debug)]
 pub struct Vnic {
     pub name: String,
     pub parent_interface: String,
     pub network_mode: NetworkMode,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<Ipv4Network>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<serde_json::Value>,
     /// The configured MAC. Both MAC fields keep the file's text as it was (so a file
     /// round-trips byte for byte and a bad value from the field faults nothing); read
     /// them through [`Vnic::stored_mac`] and [`Vnic::bad_mac`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     /// The MAC recorded after a reconcile (what the container has).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_network_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_applied: Option<MacMethod>,
     /// Fields this version does not know, written back unchanged.
-    #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// The object as the file had it (key order, texts): what is written back.
+    pub(crate) raw: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Equal when every value is: how the file laid the object out does not count.
+impl PartialEq for Vnic {
+    fn eq(&self, o: &Vnic) -> bool {
+        self.to_object()
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+            == o.to_object()
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+    }
 }
 
 impl Vnic {
@@ -96,6 +104,7 @@ impl Vnic {
             docker_network_name: None,
             mac_applied: None,
             extra: serde_json::Map::new(),
+            raw: serde_json::Map::new(),
         }
     }
 
@@ -137,14 +146,32 @@ impl Vnic {
         self.stored_text().filter(|m| m.parse::<MacAddr>().is_err())
     }
 
+    /// Whether the older system recorded this vNIC as Wi-Fi (`_is_wifi`,
+    /// `_interface_type: "wifi"`, or `_network_method: "proxy_arp"`).
+    pub fn recorded_as_wifi(&self) -> bool {
+        let s = |k: &str| self.extra.get(k).and_then(|x| x.as_str());
+        self.extra.get("_is_wifi").and_then(|x| x.as_bool()) == Some(true)
+            || s("_interface_type") == Some("wifi")
+            || s("_network_method") == Some("proxy_arp")
+    }
+
     /// Records the MAC the container now has.
     pub fn record_mac(&mut self, mac: MacAddr) {
         self.mac_address = Some(mac.to_string());
     }
 }
 
-/// Desired state: container name -> its vNICs.
-pub type Runtimes = BTreeMap<String, Vec<Vnic>>;
+/// Desired state: container name -> its vNICs, in the file's order (the order the
+/// runtimes were created).
+pub type Runtimes = IndexMap<String, Vec<Vnic>>;
+
+/// A runtime whose vNICs the agent cannot use (a value it does not understand): kept
+/// verbatim in the file, not managed, shown `failed` with the reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unusable {
+    pub raw: serde_json::Value,
+    pub reason: String,
+}
 
 /// Why the store refuses writes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -182,7 +209,51 @@ pub enum StoreError {
 pub struct VnicStore {
     dir: PathBuf,
     runtimes: Runtimes,
+    /// Runtimes kept verbatim because a value in them cannot be used.
+    unusable: IndexMap<String, Unusable>,
+    /// Every runtime name in the file's order (usable or not), for writing back.
+    order: Vec<String>,
     fault: Option<StoreFault>,
+}
+
+/// A parsed file: the usable runtimes, the ones kept verbatim, every name in order.
+type Split = (Runtimes, IndexMap<String, Unusable>, Vec<String>);
+
+/// Splits a parsed file into usable runtimes and the ones kept verbatim; a file that
+/// is not an object of lists is an error (the whole store faults).
+fn split(
+    value: serde_json::Value,
+) -> Result<Split, String> {
+    let serde_json::Value::Object(top) = value else {
+        return Err("the top level is not an object of runtimes".into());
+    };
+    let (mut runtimes, mut unusable, mut order) = (Runtimes::new(), IndexMap::new(), Vec::new());
+    for (name, list) in top {
+        let serde_json::Value::Array(items) = &list else {
+            return Err(format!("runtime {name:?} is not a list of vNICs"));
+        };
+        order.push(name.clone());
+        let parsed: Result<Vec<Vnic>, String> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                serde_json::Value::Object(m) => {
+                    Vnic::from_object(m.clone()).map_err(|e| format!("vNIC {}: {e}", i + 1))
+                }
+                other => Err(format!("vNIC {} is not an object: {other}", i + 1)),
+            })
+            .collect();
+        match parsed {
+            Ok(vnics) => {
+                runtimes.insert(name, vnics);
+            }
+            Err(reason) => {
+                tracing::warn!(runtime = %name, %reason, "a runtime in the store cannot be used; kept as it is, not managed");
+                unusable.insert(name, Unusable { raw: list, reason });
+            }
+        }
+    }
+    Ok((runtimes, unusable, order))
 }
 
 fn now_secs() -> u64 {
@@ -198,6 +269,8 @@ impl VnicStore {
         let mut s = VnicStore {
             dir: state_dir.to_path_buf(),
             runtimes: Runtimes::new(),
+            unusable: IndexMap::new(),
+            order: Vec::new(),
             fault: None,
         };
         s.load();
@@ -212,6 +285,11 @@ impl VnicStore {
         &self.runtimes
     }
 
+    /// Runtimes kept verbatim and not managed, with why.
+    pub fn unusable(&self) -> &IndexMap<String, Unusable> {
+        &self.unusable
+    }
+
     pub fn fault(&self) -> Option<&StoreFault> {
         self.fault.as_ref()
     }
@@ -219,24 +297,32 @@ impl VnicStore {
     fn load(&mut self) {
         let path = self.path();
         let parsed = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Runtimes>(&bytes)
+            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(split)
                 .map_err(|e| format!("cannot parse {}: {e}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.runtimes = Runtimes::new();
+                self.unusable.clear();
+                self.order.clear();
                 self.fault = self.earlier_corruption();
                 return;
             }
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         };
         match parsed {
-            Ok(r) => {
-                self.runtimes = r;
+            Ok((runtimes, unusable, order)) => {
+                self.runtimes = runtimes;
+                self.unusable = unusable;
+                self.order = order;
                 self.fault = None;
             }
             Err(message) => {
                 let moved_to = self.move_aside();
                 tracing::error!(%message, moved_to = ?moved_to, "vNIC store unreadable; moved aside, writes refused");
                 self.runtimes = Runtimes::new();
+                self.unusable.clear();
+                self.order.clear();
                 self.fault = Some(StoreFault {
                     message,
                     moved_to,
@@ -308,8 +394,22 @@ impl VnicStore {
         }
         let mut next = self.runtimes.clone();
         let r = f(&mut next);
-        self.write(&next)?;
+        // The file's order: runtimes kept where they were, new ones at the end.
+        let mut order: Vec<String> = self
+            .order
+            .iter()
+            .filter(|n| next.contains_key(*n) || self.unusable.contains_key(*n))
+            .cloned()
+            .collect();
+        let new: Vec<String> = next
+            .keys()
+            .filter(|n| !order.contains(n))
+            .cloned()
+            .collect();
+        order.extend(new);
+        self.write(&self.file_value(&next, &order))?;
         self.runtimes = next;
+        self.order = order;
         Ok(r)
     }
 
@@ -348,19 +448,39 @@ impl VnicStore {
         } else {
             None
         };
-        let empty = Runtimes::new();
-        self.write(&empty)?;
-        self.runtimes = empty;
+        self.write(&serde_json::Value::Object(serde_json::Map::new()))?;
+        self.runtimes = Runtimes::new();
+        self.unusable.clear();
+        self.order.clear();
         self.fault = None;
         Ok(kept)
     }
 
-    fn write(&self, runtimes: &Runtimes) -> Result<(), StoreError> {
+    /// The file's content: every runtime in `order`, the unusable ones verbatim.
+    fn file_value(&self, runtimes: &Runtimes, order: &[String]) -> serde_json::Value {
+        let mut top = serde_json::Map::new();
+        for name in order {
+            let v = match (runtimes.get(name), self.unusable.get(name)) {
+                (Some(vnics), _) => serde_json::Value::Array(
+                    vnics
+                        .iter()
+                        .map(|v| serde_json::Value::Object(v.to_object()))
+                        .collect(),
+                ),
+                (None, Some(u)) => u.raw.clone(),
+                (None, None) => continue,
+            };
+            top.insert(name.clone(), v);
+        }
+        serde_json::Value::Object(top)
+    }
+
+    fn write(&self, value: &serde_json::Value) -> Result<(), StoreError> {
         let io = |what: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError::Io { what, path, source }
         };
-        let mut bytes = serde_json::to_vec_pretty(runtimes)?;
+        let mut bytes = serde_json::to_vec_pretty(value)?;
         bytes.push(b'\n');
         fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
         let tmp = self
@@ -652,10 +772,72 @@ mod tests {
     }
 
     #[test]
-    fn wrong_shape_is_corrupt_too() {
+    fn a_file_that_is_not_an_object_of_lists_faults_the_store() {
+        for bad in [&br#"{"c1": {"name": "eth0"}}"#[..], b"[1, 2]", b"\"text\""] {
+            let d = Dir::new();
+            fs::write(d.0.join(STORE_FILE), bad).unwrap();
+            assert!(
+                VnicStore::open(&d.0).fault().is_some(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn an_unusable_runtime_is_kept_verbatim_in_place_and_the_rest_managed() {
         let d = Dir::new();
-        fs::write(d.0.join(STORE_FILE), br#"{"c1": [{"name": "eth0"}]}"#).unwrap();
-        assert!(VnicStore::open(&d.0).fault().is_some());
+        let file = r#"{
+  "b-first": [{"name": "eth0", "parent_interface": "ens37", "network_mode": "dhcp"}],
+  "a-bad": [{"name": "eth0", "network_mode": "dhcp", "odd": [3, 1]}],
+  "c-last": [{"network_mode": "static", "name": "eth1", "parent_interface": "ens38",
+              "ip": "10.0.0.100/24", "subnet": "255.255.255.0", "gateway": "10.0.0.1"}]
+}"#;
+        fs::write(d.0.join(STORE_FILE), file).unwrap();
+        let mut s = VnicStore::open(&d.0);
+        assert!(s.fault().is_none());
+        assert_eq!(
+            s.runtimes().keys().collect::<Vec<_>>(),
+            ["b-first", "c-last"]
+        );
+        let bad = &s.unusable()["a-bad"];
+        assert!(
+            bad.reason.contains("parent_interface is missing"),
+            "{}",
+            bad.reason
+        );
+        assert_eq!(
+            s.runtimes()["c-last"][0].subnet,
+            Some("10.0.0.0/24".parse().unwrap())
+        );
+        s.update(|r| {
+            r.insert("d-new".into(), vec![Vnic::dhcp("eth0", "ens37", None)]);
+            r["b-first"][0].docker_network_name = Some("macvlan_ens37_192.168.1.0_24".into());
+        })
+        .unwrap();
+        let text = fs::read_to_string(d.0.join(STORE_FILE)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let top: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(top, ["b-first", "a-bad", "c-last", "d-new"], "{text}");
+        let orig: serde_json::Value = serde_json::from_str(file).unwrap();
+        assert_eq!(v["a-bad"], orig["a-bad"], "kept verbatim");
+        assert_eq!(
+            v["c-last"], orig["c-last"],
+            "texts kept: /24 suffix, netmask"
+        );
+        let c_keys: Vec<&String> = v["c-last"][0].as_object().unwrap().keys().collect();
+        assert_eq!(
+            c_keys,
+            [
+                "network_mode",
+                "name",
+                "parent_interface",
+                "ip",
+                "subnet",
+                "gateway"
+            ]
+        );
+        assert!(VnicStore::open(&d.0).unusable().contains_key("a-bad"));
     }
 
     #[test]
