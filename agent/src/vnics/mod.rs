@@ -221,9 +221,7 @@ type Split = (Runtimes, IndexMap<String, Unusable>, Vec<String>);
 
 /// Splits a parsed file into usable runtimes and the ones kept verbatim; a file that
 /// is not an object of lists is an error (the whole store faults).
-fn split(
-    value: serde_json::Value,
-) -> Result<Split, String> {
+fn split(value: serde_json::Value) -> Result<Split, String> {
     let serde_json::Value::Object(top) = value else {
         return Err("the top level is not an object of runtimes".into());
     };
