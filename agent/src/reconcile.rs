@@ -148,6 +148,9 @@ pub struct Record {
 pub struct Outcome {
     pub report: ReconcileReport,
     pub records: Vec<Record>,
+    /// (network, container id) of every disconnect this run made: the engine's
+    /// events for them are echoes, not a runtime knocked off its LAN.
+    pub disconnected: Vec<(String, String)>,
 }
 
 /// observe -> plan -> apply -> verify. Nothing here writes the store.
@@ -180,6 +183,7 @@ pub async fn reconcile(
         unconverged: Vec::new(),
     };
     let mut records = Vec::new();
+    let mut disconnected = Vec::new();
     if opts.dry_run {
         report.steps = planned.steps.into_iter().map(StepResult::planned).collect();
     } else {
@@ -189,6 +193,7 @@ pub async fn reconcile(
             let (results, macs) =
                 apply::execute(docker, planned.steps.clone(), opts.parallelism).await;
             report.steps = results;
+            disconnected = own_disconnects(&report.steps, &observed);
             let known = known_containers(&observed, &planned.steps, &macs);
             let again = docker.observe_reusing(&names, &known).await?;
             report.unconverged = plan::plan(desired, cache, &again).steps;
@@ -206,7 +211,28 @@ pub async fn reconcile(
         dry_run = opts.dry_run,
         "reconcile done"
     );
-    Ok(Outcome { report, records })
+    Ok(Outcome {
+        report,
+        records,
+        disconnected,
+    })
+}
+
+/// The disconnects a run made, as the engine's events name them.
+fn own_disconnects(steps: &[StepResult], observed: &Observed) -> Vec<(String, String)> {
+    steps
+        .iter()
+        .filter(|s| s.ok)
+        .filter_map(|s| match &s.step {
+            Step::Disconnect {
+                container, network, ..
+            } => observed
+                .containers
+                .get(container)
+                .map(|c| (network.clone(), c.id.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The store's owner records a run's findings; returns the store's error when it

@@ -471,13 +471,16 @@ pub async fn create_in_engine(
 
 /// Creates the internal network on `subnet`. Another create (of this agent or of
 /// another engine client) may have taken that subnet since it was chosen: when the
-/// engine refuses and a network now holds it, the next free one is tried.
+/// engine refuses, the next free one is tried (8 tries; the last refusal is
+/// returned).
 async fn create_internal(
     docker: &dyn Engine,
     name: &str,
     mut subnet: Ipv4Network,
     pool: Ipv4Network,
 ) -> Result<String, EngineError> {
+    let mut refused = Vec::new();
+    let mut last = None;
     for _ in 0..8 {
         let err = match docker
             .create_internal_network(name, subnet, &managed_labels())
@@ -487,22 +490,28 @@ async fn create_internal(
             Err(e) if e.is_unreachable() => return Err(e),
             Err(e) => e,
         };
-        let taken: Vec<Ipv4Network> = docker
+        // Not something another try can fix.
+        if matches!(err, EngineError::Permission(_) | EngineError::BadHost(_)) {
+            return Err(err);
+        }
+        // Taken meanwhile by a network we can see, or held by the engine's IPAM for
+        // one being created or removed right now: either way, not this subnet.
+        refused.push(subnet);
+        let mut taken: Vec<Ipv4Network> = docker
             .list_networks()
             .await?
             .iter()
             .flat_map(|n| n.pools.iter().map(|p| p.subnet))
             .collect();
-        if !taken.iter().any(|t| t.overlaps(subnet)) {
-            return Err(err);
-        }
-        debug!(%subnet, "internal subnet taken meanwhile; choosing another");
+        taken.extend(refused.iter().copied());
+        debug!(%subnet, error = %err, "internal subnet refused; choosing another");
+        last = Some(err);
         subnet = internal_pool::allocate(pool, &taken)
             .map_err(|e| EngineError::Conflict(e.to_string()))?;
     }
-    Err(EngineError::Conflict(format!(
-        "no free internal subnet for {name} after 8 tries: other networks keep taking them"
-    )))
+    Err(last.unwrap_or_else(|| {
+        EngineError::Conflict(format!("no internal subnet could be created for {name}"))
+    }))
 }
 
 /// Removes what a failed create made, container first (a network with an endpoint

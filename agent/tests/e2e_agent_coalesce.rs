@@ -24,7 +24,7 @@ use e2e::agent::{
     stored_mac, subnets,
 };
 use e2e::docker::{require_engine, test_image};
-use e2e::{TempDir, bin, must, unique, wait_for};
+use e2e::{TempDir, bin, unique, wait_for};
 use serde_json::Value;
 
 /// Runtimes to reconnect in the slow run.
@@ -181,9 +181,9 @@ fn requests_during_a_run_make_exactly_one_more_run() {
     require_engine();
     let image = test_image();
     let dir = TempDir::new("agq");
-    let (a, _, _) = subnets();
+    let (a, a2, _) = subnets();
     let p = unique("gq");
-    let _lan = HostLan::new(&p, &format!("{a}.2/24"), &format!("{a}.1/24"));
+    let lan = HostLan::new(&p, &format!("{a}.2/24"), &format!("{a}.1/24"));
     let rts: Vec<String> = (0..RUNTIMES).map(|_| unique("rt")).collect();
     let _cleanup = DockerCleanup {
         containers: rts.clone(),
@@ -212,6 +212,11 @@ fn requests_during_a_run_make_exactly_one_more_run() {
     }
     let net = network_name(&p, format!("{a}.0/24").parse().unwrap());
     let macs: Vec<String> = rts.iter().map(|r| stored_mac(&agent, r, &p)).collect();
+    let attached_on = |a: &str, net: &str| {
+        rts.iter()
+            .zip(&macs)
+            .all(|(rt, mac)| has(rt, mac, a) && container_networks(rt).iter().any(|n| n == net))
+    };
     let attached = || {
         rts.iter()
             .zip(&macs)
@@ -225,17 +230,10 @@ fn requests_during_a_run_make_exactly_one_more_run() {
     let r = agent.json(&["reconcile"]);
     assert_eq!(changing_calls(&r), 0, "not converged before the test: {r}");
 
-    // Make the next run slow: every runtime must be reconnected and its MAC set.
-    for rt in &rts {
-        must(&format!("docker network disconnect -f {net} {rt}"));
-    }
+    // Make the next run slow: the LAN moves, so every runtime must be moved to the
+    // new network and its MAC set; netmon's event starts that run.
     engine.set_delay(ENGINE_DELAY_MS);
-
-    // The run in progress, started by a first request.
-    let first = {
-        let control = agent.control.clone();
-        std::thread::spawn(move || reconcile_call(&control))
-    };
+    lan.readdress(&format!("{a}.2/24"), &format!("{a2}.2/24"));
     let in_progress = wait_for(Duration::from_secs(10), "a run in progress", || {
         let s = agent.status();
         (s["reconcile"]["running"] == true).then(|| s["reconcile"]["runs"].as_u64().unwrap())
@@ -256,7 +254,9 @@ fn requests_during_a_run_make_exactly_one_more_run() {
     let results: Vec<(SystemTime, Value)> = calls.into_iter().map(|t| t.join().unwrap()).collect();
     // Read at once: a further run would already be running or counted.
     let after = agent.status();
-    let (_, first_report) = first.join().unwrap();
+    // The slow run's report: the last run that changed something (the one after it
+    // finds nothing to do).
+    let first_report = after["reconcile"]["last_change"].clone();
 
     let last_request = results.iter().map(|(t, _)| *t).max().unwrap();
     let first_request = results.iter().map(|(t, _)| *t).min().unwrap();
@@ -326,7 +326,11 @@ fn requests_during_a_run_make_exactly_one_more_run() {
     );
     assert_eq!(after["reconcile"]["last"]["started"], next["started"]);
 
-    assert!(attached(), "the runtimes are not all back with their MACs");
+    let net2 = network_name(&p, format!("{a2}.0/24").parse().unwrap());
+    assert!(
+        attached_on(&a2, &net2),
+        "the runtimes are not all on the new LAN with their MACs"
+    );
     engine.set_delay(0);
     for rt in &rts {
         agent.must(&["runtime", "delete", rt]);

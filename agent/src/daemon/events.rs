@@ -97,13 +97,14 @@ impl State {
                 info!(container = %name, "a runtime's container stopped or is gone");
                 self.trigger(None);
             }
-            EngineEvent::Attachment { network, connected } => {
-                // Our own runs cause these too; the run they trigger then plans nothing.
-                if self.carries_vnics(&network) {
-                    info!(%network, connected, "a runtime's network attachment changed");
-                    self.trigger(None);
-                }
-            }
+            // A disconnect can take a runtime off its LAN; a connect cannot (and our own
+            // runs connect constantly, so reacting to connects would echo every run).
+            EngineEvent::Attachment {
+                network,
+                container,
+                connected: false,
+            } if self.carries_vnics(&network) => self.on_disconnect(network, container),
+            EngineEvent::Attachment { .. } => {}
             EngineEvent::NetworkGone { name, id } => {
                 // Only a network some vNIC sits on matters; reacting to every network
                 // removed on the host would make other users' churn cost us runs.
@@ -142,6 +143,21 @@ impl State {
                 self.reattach.insert(p);
             }
         }
+    }
+
+    /// A container left a network carrying vNICs: a run, unless it is the echo of a
+    /// disconnect of our own (known once the run that made it ends).
+    fn on_disconnect(&mut self, network: String, container: String) {
+        if self.echoes.consume(&network, &container) {
+            debug!(%network, %container, "the engine's echo of our own disconnect");
+            return;
+        }
+        if self.runs.running.is_some() {
+            self.echoes.hold(network, container);
+            return;
+        }
+        info!(%network, %container, "a container was disconnected from a network carrying vNICs");
+        self.trigger(None);
     }
 
     /// Whether some vNIC was last attached to this network.

@@ -26,6 +26,7 @@ use crate::vnic_state::{self, Facts, VnicState};
 use crate::vnics::VnicStore;
 
 mod commands;
+mod echoes;
 mod engine_watch;
 mod events;
 mod runs;
@@ -109,6 +110,8 @@ struct State {
     /// The ifindex each vNIC parent had when last seen: a new one means the link was
     /// re-created and its runtimes need a reattach.
     parent_index: BTreeMap<String, u32>,
+    /// Disconnect events that may be echoes of our own runs' disconnects.
+    echoes: echoes::Echoes,
     /// Parents to reattach on the next run, and those the run in progress reattaches.
     reattach: std::collections::BTreeSet<String>,
     reattaching: std::collections::BTreeSet<String>,
@@ -247,6 +250,7 @@ impl State {
             retry: ipc::Backoff::new(RETRY_FIRST, RETRY_CAP),
             states: BTreeMap::new(),
             parent_index: BTreeMap::new(),
+            echoes: echoes::Echoes::default(),
             reattach: Default::default(),
             reattaching: Default::default(),
         }
@@ -298,6 +302,11 @@ impl State {
     /// waiters, and start the run owed after it, if any.
     fn run_done(&mut self, dry_run: bool, result: Result<Outcome, String>) {
         let waiters = self.runs.finished();
+        let own = result
+            .as_ref()
+            .map(|o| o.disconnected.clone())
+            .unwrap_or_default();
+        let by_hand = self.echoes.run_ended(own);
         let result = result.map(|outcome| {
             let mut report = outcome.report;
             if !dry_run {
@@ -329,6 +338,10 @@ impl State {
         }
         if let Some(dry) = self.runs.next_run() {
             self.start_run(dry);
+        }
+        if by_hand {
+            info!("a container was disconnected by hand during the run");
+            self.trigger(None);
         }
     }
 

@@ -143,9 +143,11 @@ pub enum EngineEvent {
     ContainerGone {
         name: String,
     },
-    /// A container connected to or disconnected from a network (by hand, or by us).
+    /// A container (by id) connected to or disconnected from a network (by hand, or
+    /// by us).
     Attachment {
         network: String,
+        container: String,
         connected: bool,
     },
     NetworkGone {

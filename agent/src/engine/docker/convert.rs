@@ -104,6 +104,7 @@ pub(super) fn event_of(m: bollard::models::EventMessage) -> EngineEvent {
         (Some(EventMessageTypeEnum::NETWORK), "connect" | "disconnect") => {
             EngineEvent::Attachment {
                 network: name,
+                container: attrs.get("container").cloned().unwrap_or_default(),
                 connected: action == "connect",
             }
         }
