@@ -9,6 +9,7 @@
 //! changes, events), `seam.rs` (the [`Engine`](super::Engine) implementation).
 
 mod containers;
+mod details;
 mod convert;
 mod networks;
 mod observe;
