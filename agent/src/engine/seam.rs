@@ -15,11 +15,11 @@ use futures::stream::BoxStream;
 use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 
+use super::details::{ContainerDetails, ContainerStats};
 use super::{
     CallCounts, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion, NetworkInfo,
     NetworkSpec, NsLink, Observed,
 };
-use super::details::{ContainerDetails, ContainerStats};
 use crate::netns::NetnsError;
 
 /// A boxed engine call.

@@ -9,8 +9,8 @@
 //! changes, events), `seam.rs` (the [`Engine`](super::Engine) implementation).
 
 mod containers;
-mod details;
 mod convert;
+mod details;
 mod networks;
 mod observe;
 mod seam;
