@@ -255,7 +255,21 @@ pub(super) async fn remove_everything(
     cloud: &Cloud,
     step: impl Fn(&str),
 ) -> Result<String, String> {
-    let names = cloud.names().await;
+    // The parents the store's runtimes use: the managed networks on them are this
+    // agent's (on a shared engine, other agents' networks carry the same label).
+    let list = cloud.ask(Request::RuntimeList).await?;
+    let mut parents = std::collections::BTreeSet::new();
+    let mut names = Vec::new();
+    if let Value::Object(m) = &list {
+        for (n, vnics) in m {
+            names.push(n.clone());
+            for v in vnics.as_array().into_iter().flatten() {
+                if let Some(p) = v["parent"].as_str() {
+                    parents.insert(p.to_owned());
+                }
+            }
+        }
+    }
     for n in &names {
         step(&format!("removing runtime {n}"));
         cloud
@@ -266,11 +280,12 @@ pub(super) async fn remove_everything(
     let engine = cloud.engine();
     let mut nets = 0;
     for net in engine.list_networks().await.map_err(|e| e.to_string())? {
-        if is_managed(&net.labels) {
+        let on_ours = net.parent.as_ref().is_some_and(|p| parents.contains(p));
+        if is_managed(&net.labels) && on_ours {
             engine
                 .remove_network(&net.name)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("remove network {}: {e}", net.name))?;
             nets += 1;
         }
     }
