@@ -497,6 +497,53 @@ async fn lifecycle(socket: &Path, wait: Duration, req: Request) -> Result<i32> {
     ))
 }
 
+/// `agent health --require-cloud`: healthy host and the link up.
+async fn cloud_health(socket: &Path, wait: Duration) -> Result<i32> {
+    let s: StatusView = call(socket, wait, Request::Status).await?;
+    match &s.cloud {
+        Some(c) if c.connected => {
+            println!("healthy");
+            Ok(0)
+        }
+        Some(c) => {
+            let why = c.why_not.map(|w| w.to_string()).unwrap_or_default();
+            eprintln!("unhealthy: the cloud link to {} is down: {why}", c.url);
+            Ok(1)
+        }
+        None => {
+            eprintln!("unhealthy: no cloud link configured (agent run --cloud-url)");
+            Ok(1)
+        }
+    }
+}
+
+async fn enroll(
+    url: String,
+    id: String,
+    ecdsa: bool,
+    dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<i32> {
+    use crate::cloud::enroll::{EnrollOptions, KeyKind};
+    let mut o = EnrollOptions::new(url, id);
+    if let Some(d) = dir {
+        o.dir = d;
+    }
+    o.ca = ca;
+    if ecdsa {
+        o.key_kind = KeyKind::EcdsaP256;
+    }
+    let out = crate::cloud::enroll::enroll(o).await?;
+    println!(
+        "enrolled as {} (serial {}): {} and {}",
+        out.agent_id,
+        out.serial,
+        out.cert.display(),
+        out.key.display()
+    );
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,51 +599,4 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
-}
-
-/// `agent health --require-cloud`: healthy host and the link up.
-async fn cloud_health(socket: &Path, wait: Duration) -> Result<i32> {
-    let s: StatusView = call(socket, wait, Request::Status).await?;
-    match &s.cloud {
-        Some(c) if c.connected => {
-            println!("healthy");
-            Ok(0)
-        }
-        Some(c) => {
-            let why = c.why_not.map(|w| w.to_string()).unwrap_or_default();
-            eprintln!("unhealthy: the cloud link to {} is down: {why}", c.url);
-            Ok(1)
-        }
-        None => {
-            eprintln!("unhealthy: no cloud link configured (agent run --cloud-url)");
-            Ok(1)
-        }
-    }
-}
-
-async fn enroll(
-    url: String,
-    id: String,
-    ecdsa: bool,
-    dir: Option<PathBuf>,
-    ca: Option<PathBuf>,
-) -> Result<i32> {
-    use crate::cloud::enroll::{EnrollOptions, KeyKind};
-    let mut o = EnrollOptions::new(url, id);
-    if let Some(d) = dir {
-        o.dir = d;
-    }
-    o.ca = ca;
-    if ecdsa {
-        o.key_kind = KeyKind::EcdsaP256;
-    }
-    let out = crate::cloud::enroll::enroll(o).await?;
-    println!(
-        "enrolled as {} (serial {}): {} and {}",
-        out.agent_id,
-        out.serial,
-        out.cert.display(),
-        out.key.display()
-    );
-    Ok(0)
 }

@@ -268,7 +268,7 @@ fn runtimes_driven_from_the_cloud() {
             "get_consumption_device",
             json!({"device_id": rt, "cpuPeriod": "1h", "memoryPeriod": "1h"}),
         );
-        (a["memory_usage"].as_array()?.len() >= 1).then_some(a)
+        (!a["memory_usage"].as_array()?.is_empty()).then_some(a)
     });
     assert_eq!(
         (a["memory"].clone(), a["cpu"].clone()),

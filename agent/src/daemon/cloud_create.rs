@@ -316,3 +316,84 @@ pub(super) async fn remove_everything(
         names.len()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::VnicRequest as CloudVnic;
+    use crate::engine::NetworkAddress;
+
+    fn req(v: CloudVnic) -> CreateRuntime {
+        CreateRuntime {
+            container_name: "rt".into(),
+            vnic_configs: vec![v],
+            serial_configs: None,
+            runtime_version: None,
+            dedicated_interface: None,
+        }
+    }
+
+    fn vnic(mode: &str, ip: Option<&str>, subnet: Option<&str>) -> CloudVnic {
+        CloudVnic {
+            name: "eth1".into(),
+            parent_interface: "ens37".into(),
+            network_mode: mode.into(),
+            ip: ip.map(Into::into),
+            subnet: subnet.map(Into::into),
+            gateway: None,
+            mac: None,
+            dns: None,
+        }
+    }
+
+    #[test]
+    fn subnets_as_cidr_or_netmask() {
+        let v = vnics(&req(vnic(
+            "static",
+            Some("10.0.0.5"),
+            Some("255.255.255.0"),
+        )))
+        .unwrap();
+        assert_eq!(v[0].subnet, Some("10.0.0.0/24".parse().unwrap()));
+        let v = vnics(&req(vnic("manual", Some("10.0.0.5"), Some("10.0.0.9/24")))).unwrap();
+        assert_eq!(v[0].subnet, Some("10.0.0.0/24".parse().unwrap()));
+        assert_eq!(v[0].network_mode, "static");
+        let e = vnics(&req(vnic("static", Some("10.0.0.300"), None))).unwrap_err();
+        assert!(e.contains("not an IPv4 address"), "{e}");
+        let e = vnics(&req(vnic("static", Some("10.0.0.5"), Some("banana")))).unwrap_err();
+        assert!(e.contains("neither a CIDR nor a netmask"), "{e}");
+        // DHCP takes its address from the LAN: what the cloud sent for it is dropped.
+        let v = vnics(&req(vnic("dhcp", Some("10.0.0.5"), Some("10.0.0.0/24")))).unwrap();
+        assert_eq!((v[0].ip, v[0].subnet), (None, None));
+    }
+
+    #[test]
+    fn status_hides_the_internal_network_and_fills_leases() {
+        let addr = |ip: Option<&str>| NetworkAddress {
+            ip_address: ip.map(Into::into),
+            mac_address: Some("02:00:00:00:00:01".into()),
+            gateway: None,
+        };
+        let d = ContainerDetails {
+            status: "exited".into(),
+            running: false,
+            exit_code: Some(137),
+            networks: BTreeMap::from([
+                ("rt_internal".to_string(), addr(Some("172.30.0.2"))),
+                ("macvlan_ens37_10.0.0.0_24".to_string(), addr(None)),
+            ]),
+            ..Default::default()
+        };
+        let leases = BTreeMap::from([(
+            "macvlan_ens37_10.0.0.0_24".to_string(),
+            "10.0.0.77".to_string(),
+        )]);
+        let m = status_fields("rt", d, &leases);
+        assert_eq!(m["internal_ip"], "172.30.0.2");
+        assert_eq!(m["exit_code"], 137);
+        assert!(m.get("uptime_seconds").is_none());
+        let nets = m["networks"].as_object().unwrap();
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets["macvlan_ens37_10.0.0.0_24"]["ip_address"], "10.0.0.77");
+    }
+}

@@ -110,9 +110,7 @@ impl Docker {
         let pull = async {
             let mut s = c.create_image(Some(opts), None, None);
             while let Some(item) = s.next().await {
-                if let Err(e) = item {
-                    return Err(e);
-                }
+                item?;
             }
             Ok(())
         };
