@@ -69,6 +69,10 @@ pub(super) struct Cloud {
     opts: CloudOptions,
     ops: Mutex<BTreeMap<String, Op>>,
     pub(super) usage: Arc<Usage>,
+    /// The engine part of creates, one at a time: two creates at once can pick the same
+    /// internal subnet and the engine refuses the second ("Pool overlaps", 403), which
+    /// runtime.rs does not retry in every case. Reads and other names are not held.
+    create_gate: tokio::sync::Mutex<()>,
 }
 
 /// The [`Backend`] the link calls.
@@ -104,6 +108,7 @@ impl Cloud {
             opts,
             ops: Mutex::default(),
             usage: Arc::default(),
+            create_gate: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -276,6 +281,7 @@ impl Cloud {
                     cmd: None,
                     vnics,
                 };
+                let _one = me.create_gate.lock().await;
                 me.ask(Request::RuntimeCreate(req)).await.map(drop)
             }
             .await;
