@@ -249,7 +249,7 @@ fn deployment() -> Deployment {
     Deployment::None
 }
 
-/// Every runtime (through the control path), every managed network, then the agent's
+/// Every runtime (through the control path), the managed networks on their parents, then the agent's
 /// own deployment. The summary on success.
 pub(super) async fn remove_everything(
     cloud: &Cloud,
