@@ -160,7 +160,10 @@ fn main() {
         )
     });
     let ifs = timed(&srv, args.acks, |_| {
-        ("get_host_interfaces".into(), json!({"include_virtual": true}))
+        (
+            "get_host_interfaces".into(),
+            json!({"include_virtual": true}),
+        )
     });
     println!(
         "ack latency over {} acks, ms (median / p95 / max):",

@@ -374,26 +374,16 @@ impl Cloud {
             }
             return m;
         }
-        if name == ORCHESTRATOR || !self.names().await.iter().any(|n| n == name) {
+        if name == ORCHESTRATOR {
             return not_found(name);
         }
-        match self.engine.details(name).await {
-            Ok(Some(d)) => {
-                let leases = self.lease_addresses(name).await;
-                super::cloud_create::status_fields(name, d, &leases)
-            }
-            Ok(None) => not_found(name),
-            Err(e) => error(format!("the container engine: {e}")),
-        }
-    }
-
-    /// DHCP vNICs' addresses by network, as `agent status` shows them (the engine does
-    /// not know a lease taken inside the container).
-    async fn lease_addresses(&self, name: &str) -> BTreeMap<String, String> {
-        let Ok(v) = self.ask(Request::Status).await else {
-            return BTreeMap::new();
+        // One read of the store gives both whether the runtime exists and its vNICs'
+        // addresses as the agent knows them (static, or a DHCP lease it recorded).
+        let list = self.ask(Request::RuntimeList).await.unwrap_or_default();
+        let Some(vnics) = list.get(name) else {
+            return not_found(name);
         };
-        v["runtimes"][name]
+        let known: BTreeMap<String, String> = vnics
             .as_array()
             .into_iter()
             .flatten()
@@ -403,7 +393,12 @@ impl Cloud {
                     vn["ipv4"].as_str()?.split('/').next()?.to_owned(),
                 ))
             })
-            .collect()
+            .collect();
+        match self.engine.details(name).await {
+            Ok(Some(d)) => super::cloud_create::status_fields(name, d, &known),
+            Ok(None) => not_found(name),
+            Err(e) => error(format!("the container engine: {e}")),
+        }
     }
 
     async fn host_interfaces(&self, include_virtual: bool, detailed: bool) -> Map<String, Value> {
