@@ -396,3 +396,69 @@ fn delete_orchestrator_removes_runtimes_networks_and_the_agents_container() {
         );
     }
 }
+
+#[test]
+fn a_link_that_is_down_is_shown_and_fails_health_only_when_required() {
+    e2e::require_root();
+    require_engine();
+    let pki = Pki::new().unwrap();
+    let (cert, key) = pki
+        .client("agent", "down-1", 9, ClientOpts::default())
+        .unwrap();
+    let dir = TempDir::new("agd");
+    let parent = unique("cd");
+    let (a1, _, _) = subnets();
+    let _lan = HostLan::new(&parent, &format!("{a1}.2/24"), &format!("{a1}.1/24"));
+    let netmon = HostNetmon::start(dir.path(), &[&parent]);
+    // A port nobody listens on: bound then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://localhost:{port}");
+    let (c, k, ca) = (
+        cert.display().to_string(),
+        key.display().to_string(),
+        pki.ca_cert.display().to_string(),
+    );
+    let agent = AgentProc::start(
+        dir.path(),
+        &netmon.socket,
+        &[
+            "--cloud-url",
+            &url,
+            "--cloud-cert",
+            &c,
+            "--cloud-key",
+            &k,
+            "--cloud-ca",
+            &ca,
+        ],
+    );
+    agent.wait_linked(&[&parent]);
+    let c = wait_for(Duration::from_secs(20), "the link's first failure", || {
+        let s = agent.status();
+        (s["cloud"]["why_not"] == "server_unreachable").then(|| s["cloud"].clone())
+    });
+    assert_eq!(c["connected"], false);
+    assert_eq!(c["url"], url.as_str());
+    let text = agent.must(&["status"]);
+    assert!(
+        text.contains(&format!("cloud: {url} not connected: server unreachable")),
+        "{text}"
+    );
+    agent.must(&["health"]);
+    let h = agent.cli(&["health", "--require-cloud"]);
+    assert!(!h.status.success());
+    let err = String::from_utf8_lossy(&h.stderr);
+    assert!(
+        err.contains("the cloud link to") && err.contains("server unreachable"),
+        "{err}"
+    );
+
+    // Without --cloud-url: local only, no link in status.
+    let dir2 = TempDir::new("agl");
+    let local = AgentProc::start(dir2.path(), &netmon.socket, &[]);
+    assert_eq!(local.status()["cloud"], Value::Null);
+}
