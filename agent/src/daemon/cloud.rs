@@ -173,6 +173,7 @@ impl Cloud {
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(op) = ops.get(name)
             && op.status != "error"
+            && op.status != "deleted"
         {
             return Err(format!(
                 "Container {name} already has a {} operation in progress",
@@ -197,12 +198,14 @@ impl Cloud {
 
     fn busy(&self, name: &str) -> Option<String> {
         let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        ops.get(name).filter(|op| op.status != "error").map(|op| {
-            format!(
-                "Container {name} already has a {} operation in progress",
-                op.operation
-            )
-        })
+        ops.get(name)
+            .filter(|op| op.status != "error" && op.status != "deleted")
+            .map(|op| {
+                format!(
+                    "Container {name} already has a {} operation in progress",
+                    op.operation
+                )
+            })
     }
 
     fn end_op(&self, name: &str, result: Result<(), String>) {
