@@ -541,3 +541,49 @@ impl super::State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::FakeEngine;
+
+    fn cloud() -> Cloud {
+        let (tx, _rx) = mpsc::channel(1);
+        let opts = CloudOptions {
+            link: crate::cloud::CloudConfig::new("https://localhost"),
+            runtime_image: "img".into(),
+            run_command_timeout: Duration::from_secs(1),
+        };
+        Cloud::new(tx, Arc::new(FakeEngine::new()), opts)
+    }
+
+    #[test]
+    fn an_operation_in_progress_refuses_with_the_contract_text() {
+        let c = cloud();
+        c.begin("rt", "create", "creating").unwrap();
+        let text = "Container rt already has a create operation in progress";
+        assert_eq!(c.begin("rt", "delete", "deleting").unwrap_err(), text);
+        assert_eq!(c.busy("rt").as_deref(), Some(text));
+        assert_eq!(c.busy("other"), None, "other names are not held");
+        // A failed create is shown, and a new try is allowed.
+        c.end_op("rt", Err("no image".into()));
+        assert_eq!(c.busy("rt"), None);
+        c.begin("rt", "create", "creating").unwrap();
+        c.end_op("rt", Ok(()));
+        assert!(c.ops.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn operation_progress_is_what_get_device_status_shows() {
+        let c = cloud();
+        c.begin("rt", "delete", "deleting").unwrap();
+        c.set_op("rt", |op| op.step = Some("removing".into()));
+        let m = c.device_status("rt").await;
+        assert_eq!(m["status"], "deleting");
+        assert_eq!(m["operation"], "delete");
+        assert_eq!(m["step"], "removing");
+        assert!(m["started_at"].is_string() && m["updated_at"].is_string());
+        let m = c.device_status(ORCHESTRATOR).await;
+        assert_eq!(m["status"], "not_found");
+    }
+}
