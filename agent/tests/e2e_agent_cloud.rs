@@ -4,6 +4,9 @@
 //! start/stop/restart change the container's state; run_command reaches the runtime's
 //! HTTP server and times out on a silent one; heartbeats carry every field; `agent
 //! status` shows the link; delete_device and delete_orchestrator remove what they say.
+//!
+//! Over 400 lines: one rig (PKI, server, LAN, netmon, agent) shared by the three tests,
+//! and one long test that walks every command on the same runtime to stay under a minute.
 
 use std::time::Duration;
 

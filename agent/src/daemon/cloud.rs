@@ -10,6 +10,9 @@
 //! kept in `ops` for `get_device_status` (and `__orchestrator__` for
 //! `delete_orchestrator`). A create or delete in progress refuses other changing
 //! commands for that name with the contract's text.
+//!
+//! Over 400 lines: one method per command of CONTROL-PLANE.md, each short, kept beside
+//! the operation table they share; the pure shapes live in `cloud_create.rs`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
