@@ -71,7 +71,28 @@ pub enum Command {
         json: bool,
     },
     /// Exit 0 when netmon and the engine are reachable and the store is sound.
-    Health,
+    Health {
+        /// Also fail when the cloud link is not up (it is only shown otherwise).
+        #[arg(long, env = "AGENT_REQUIRE_CLOUD")]
+        require_cloud: bool,
+    },
+    /// Make a key and a CSR (CN = ID), post it to URL/orchestrators/enroll and store
+    /// the certificate (~/.mtls/client.crt, client.key 0600).
+    Enroll {
+        #[arg(long, env = "AGENT_ENROLL_URL")]
+        url: String,
+        #[arg(long, env = "AGENT_ID")]
+        id: String,
+        /// An ECDSA P-256 key instead of RSA 2048.
+        #[arg(long, env = "AGENT_ENROLL_ECDSA")]
+        ecdsa: bool,
+        /// Where client.crt and client.key go (default ~/.mtls).
+        #[arg(long, env = "AGENT_ENROLL_DIR")]
+        dir: Option<PathBuf>,
+        /// CA bundle for the enrolment server (default: the system trust store).
+        #[arg(long, env = "AGENT_CLOUD_CA")]
+        ca: Option<PathBuf>,
+    },
     /// Runtime containers and their vNICs.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
@@ -111,6 +132,28 @@ pub struct RunArgs {
     /// Containers handled in parallel.
     #[arg(long, env = "AGENT_PARALLELISM", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallelism: u16,
+    /// The cloud: https://HOST[:PORT] or wss://HOST[:PORT]; absent: local only.
+    #[arg(long, env = "AGENT_CLOUD_URL")]
+    pub cloud_url: Option<String>,
+    /// Client certificate (PEM), re-read before every connection (default ~/.mtls/client.crt).
+    #[arg(long, env = "AGENT_CLOUD_CERT")]
+    pub cloud_cert: Option<PathBuf>,
+    /// Client key (PEM, PKCS#8 or PKCS#1) (default ~/.mtls/client.key).
+    #[arg(long, env = "AGENT_CLOUD_KEY")]
+    pub cloud_key: Option<PathBuf>,
+    /// CA bundle the cloud server is checked against (default: the system trust store).
+    #[arg(long, env = "AGENT_CLOUD_CA")]
+    pub cloud_ca: Option<PathBuf>,
+    /// The image `create_new_runtime` runs, tagged with its runtime_version or latest.
+    #[arg(
+        long,
+        env = "AGENT_RUNTIME_IMAGE",
+        default_value = "ghcr.io/autonomy-logic/openplc-runtime"
+    )]
+    pub runtime_image: String,
+    /// Bound on one `run_command` HTTP exchange with a runtime.
+    #[arg(long, env = "AGENT_RUN_COMMAND_TIMEOUT", default_value = "30s", value_parser = parse_interval)]
+    pub run_command_timeout: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +232,21 @@ impl RunArgs {
             parallelism: usize::from(self.parallelism),
             health_grace: self.health_grace,
             internal_pool: self.internal_pool,
+            cloud: self.cloud_url.as_ref().map(|url| {
+                let mut link = crate::cloud::CloudConfig::new(url.clone());
+                if let Some(c) = &self.cloud_cert {
+                    link.cert = c.clone();
+                }
+                if let Some(k) = &self.cloud_key {
+                    link.key = k.clone();
+                }
+                link.ca = self.cloud_ca.clone();
+                crate::daemon::CloudOptions {
+                    link,
+                    runtime_image: self.runtime_image.clone(),
+                    run_command_timeout: self.run_command_timeout,
+                }
+            }),
         }
     }
 }
@@ -312,22 +370,32 @@ pub async fn client(socket: &Path, wait: Duration, command: Command) -> Result<i
             }
             Ok(0)
         }
-        Command::Health => match call::<HealthReport>(socket, wait, Request::Health).await {
-            Ok(h) if h.healthy => {
-                println!("healthy");
-                Ok(0)
-            }
-            Ok(h) => {
-                for p in &h.problems {
-                    eprintln!("unhealthy: {p}");
+        Command::Enroll {
+            url,
+            id,
+            ecdsa,
+            dir,
+            ca,
+        } => enroll(url, id, ecdsa, dir, ca).await,
+        Command::Health { require_cloud } => {
+            match call::<HealthReport>(socket, wait, Request::Health).await {
+                Ok(h) if h.healthy && require_cloud => cloud_health(socket, wait).await,
+                Ok(h) if h.healthy => {
+                    println!("healthy");
+                    Ok(0)
                 }
-                Ok(1)
+                Ok(h) => {
+                    for p in &h.problems {
+                        eprintln!("unhealthy: {p}");
+                    }
+                    Ok(1)
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {e:#}");
+                    Ok(1)
+                }
             }
-            Err(e) => {
-                eprintln!("unhealthy: {e:#}");
-                Ok(1)
-            }
-        },
+        }
         Command::Runtime(r) => runtime(socket, wait, r).await,
         Command::Store(s) => {
             let (req, verb) = match s {
@@ -439,6 +507,53 @@ async fn lifecycle(socket: &Path, wait: Duration, req: Request) -> Result<i32> {
     Ok(i32::from(
         l.report.as_ref().is_some_and(ReconcileReport::failed),
     ))
+}
+
+/// `agent health --require-cloud`: healthy host and the link up.
+async fn cloud_health(socket: &Path, wait: Duration) -> Result<i32> {
+    let s: StatusView = call(socket, wait, Request::Status).await?;
+    match &s.cloud {
+        Some(c) if c.connected => {
+            println!("healthy");
+            Ok(0)
+        }
+        Some(c) => {
+            let why = c.why_not.map(|w| w.to_string()).unwrap_or_default();
+            eprintln!("unhealthy: the cloud link to {} is down: {why}", c.url);
+            Ok(1)
+        }
+        None => {
+            eprintln!("unhealthy: no cloud link configured (agent run --cloud-url)");
+            Ok(1)
+        }
+    }
+}
+
+async fn enroll(
+    url: String,
+    id: String,
+    ecdsa: bool,
+    dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<i32> {
+    use crate::cloud::enroll::{EnrollOptions, KeyKind};
+    let mut o = EnrollOptions::new(url, id);
+    if let Some(d) = dir {
+        o.dir = d;
+    }
+    o.ca = ca;
+    if ecdsa {
+        o.key_kind = KeyKind::EcdsaP256;
+    }
+    let out = crate::cloud::enroll::enroll(o).await?;
+    println!(
+        "enrolled as {} (serial {}): {} and {}",
+        out.agent_id,
+        out.serial,
+        out.cert.display(),
+        out.key.display()
+    );
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub struct StatusView {
     /// Information from the last reconcile (e.g. a static subnet off the LAN).
     pub notes: Vec<Note>,
     pub reconcile: ReconcileState,
+    /// The cloud link, when configured (`agent run --cloud-url`).
+    #[serde(default)]
+    pub cloud: Option<crate::cloud::LinkStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -277,7 +280,32 @@ pub fn render(s: &StatusView) -> String {
     render_runtimes(&mut o, s);
     render_store(&mut o, s);
     render_reconcile(&mut o, s);
+    render_cloud(&mut o, s);
     o
+}
+
+fn render_cloud(o: &mut String, s: &StatusView) {
+    let Some(c) = &s.cloud else {
+        return;
+    };
+    let state = if c.connected {
+        format!("connected ({})", c.tls_version.as_deref().unwrap_or("TLS"))
+    } else {
+        let why = c.why_not.map(|w| w.to_string()).unwrap_or_default();
+        match &c.detail {
+            Some(d) => format!("not connected: {why}: {d}"),
+            None => format!("not connected: {why}"),
+        }
+    };
+    let _ = writeln!(o, "cloud: {} {state}", c.url);
+    let _ = writeln!(
+        o,
+        "  agent id {}, certificate expires {}, connects {}, last heartbeat {}",
+        c.agent_id.as_deref().unwrap_or("-"),
+        c.certificate_not_after.as_deref().unwrap_or("-"),
+        c.connects,
+        c.last_heartbeat.as_deref().unwrap_or("-")
+    );
 }
 
 fn render_links(o: &mut String, s: &StatusView) {

@@ -169,3 +169,47 @@ async fn nothing_is_written_on_failure() {
     assert!(matches!(e, EnrollError::Unexpected { .. }), "{e}");
     assert!(!odd.join("client.crt").exists());
 }
+
+/// The `agent enroll` subcommand itself (the binary), ECDSA, into a fresh directory.
+#[test]
+fn the_enroll_subcommand_stores_the_pair() {
+    let pki = Pki::new().unwrap();
+    let srv = enroll_server(&pki, None);
+    let dir = pki.dir.join("cli-mtls");
+    let out = std::process::Command::new(e2e::bin("agent"))
+        .args(["enroll", "--url", &srv.url(), "--id", "cli-0001", "--ecdsa"])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--ca")
+        .arg(&pki.ca_cert)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("enrolled as cli-0001"), "{said}");
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("client.key")), 0o600);
+    let pem = std::fs::read_to_string(dir.join("client.key")).unwrap();
+    assert!(pem.contains("PRIVATE KEY"), "{pem}");
+    assert!(dir.join("client.crt").exists());
+
+    // A refused enrolment: exit 1 with the server's reason, nothing written.
+    let srv = enroll_server(&pki, Some("unknown device"));
+    let dir2 = pki.dir.join("cli-mtls2");
+    let out = std::process::Command::new(e2e::bin("agent"))
+        .args(["enroll", "--url", &srv.url(), "--id", "cli-0002"])
+        .arg("--dir")
+        .arg(&dir2)
+        .arg("--ca")
+        .arg(&pki.ca_cert)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown device"), "{err}");
+    assert!(!dir2.join("client.key").exists() && !dir2.join("client.crt").exists());
+}

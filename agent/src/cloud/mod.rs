@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod command;
@@ -22,12 +22,14 @@ pub mod enroll;
 mod fields;
 pub mod history;
 pub mod host;
+pub mod http;
 mod link;
 pub mod packet;
 pub mod period;
 mod serve;
 mod session;
 pub mod tls;
+pub mod usage;
 
 pub use command::{Command, CreateRuntime, Meta, Request, RunCommand, UploadFile, VnicRequest};
 pub use fields::{ContractError, Kind};
@@ -78,7 +80,7 @@ impl CloudConfig {
 }
 
 /// Why the link is not up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhyNot {
     /// The first attempt is under way.
@@ -127,7 +129,7 @@ impl std::fmt::Display for WhyNot {
 }
 
 /// What `agent status` shows about the link.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinkStatus {
     pub url: String,
     pub connected: bool,

@@ -41,6 +41,7 @@ impl State {
                 result,
                 reply,
             } => self.created(name, result, reply),
+            Msg::Cloud(ask) => self.on_cloud(ask),
         }
     }
 

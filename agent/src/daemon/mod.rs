@@ -25,12 +25,15 @@ use crate::status::StatusView;
 use crate::vnic_state::{self, Facts, VnicState};
 use crate::vnics::VnicStore;
 
+mod cloud;
+mod cloud_create;
 mod commands;
 mod echoes;
 mod engine_watch;
 mod events;
 mod runs;
 
+pub use cloud::CloudOptions;
 use commands::{Responder, Waiter};
 use engine_watch::engine_watch;
 use runs::Runs;
@@ -50,6 +53,8 @@ pub struct Config {
     pub health_grace: Duration,
     /// Where the runtimes' internal networks get their subnets.
     pub internal_pool: ipnetwork::Ipv4Network,
+    /// The cloud link; `None`: local only.
+    pub cloud: Option<CloudOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +91,8 @@ enum Msg {
         result: Result<(), String>,
         reply: Responder,
     },
+    /// A question of the cloud link's backend (daemon/cloud.rs).
+    Cloud(cloud::CloudAsk),
 }
 
 struct State {
@@ -164,6 +171,7 @@ pub async fn run_with(
     );
     tokio::spawn(engine_watch(docker.clone(), tx.clone(), tasks.clone()));
 
+    let mut cloud_status = spawn_cloud(&config, &docker, &tx, &tasks);
     let mut state = State::new(config, docker, docker_host, store, tx);
     ipc::systemd::spawn_watchdog(tasks.clone());
     info!(
@@ -199,6 +207,7 @@ pub async fn run_with(
                 state.on_msg(msg);
                 state.refresh_states();
             }
+            Some(link) = cloud_changed(&mut cloud_status) => state.view.cloud = Some(link),
             Some(call) = call_rx.recv() => {
                 state.on_call(call);
                 state.refresh_states();
@@ -435,6 +444,47 @@ impl State {
                 .as_deref()
                 .unwrap_or("not connected yet")
         )
+    }
+}
+
+/// Starts the cloud link and its usage sampler when configured; the link's status.
+fn spawn_cloud(
+    config: &Config,
+    docker: &Arc<dyn Engine>,
+    tx: &mpsc::Sender<Msg>,
+    tasks: &CancellationToken,
+) -> Option<watch::Receiver<crate::cloud::LinkStatus>> {
+    let opts = config.cloud.clone()?;
+    let link = opts.link.clone();
+    let (status_tx, status_rx) = watch::channel(crate::cloud::LinkStatus::initial(&link.url));
+    let c = Arc::new(cloud::Cloud::new(tx.clone(), docker.clone(), opts));
+    let backend: Arc<dyn crate::cloud::Backend> = Arc::new(cloud::CloudBackend(c.clone()));
+    info!(url = %link.url, "cloud link configured");
+    tokio::spawn(crate::cloud::run(link, backend, status_tx, tasks.clone()));
+    let names = c.clone();
+    tokio::spawn(crate::cloud::usage::sample_loop(
+        c.usage.clone(),
+        docker.clone(),
+        Duration::from_secs(5),
+        move || {
+            let c = names.clone();
+            async move { c.names().await }
+        },
+        tasks.clone(),
+    ));
+    Some(status_rx)
+}
+
+/// The link's next status; never returns without a link.
+async fn cloud_changed(
+    rx: &mut Option<watch::Receiver<crate::cloud::LinkStatus>>,
+) -> Option<crate::cloud::LinkStatus> {
+    match rx {
+        Some(r) => match r.changed().await {
+            Ok(()) => Some(r.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -3,6 +3,7 @@
 //! (a recording fake for unit tests). Only `docker/` names bollard; its generated
 //! models change every release and must not leak into planning.
 
+mod details;
 mod docker;
 pub mod fake;
 mod seam;
@@ -15,6 +16,7 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 pub use crate::netns::NsLink;
+pub use details::{ContainerDetails, ContainerStats, NetworkAddress};
 pub use docker::Docker;
 pub use fake::{Call, FakeEngine};
 pub use seam::{Engine, EngineFuture};

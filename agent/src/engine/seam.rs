@@ -15,6 +15,7 @@ use futures::stream::BoxStream;
 use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 
+use super::details::{ContainerDetails, ContainerStats};
 use super::{
     CallCounts, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion, NetworkInfo,
     NetworkSpec, NsLink, Observed,
@@ -95,4 +96,15 @@ pub trait Engine: Send + Sync {
         ifname: &'a str,
         mac: MacAddr,
     ) -> BoxFuture<'a, Result<Vec<NsLink>, NetnsError>>;
+
+    // The cloud's reads and the runtime image (only the cloud commands use them).
+
+    /// A container's state for `get_device_status`; `None` when it does not exist.
+    fn details<'a>(&'a self, name: &'a str) -> EngineFuture<'a, Option<ContainerDetails>>;
+    /// One stats reading of a container; `None` when it does not exist.
+    fn stats<'a>(&'a self, name: &'a str) -> EngineFuture<'a, Option<ContainerStats>>;
+    /// Pulls `image` (`repo:tag`) from its registry.
+    fn pull_image<'a>(&'a self, image: &'a str) -> EngineFuture<'a, ()>;
+    /// Whether `image` exists locally.
+    fn image_exists<'a>(&'a self, image: &'a str) -> EngineFuture<'a, bool>;
 }

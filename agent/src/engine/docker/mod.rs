@@ -10,6 +10,7 @@
 
 mod containers;
 mod convert;
+mod details;
 mod networks;
 mod observe;
 mod seam;

@@ -14,6 +14,7 @@ use crate::engine::{
     CallCounts, ContainerInfo, ContainerSpec, Engine, EngineError, EngineEvent, EngineFuture,
     EngineVersion, NetworkInfo, NetworkSpec, NsLink, Observed,
 };
+use crate::engine::{ContainerDetails, ContainerStats};
 use crate::netns::{self, Netns, NetnsError};
 
 impl Engine for Docker {
@@ -104,5 +105,19 @@ impl Engine for Docker {
     ) -> BoxFuture<'a, Result<Vec<NsLink>, NetnsError>> {
         self.count_mac_set();
         netns::set_mac(Netns::Pid(pid), ifname, mac).boxed()
+    }
+
+    // The cloud's reads and the runtime image (see `details.rs`).
+    fn details<'a>(&'a self, n: &'a str) -> EngineFuture<'a, Option<ContainerDetails>> {
+        Docker::details(self, n).boxed()
+    }
+    fn stats<'a>(&'a self, n: &'a str) -> EngineFuture<'a, Option<ContainerStats>> {
+        Docker::stats(self, n).boxed()
+    }
+    fn pull_image<'a>(&'a self, image: &'a str) -> EngineFuture<'a, ()> {
+        Docker::pull_image(self, image).boxed()
+    }
+    fn image_exists<'a>(&'a self, image: &'a str) -> EngineFuture<'a, bool> {
+        Docker::image_exists(self, image).boxed()
     }
 }

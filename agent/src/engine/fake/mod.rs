@@ -35,6 +35,10 @@ pub enum Call {
     RemoveContainer,
     Events,
     SetMac,
+    /// The cloud's reads: container details, stats, image pull and check.
+    Details,
+    Stats,
+    Image,
 }
 
 /// One recorded call: what, and on what (`"c1 net1"` for a connect: container then
@@ -118,7 +122,16 @@ impl FakeEngine {
             .filter(|r| {
                 !matches!(
                     r.call,
-                    Version | Observe | ReadLinks | Container | ListNetworks | ListManaged | Events
+                    Version
+                        | Observe
+                        | ReadLinks
+                        | Container
+                        | ListNetworks
+                        | ListManaged
+                        | Events
+                        | Details
+                        | Stats
+                        | Image
                 )
             })
             .collect()

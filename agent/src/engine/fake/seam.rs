@@ -15,6 +15,7 @@ use crate::engine::{
     CallCounts, ContainerInfo, ContainerSpec, Engine, EngineError, EngineEvent, EngineFuture,
     EngineVersion, NetworkInfo, NetworkSpec, NsLink, Observed, Pool, is_managed,
 };
+use crate::engine::{ContainerDetails, ContainerStats, NetworkAddress};
 use crate::netns::{Netns, NetnsError};
 
 impl Engine for FakeEngine {
@@ -220,6 +221,52 @@ impl Engine for FakeEngine {
     ) -> BoxFuture<'a, Result<Vec<NsLink>, NetnsError>> {
         let r = self.set_mac_in(pid, ifname, mac);
         futures::future::ready(r).boxed()
+    }
+
+    // The cloud's reads: details and stats from the fake's containers; images: every
+    // image exists locally and no registry answers (as on this test machine).
+    fn details<'a>(&'a self, name: &'a str) -> EngineFuture<'a, Option<ContainerDetails>> {
+        self.call(Call::Details, name, |s| {
+            s.counts.reads += 1;
+            Ok(s.containers.get(name).map(|c| ContainerDetails {
+                status: if c.running { "running" } else { "exited" }.into(),
+                running: c.running,
+                networks: c
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let a = NetworkAddress {
+                            ip_address: e.ipv4.map(|i| i.to_string()),
+                            mac_address: e.mac.map(|m| m.to_string()),
+                            gateway: None,
+                        };
+                        (e.network_name.clone(), a)
+                    })
+                    .collect(),
+                ..Default::default()
+            }))
+        })
+    }
+
+    fn stats<'a>(&'a self, name: &'a str) -> EngineFuture<'a, Option<ContainerStats>> {
+        self.call(Call::Stats, name, |s| {
+            s.counts.reads += 1;
+            Ok(s.containers.get(name).map(|_| ContainerStats::default()))
+        })
+    }
+
+    fn pull_image<'a>(&'a self, image: &'a str) -> EngineFuture<'a, ()> {
+        let message = format!("pull image {image}: no registry in the fake");
+        self.call(Call::Image, image, move |_| {
+            Err(EngineError::Api {
+                status: 500,
+                message,
+            })
+        })
+    }
+
+    fn image_exists<'a>(&'a self, image: &'a str) -> EngineFuture<'a, bool> {
+        self.call(Call::Image, image, |_| Ok(true))
     }
 }
 
