@@ -256,6 +256,7 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
         dry_run: false,
         parallelism,
         reattach: Default::default(),
+        leases: Default::default(),
     };
 
     // Initial attach on s1 (not measured).

@@ -111,6 +111,17 @@ pub struct RunArgs {
     /// Containers handled in parallel.
     #[arg(long, env = "AGENT_PARALLELISM", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallelism: u16,
+    /// Run no DHCP client: DHCP vNICs get the engine's IPAM address in the LAN
+    /// subnet (the older behaviour; only for a LAN without a DHCP server).
+    #[arg(long, env = "AGENT_NO_DHCP_CLIENT")]
+    pub no_dhcp_client: bool,
+    /// Release a stopped runtime's DHCP leases (default: keep them renewed, so its
+    /// addresses stay reserved for its next start).
+    #[arg(long, env = "AGENT_RELEASE_WHEN_STOPPED")]
+    pub release_when_stopped: bool,
+    /// The longest wait between DISCOVER rounds while no DHCP server answers.
+    #[arg(long, env = "AGENT_DHCP_RETRY_MAX", default_value = "120s", value_parser = parse_wait)]
+    pub dhcp_retry_max: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +200,11 @@ impl RunArgs {
             parallelism: usize::from(self.parallelism),
             health_grace: self.health_grace,
             internal_pool: self.internal_pool,
+            dhcp: crate::daemon::DhcpConfig {
+                client: !self.no_dhcp_client,
+                release_when_stopped: self.release_when_stopped,
+                retry_max: self.dhcp_retry_max,
+            },
         }
     }
 }

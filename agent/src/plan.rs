@@ -352,9 +352,16 @@ struct Member<'a> {
     vnic: &'a Vnic,
 }
 
+/// The address each DHCP-mode vNIC holds a lease for, by (runtime, vNIC). Given
+/// (the agent's DHCP client runs), a DHCP vNIC is connected only with its leased
+/// address (as a static one) and without a lease not at all, so the engine never
+/// picks an address on the LAN. Not given (`None`: `agent run --no-dhcp-client`,
+/// and library callers), DHCP vNICs take the engine's IPAM address in the LAN.
+pub type DhcpLeases = BTreeMap<(String, String), Ipv4Addr>;
+
 /// Plans the steps that make `observed` match `desired`.
 pub fn plan(desired: &Runtimes, cache: &InterfaceCache, observed: &Observed) -> Plan {
-    plan_with(desired, cache, observed, &BTreeSet::new())
+    plan_with(desired, cache, observed, &BTreeSet::new(), None)
 }
 
 /// [`plan`], with every endpoint on the `reattach` parents (links re-created since
@@ -364,6 +371,7 @@ pub fn plan_with(
     cache: &InterfaceCache,
     observed: &Observed,
     reattach: &BTreeSet<String>,
+    leases: Option<&DhcpLeases>,
 ) -> Plan {
     let mut out = Plan::default();
 
@@ -419,6 +427,7 @@ pub fn plan_with(
             desired,
             &live_parents,
             reattach,
+            leases,
             &mut out,
         );
     }
@@ -444,6 +453,7 @@ struct Target<'a> {
     network_name: String,
     /// The parent link was re-created: every endpoint on it is reconnected.
     reattach: bool,
+    leases: Option<&'a DhcpLeases>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -455,6 +465,7 @@ fn plan_parent(
     desired: &Runtimes,
     live_parents: &BTreeSet<&str>,
     reattach: &BTreeSet<String>,
+    leases: Option<&DhcpLeases>,
     out: &mut Plan,
 ) {
     if cache.get(parent).is_none() {
@@ -512,6 +523,7 @@ fn plan_parent(
         matched,
         network_name,
         reattach: reattach.contains(parent),
+        leases,
     };
     for m in usable {
         if let Some(ci) = observed.containers.get(m.container) {
@@ -655,24 +667,34 @@ fn plan_member(
 ) {
     let parent = t.parent;
     let ep = t.matched.and_then(|net| ci.endpoint_on(net));
-    let wanted_ip = match m.vnic.network_mode {
-        NetworkMode::Static => m.vnic.ip,
-        NetworkMode::Dhcp => None,
+    // A lease from another LAN (the parent moved; a new client is asking) is no lease.
+    let lease = t.leases.map(|l| {
+        l.get(&(m.container.to_string(), m.vnic.name.clone()))
+            .copied()
+            .filter(|ip| t.lan_subnet.contains(*ip))
+    });
+    // A DHCP vNIC without a lease is never connected (the engine would choose its
+    // address); an endpoint it already has stays until a lease says otherwise.
+    let (wanted_ip, leaseless) = match (m.vnic.network_mode, lease) {
+        (NetworkMode::Static, _) => (m.vnic.ip, false),
+        (NetworkMode::Dhcp, None) => (None, false),
+        (NetworkMode::Dhcp, Some(l)) => (l, l.is_none()),
     };
     // A stopped container's endpoint has no address until it starts (the engine
     // reports the requested static one, if any); that is not a wrong address.
-    let wrong_address = ep.is_some_and(|ep| match (m.vnic.network_mode, ep.ipv4) {
-        (_, None) => ci.running,
-        (NetworkMode::Static, got) => got != m.vnic.ip,
-        (NetworkMode::Dhcp, Some(ip)) => !t.lan_subnet.contains(ip),
-    });
+    let wrong_address = !leaseless
+        && ep.is_some_and(|ep| match (m.vnic.network_mode, lease, ep.ipv4) {
+            (_, _, None) => ci.running,
+            (NetworkMode::Dhcp, None, Some(ip)) => !t.lan_subnet.contains(ip),
+            (_, _, got) => got != wanted_ip,
+        });
     // The engine still lists the endpoint but no link inside holds its address: its
     // macvlan link went with a parent that was deleted (and maybe re-created). Only
     // a reconnect makes a new one; fixing its MAC cannot.
     let stale = ep.and_then(|e| e.ipv4).is_some_and(|ip| {
         ci.running && ci.ns_error.is_none() && !ci.ns_links.is_empty() && ci.link_with(ip).is_none()
     });
-    let wrong_address = wrong_address || stale || (t.reattach && ep.is_some());
+    let wrong_address = wrong_address || (!leaseless && (stale || (t.reattach && ep.is_some())));
     if wrong_address {
         steps.disconnects.push(Step::Disconnect {
             parent: parent.to_string(),
@@ -680,7 +702,7 @@ fn plan_member(
             network: t.network_name.clone(),
         });
     }
-    let connect = ep.is_none() || wrong_address;
+    let connect = (ep.is_none() && !leaseless) || wrong_address;
     let stored = m.vnic.stored_mac();
     if connect {
         steps.connects.push(Step::Connect {
@@ -1191,7 +1213,7 @@ mod tests {
             vec![container("c1", true, &[(&net, "10.1.0.5", MAC1)])],
         );
         assert!(plan(&d, &c, &ok).steps.is_empty());
-        let again = plan_with(&d, &c, &ok, &BTreeSet::from(["p1".to_string()]));
+        let again = plan_with(&d, &c, &ok, &BTreeSet::from(["p1".to_string()]), None);
         assert_eq!(again.steps, want);
     }
 

@@ -219,6 +219,9 @@ impl State {
         if let Err(e) = self.store.update(|rt| rt.remove(&name)) {
             return r.err(format!("store: {e}"));
         }
+        if let Some(d) = self.dhcp.as_mut() {
+            d.delete_runtime(&name);
+        }
         let unused: Vec<String> = vnics
             .iter()
             .map(|v| v.parent_interface.clone())
