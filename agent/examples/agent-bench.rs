@@ -222,6 +222,7 @@ async fn floor_run(
             }],
             aux: vec![("host".into(), host(s3))],
             labels: managed_labels(),
+            ip_range: None,
         })
         .await?;
     each(names, parallelism, |c| docker.connect(c, &new, None, None)).await?;

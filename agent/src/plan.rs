@@ -325,6 +325,7 @@ pub fn target_spec(parent: &str, lan: &Lan, statics: &[Pool]) -> NetworkSpec {
         pools,
         aux,
         labels: managed_labels(),
+        ip_range: None,
     }
 }
 
@@ -489,7 +490,14 @@ fn plan_parent(
     {
         return;
     }
-    let spec = target_spec(parent, &lan, &statics);
+    let mut spec = target_spec(parent, &lan, &statics);
+    if leases.is_some() {
+        // With the DHCP client, every vNIC is connected with its address (static or
+        // leased), so the engine's IPAM is given only the host's own address, which is
+        // reserved: a connect without an address fails ("no available IPv4
+        // addresses") rather than take one the LAN's DHCP server may have leased.
+        spec.ip_range = Ipv4Network::new(lan.host, 32).ok();
+    }
     let on_parent: Vec<&NetworkInfo> = observed
         .networks
         .iter()
@@ -977,6 +985,7 @@ mod tests {
                         pools: vec![pool("10.1.0.0/24", Some("10.1.0.1"))],
                         aux: vec![("host".into(), ip("10.1.0.2"))],
                         labels: managed_labels(),
+                        ip_range: None,
                     }
                 },
                 connect("p1", "c1", "eth0", name, None, MAC1),
@@ -1158,6 +1167,44 @@ mod tests {
                 parent: "p1".into()
             }]
         );
+    }
+
+    #[test]
+    fn dhcp_vnic_is_connected_only_with_its_lease() {
+        let net = lan_net("p1", "10.1.0.0/24", "10.1.0.1");
+        let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
+        let d = runtimes(&[("c1", vec![dhcp("eth0", "p1", MAC1)])]);
+        let key = ("c1".to_string(), "eth0".to_string());
+        let none = BTreeSet::new();
+        // No lease: no connect at all, and the network reserves no address for IPAM.
+        let fresh = observed(vec![], vec![container("c1", true, &[])]);
+        let p = plan_with(&d, &c, &fresh, &none, Some(&DhcpLeases::new()));
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::Connect { .. })));
+        assert_eq!(created(&p)[0].ip_range, Some(net4("10.1.0.2/32")));
+        // A lease: connected with it as a static address.
+        let leases = DhcpLeases::from([(key.clone(), ip("10.1.0.77"))]);
+        let p = plan_with(&d, &c, &fresh, &none, Some(&leases));
+        assert!(p.steps.contains(&connect("p1", "c1", "eth0", &net.name, Some("10.1.0.77"), MAC1)));
+        // Attached with the leased address: nothing to do; with another: reconnected.
+        let on = observed(
+            vec![net.clone()],
+            vec![container("c1", true, &[(&net, "10.1.0.77", MAC1)])],
+        );
+        assert_eq!(plan_with(&d, &c, &on, &none, Some(&leases)), Plan::default());
+        let moved = DhcpLeases::from([(key.clone(), ip("10.1.0.80"))]);
+        assert_eq!(
+            plan_with(&d, &c, &on, &none, Some(&moved)).steps,
+            vec![
+                disconnect("p1", "c1", &net.name),
+                connect("p1", "c1", "eth0", &net.name, Some("10.1.0.80"), MAC1),
+                setmac("p1", "c1", "eth0", &net.name, MAC1),
+            ]
+        );
+        // The lease went (a new LAN is being asked): the endpoint is left as it is,
+        // and a lease from another subnet counts as none.
+        let other = DhcpLeases::from([(key, ip("10.9.0.5"))]);
+        assert_eq!(plan_with(&d, &c, &on, &none, Some(&other)), Plan::default());
+        assert_eq!(plan_with(&d, &c, &on, &none, Some(&DhcpLeases::new())), Plan::default());
     }
 
     #[test]

@@ -37,21 +37,15 @@ impl Docker {
                     .filter(|(_, a)| p.subnet.contains(*a))
                     .map(|(k, a)| (k.clone(), a.to_string()))
                     .collect();
-                // The engine's own choices are kept off the LAN: the pool's ip-range is
-                // the host's address alone, which is reserved, so IPAM has nothing to
-                // hand out and a connect without an address fails ("no available IPv4
-                // addresses") instead of taking one the LAN's DHCP server may have
-                // leased. Every vNIC is connected with its address (static or leased).
-                let host = spec
-                    .aux
-                    .iter()
-                    .find(|(k, a)| k == "host" && p.subnet.contains(*a))
-                    .map(|(_, a)| format!("{a}/32"));
+                let range = spec
+                    .ip_range
+                    .filter(|r| p.subnet.contains(r.network()))
+                    .map(|r| r.to_string());
                 IpamConfig {
                     subnet: Some(p.subnet.to_string()),
                     gateway: p.gateway.map(|g| g.to_string()),
                     auxiliary_addresses: (!aux.is_empty()).then_some(aux),
-                    ip_range: host,
+                    ip_range: range,
                 }
             })
             .collect();
