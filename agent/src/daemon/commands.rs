@@ -112,6 +112,11 @@ impl State {
                     vv.state = Some(st.clone());
                     vv.state_for_s = Some(since.elapsed().as_secs());
                 }
+                if let Some(d) = &self.dhcp
+                    && vv.mode == crate::vnics::NetworkMode::Dhcp
+                {
+                    vv.dhcp = Some(d.view(rt, &vv.name));
+                }
             }
         }
         let last = self.view.reconcile.last.as_ref();

@@ -438,3 +438,32 @@ impl super::State {
         }
     }
 }
+
+impl DhcpManager {
+    /// What `status` shows for one DHCP vNIC.
+    pub(super) fn view(&self, runtime: &str, vnic: &str) -> crate::status::DhcpView {
+        let k = key(runtime, vnic);
+        let t = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        match self.store.get(&k) {
+            Some(l) => crate::status::DhcpView {
+                address: Some(l.cidr()),
+                server: Some(l.server_id.to_string()),
+                router: l.router.map(|r| r.to_string()),
+                dns: l.dns.iter().map(|d| d.to_string()).collect(),
+                renews_at: Some(t(l.renew_at())),
+                expires_at: Some(t(l.expires_at())),
+                no_lease: None,
+            },
+            None => crate::status::DhcpView {
+                no_lease: Some(match self.waiting.get(&k) {
+                    Some(n) => match n.next_try {
+                        Some(at) => format!("{}; next try at {}", n.reason, t(at)),
+                        None => n.reason.clone(),
+                    },
+                    None => "no DHCP client yet (its parent is not up with IPv4)".into(),
+                }),
+                ..Default::default()
+            },
+        }
+    }
+}
