@@ -491,11 +491,12 @@ fn plan_parent(
         return;
     }
     let mut spec = target_spec(parent, &lan, &statics);
-    if leases.is_some() {
+    if leases.is_some() && spec.pools[0].gateway.is_some() {
         // With the DHCP client, every vNIC is connected with its address (static or
         // leased), so the engine's IPAM is given only the host's own address, which is
         // reserved: a connect without an address fails ("no available IPv4
         // addresses") rather than take one the LAN's DHCP server may have leased.
+        // Without a gateway the engine takes one from the range, so none is set then.
         spec.ip_range = Ipv4Network::new(lan.host, 32).ok();
     }
     let on_parent: Vec<&NetworkInfo> = observed
