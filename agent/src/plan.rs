@@ -711,7 +711,10 @@ fn plan_member(
             network: t.network_name.clone(),
         });
     }
-    let connect = (ep.is_none() && !leaseless) || wrong_address;
+    if leaseless && ep.is_none() {
+        return;
+    }
+    let connect = ep.is_none() || wrong_address;
     let stored = m.vnic.stored_mac();
     if connect {
         steps.connects.push(Step::Connect {
@@ -1185,13 +1188,23 @@ mod tests {
         // A lease: connected with it as a static address.
         let leases = DhcpLeases::from([(key.clone(), ip("10.1.0.77"))]);
         let p = plan_with(&d, &c, &fresh, &none, Some(&leases));
-        assert!(p.steps.contains(&connect("p1", "c1", "eth0", &net.name, Some("10.1.0.77"), MAC1)));
+        assert!(p.steps.contains(&connect(
+            "p1",
+            "c1",
+            "eth0",
+            &net.name,
+            Some("10.1.0.77"),
+            MAC1
+        )));
         // Attached with the leased address: nothing to do; with another: reconnected.
         let on = observed(
             vec![net.clone()],
             vec![container("c1", true, &[(&net, "10.1.0.77", MAC1)])],
         );
-        assert_eq!(plan_with(&d, &c, &on, &none, Some(&leases)), Plan::default());
+        assert_eq!(
+            plan_with(&d, &c, &on, &none, Some(&leases)),
+            Plan::default()
+        );
         let moved = DhcpLeases::from([(key.clone(), ip("10.1.0.80"))]);
         assert_eq!(
             plan_with(&d, &c, &on, &none, Some(&moved)).steps,
@@ -1205,7 +1218,10 @@ mod tests {
         // and a lease from another subnet counts as none.
         let other = DhcpLeases::from([(key, ip("10.9.0.5"))]);
         assert_eq!(plan_with(&d, &c, &on, &none, Some(&other)), Plan::default());
-        assert_eq!(plan_with(&d, &c, &on, &none, Some(&DhcpLeases::new())), Plan::default());
+        assert_eq!(
+            plan_with(&d, &c, &on, &none, Some(&DhcpLeases::new())),
+            Plan::default()
+        );
     }
 
     #[test]

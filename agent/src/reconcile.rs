@@ -171,7 +171,13 @@ pub async fn reconcile(
     let mut observed = docker.observe_engine(&names).await?;
     let inspect = staying_attached(desired, cache, &observed, opts.leases.as_ref());
     docker.read_links_of(&mut observed, &inspect).await;
-    let planned = plan::plan_with(desired, cache, &observed, &opts.reattach, opts.leases.as_ref());
+    let planned = plan::plan_with(
+        desired,
+        cache,
+        &observed,
+        &opts.reattach,
+        opts.leases.as_ref(),
+    );
     let mut report = ReconcileReport {
         started,
         duration_ms: 0,
@@ -195,7 +201,8 @@ pub async fn reconcile(
             let known = known_containers(&observed, &planned.steps, &macs);
             let again = docker.observe_reusing(&names, &known).await?;
             let none = BTreeSet::new();
-            report.unconverged = plan::plan_with(desired, cache, &again, &none, opts.leases.as_ref()).steps;
+            report.unconverged =
+                plan::plan_with(desired, cache, &again, &none, opts.leases.as_ref()).steps;
             (again, macs)
         };
         records = record(desired, &final_observed, &macs);

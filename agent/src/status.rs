@@ -406,7 +406,11 @@ fn render_dhcp(o: &mut String, d: &DhcpView) {
                 "      dhcp lease {a} from {}, router {}, dns {}, renews {}, expires {}",
                 opt(&d.server),
                 opt(&d.router),
-                if d.dns.is_empty() { "-".into() } else { d.dns.join(" ") },
+                if d.dns.is_empty() {
+                    "-".into()
+                } else {
+                    d.dns.join(" ")
+                },
                 opt(&d.renews_at),
                 opt(&d.expires_at)
             );

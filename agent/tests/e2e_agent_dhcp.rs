@@ -101,10 +101,9 @@ fn leases_are_attached_kept_through_renewal_and_restarts_and_released_on_delete(
     assert_eq!(st["dhcp"]["address"], format!("{ip1}/24"), "{st}");
     assert_eq!(st["dhcp"]["server"], format!("{p}.1"), "{st}");
     assert!(st["dhcp"]["renews_at"].is_string(), "{st}");
-    let store: Value = serde_json::from_slice(
-        &std::fs::read(agent.state_dir.join("runtime_vnics.json")).unwrap(),
-    )
-    .unwrap();
+    let store: Value =
+        serde_json::from_slice(&std::fs::read(agent.state_dir.join("runtime_vnics.json")).unwrap())
+            .unwrap();
     assert_eq!(store[&rt1][0]["dhcp_ip"], ip1.as_str(), "{store}");
     assert_eq!(store[&rt1][0]["dhcp_gateway"], format!("{p}.1"));
     assert_eq!(store[&rt1][0]["dhcp_dns"], format!("{p}.1"));
@@ -127,9 +126,11 @@ fn leases_are_attached_kept_through_renewal_and_restarts_and_released_on_delete(
     agent.child.wait_timeout(Duration::from_secs(10));
     let acks = l.log_lines("DHCPACK", &mac1).len();
     agent.spawn();
-    wait_for(Duration::from_secs(20), "the restarted agent's lease", || {
-        (l.log_lines("DHCPACK", &mac1).len() > acks).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the restarted agent's lease",
+        || (l.log_lines("DHCPACK", &mac1).len() > acks).then_some(()),
+    );
     must(&format!("docker restart -t 1 {rt1}"));
     assert_eq!(leased_and_attached(&l, &rt1, &mac1, 30), ip1);
     assert_eq!(
@@ -142,8 +143,7 @@ fn leases_are_attached_kept_through_renewal_and_restarts_and_released_on_delete(
     // Delete: DHCPRELEASE, the lease entry gone, the record gone.
     agent.must(&["runtime", "delete", &rt2]);
     wait_for(Duration::from_secs(15), "DHCPRELEASE for rt2", || {
-        (!l.log_lines("DHCPRELEASE", &mac2).is_empty() && l.lease_of(&mac2).is_none())
-            .then_some(())
+        (!l.log_lines("DHCPRELEASE", &mac2).is_empty() && l.lease_of(&mac2).is_none()).then_some(())
     });
     let leases = std::fs::read_to_string(agent.state_dir.join("dhcp_leases.json")).unwrap();
     assert!(!leases.contains(&rt2), "{leases}");
@@ -183,8 +183,17 @@ fn no_server_is_pending_then_attached_and_a_lan_move_gets_a_new_lease() {
     must(&format!(
         "ip addr add {q}.2/24 dev {pa} && ip addr del {p}.2/24 dev {pa}"
     ));
-    let ip2 = leased_and_attached(&l, &rt, &mac, 40);
-    assert!(ip2.starts_with(&format!("{q}.")), "{ip2}");
+    let ip2 = wait_for(
+        Duration::from_secs(40),
+        "a lease on the new LAN, attached",
+        || {
+            let (ip, _) = l
+                .lease_of(&mac)
+                .filter(|(ip, _)| ip.starts_with(&format!("{q}.")))?;
+            has_ip(&rt, &mac, &ip).then_some(ip)
+        },
+    );
+    assert_ne!(ip2, ip);
     assert_eq!(stored_mac(&agent, &rt, &pa), mac, "MAC kept");
     assert!(!has(&rt, &mac, &p), "the old LAN's address is gone");
 }

@@ -358,7 +358,9 @@ pub(super) fn state(
     st: crate::vnic_state::VnicState,
 ) -> crate::vnic_state::VnicState {
     use crate::vnic_state::VnicState;
-    if v.network_mode != NetworkMode::Dhcp || !matches!(st, VnicState::Attached) {
+    let first =
+        matches!(&st, VnicState::Pending { waiting_for } if waiting_for == "its first attachment");
+    if v.network_mode != NetworkMode::Dhcp || !(first || matches!(st, VnicState::Attached)) {
         return st;
     }
     let k = key(runtime, &v.name);

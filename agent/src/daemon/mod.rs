@@ -338,10 +338,7 @@ impl State {
                 self.reattaching = std::mem::take(&mut self.reattach);
                 self.reattaching.clone()
             },
-            leases: self
-                .dhcp
-                .as_ref()
-                .map(|d| d.leases(self.store.runtimes())),
+            leases: self.dhcp.as_ref().map(|d| d.leases(self.store.runtimes())),
         };
         let tx = self.tx.clone();
         tokio::spawn(async move {
