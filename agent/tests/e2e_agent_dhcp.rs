@@ -197,3 +197,53 @@ fn no_server_is_pending_then_attached_and_a_lan_move_gets_a_new_lease() {
     assert_eq!(stored_mac(&agent, &rt, &pa), mac, "MAC kept");
     assert!(!has(&rt, &mac, &p), "the old LAN's address is gone");
 }
+
+#[test]
+fn a_stopped_runtime_keeps_its_lease_renewed_unless_release_when_stopped() {
+    e2e::require_root();
+    require_engine();
+    let image = test_image();
+    let dir = TempDir::new("ags");
+    let (p, _, _) = subnets();
+    let mut l = lan(&p, true);
+    l.start();
+    let pa = l.parent.clone();
+    let kept = unique("rs");
+    let _cleanup = DockerCleanup::runtimes(&[&kept], &[&pa]);
+    let netmon = HostNetmon::start(dir.path(), &[&pa]);
+    let agent = AgentProc::start_with_env(dir.path(), &netmon.socket, &[], ENV);
+    agent.wait_linked(&[&pa]);
+    agent.create_dhcp(&kept, &image, "eth1", &pa);
+    let mac = stored_mac(&agent, &kept, &pa);
+    let ip = leased_and_attached(&l, &kept, &mac, 30);
+    agent.must(&["runtime", "stop", &kept]);
+    let acks = l.log_lines("DHCPACK", &mac).len();
+    wait_for(Duration::from_secs(20), "a renewal while stopped", || {
+        (l.log_lines("DHCPACK", &mac).len() > acks).then_some(())
+    });
+    assert!(l.log_lines("DHCPRELEASE", &mac).is_empty());
+    agent.must(&["runtime", "start", &kept]);
+    assert_eq!(leased_and_attached(&l, &kept, &mac, 30), ip);
+    drop(agent);
+
+    // The same host, the agent now with --release-when-stopped.
+    let dir2 = TempDir::new("agr");
+    let agent = AgentProc::start_with_env(
+        dir2.path(),
+        &netmon.socket,
+        &["--release-when-stopped"],
+        ENV,
+    );
+    agent.wait_linked(&[&pa]);
+    let rel = unique("rs");
+    let _cleanup2 = DockerCleanup::runtimes(&[&rel], &[]);
+    agent.create_dhcp(&rel, &image, "eth1", &pa);
+    let mac2 = stored_mac(&agent, &rel, &pa);
+    leased_and_attached(&l, &rel, &mac2, 30);
+    agent.must(&["runtime", "stop", &rel]);
+    wait_for(Duration::from_secs(15), "DHCPRELEASE when stopped", || {
+        (!l.log_lines("DHCPRELEASE", &mac2).is_empty() && l.lease_of(&mac2).is_none()).then_some(())
+    });
+    agent.must(&["runtime", "start", &rel]);
+    leased_and_attached(&l, &rel, &mac2, 30);
+}
