@@ -27,6 +27,7 @@ use crate::vnics::VnicStore;
 
 mod commands;
 mod dhcp;
+mod dhcp_events;
 mod engine_watch;
 mod events;
 mod runs;
@@ -457,7 +458,7 @@ impl State {
                 let key = (rt.clone(), v.name.clone());
                 let mut st = vnic_state::vnic_state(rt, v, &facts);
                 if let Some(d) = &self.dhcp {
-                    st = dhcp::state(d, rt, v, st);
+                    st = dhcp_events::state(d, rt, v, st);
                 }
                 let since = match self.states.get(&key) {
                     Some((old, t)) if old.kind() == st.kind() => *t,
