@@ -18,6 +18,20 @@ const ENV: &[(&str, &str)] = &[
     ("AGENT_DHCP_RETRY_MAX", "3s"),
 ];
 
+/// `--internal-pool` of a /24 of the test's own, so agents of tests running at once
+/// do not pick the same internal subnet.
+fn own_pool(test: u32) -> [String; 2] {
+    let third = (std::process::id() * 3 + test) % 250;
+    ["--internal-pool".into(), format!("198.19.{third}.0/24")]
+}
+
+fn start_agent(dir: &TempDir, netmon: &HostNetmon, test: u32, extra: &[&str]) -> AgentProc {
+    let pool = own_pool(test);
+    let mut args: Vec<&str> = pool.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    AgentProc::start_with_env(dir.path(), &netmon.socket, &args, ENV)
+}
+
 /// 10.<a>.<b> as two octets, from the rig's free-looking subnets.
 fn octets(prefix: &str) -> (u8, u8) {
     let p: Vec<u8> = prefix.split('.').map(|x| x.parse().unwrap()).collect();
@@ -80,7 +94,7 @@ fn leases_are_attached_kept_through_renewal_and_restarts_and_released_on_delete(
     let rt2 = unique("rd");
     let _cleanup = DockerCleanup::runtimes(&[&rt1, &rt2], &[&pa]);
     let netmon = HostNetmon::start(dir.path(), &[&pa]);
-    let mut agent = AgentProc::start_with_env(dir.path(), &netmon.socket, &[], ENV);
+    let mut agent = start_agent(&dir, &netmon, 0, &[]);
     agent.wait_linked(&[&pa]);
 
     agent.create_dhcp(&rt1, &image, "eth1", &pa);
@@ -162,7 +176,7 @@ fn no_server_is_pending_then_attached_and_a_lan_move_gets_a_new_lease() {
     let rt = unique("rn");
     let _cleanup = DockerCleanup::runtimes(&[&rt], &[&pa]);
     let netmon = HostNetmon::start(dir.path(), &[&pa]);
-    let agent = AgentProc::start_with_env(dir.path(), &netmon.socket, &[], ENV);
+    let agent = start_agent(&dir, &netmon, 1, &[]);
     agent.wait_linked(&[&pa]);
 
     agent.create_dhcp(&rt, &image, "eth1", &pa);
@@ -211,7 +225,7 @@ fn a_stopped_runtime_keeps_its_lease_renewed_unless_release_when_stopped() {
     let kept = unique("rs");
     let _cleanup = DockerCleanup::runtimes(&[&kept], &[&pa]);
     let netmon = HostNetmon::start(dir.path(), &[&pa]);
-    let agent = AgentProc::start_with_env(dir.path(), &netmon.socket, &[], ENV);
+    let agent = start_agent(&dir, &netmon, 2, &[]);
     agent.wait_linked(&[&pa]);
     agent.create_dhcp(&kept, &image, "eth1", &pa);
     let mac = stored_mac(&agent, &kept, &pa);
@@ -228,12 +242,7 @@ fn a_stopped_runtime_keeps_its_lease_renewed_unless_release_when_stopped() {
 
     // The same host, the agent now with --release-when-stopped.
     let dir2 = TempDir::new("agr");
-    let agent = AgentProc::start_with_env(
-        dir2.path(),
-        &netmon.socket,
-        &["--release-when-stopped"],
-        ENV,
-    );
+    let agent = start_agent(&dir2, &netmon, 2, &["--release-when-stopped"]);
     agent.wait_linked(&[&pa]);
     let rel = unique("rs");
     let _cleanup2 = DockerCleanup::runtimes(&[&rel], &[]);
