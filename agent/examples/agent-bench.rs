@@ -222,6 +222,7 @@ async fn floor_run(
             }],
             aux: vec![("host".into(), host(s3))],
             labels: managed_labels(),
+            ip_range: None,
         })
         .await?;
     each(names, parallelism, |c| docker.connect(c, &new, None, None)).await?;
@@ -256,6 +257,7 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
         dry_run: false,
         parallelism,
         reattach: Default::default(),
+        leases: Default::default(),
     };
 
     // Initial attach on s1 (not measured).

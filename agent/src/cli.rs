@@ -154,6 +154,17 @@ pub struct RunArgs {
     /// Bound on one `run_command` HTTP exchange with a runtime.
     #[arg(long, env = "AGENT_RUN_COMMAND_TIMEOUT", default_value = "30s", value_parser = parse_interval)]
     pub run_command_timeout: Duration,
+    /// Run no DHCP client: DHCP vNICs get the engine's IPAM address in the LAN
+    /// subnet (the older behaviour; only for a LAN without a DHCP server).
+    #[arg(long, env = "AGENT_NO_DHCP_CLIENT")]
+    pub no_dhcp_client: bool,
+    /// Release a stopped runtime's DHCP leases (default: keep them renewed, so its
+    /// addresses stay reserved for its next start).
+    #[arg(long, env = "AGENT_RELEASE_WHEN_STOPPED")]
+    pub release_when_stopped: bool,
+    /// The longest wait between DISCOVER rounds while no DHCP server answers.
+    #[arg(long, env = "AGENT_DHCP_RETRY_MAX", default_value = "120s", value_parser = parse_wait)]
+    pub dhcp_retry_max: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -247,6 +258,11 @@ impl RunArgs {
                     run_command_timeout: self.run_command_timeout,
                 }
             }),
+            dhcp: crate::daemon::DhcpConfig {
+                client: !self.no_dhcp_client,
+                release_when_stopped: self.release_when_stopped,
+                retry_max: self.dhcp_retry_max,
+            },
         }
     }
 }

@@ -339,6 +339,7 @@ pub fn target_spec(parent: &str, lan: &Lan, statics: &[Pool]) -> NetworkSpec {
         pools,
         aux,
         labels: managed_labels(),
+        ip_range: None,
     }
 }
 
@@ -366,9 +367,16 @@ struct Member<'a> {
     vnic: &'a Vnic,
 }
 
+/// The address each DHCP-mode vNIC holds a lease for, by (runtime, vNIC). Given
+/// (the agent's DHCP client runs), a DHCP vNIC is connected only with its leased
+/// address (as a static one) and without a lease not at all, so the engine never
+/// picks an address on the LAN. Not given (`None`: `agent run --no-dhcp-client`,
+/// and library callers), DHCP vNICs take the engine's IPAM address in the LAN.
+pub type DhcpLeases = BTreeMap<(String, String), Ipv4Addr>;
+
 /// Plans the steps that make `observed` match `desired`.
 pub fn plan(desired: &Runtimes, cache: &InterfaceCache, observed: &Observed) -> Plan {
-    plan_with(desired, cache, observed, &BTreeSet::new())
+    plan_with(desired, cache, observed, &BTreeSet::new(), None)
 }
 
 /// [`plan`], with every endpoint on the `reattach` parents (links re-created since
@@ -378,6 +386,7 @@ pub fn plan_with(
     cache: &InterfaceCache,
     observed: &Observed,
     reattach: &BTreeSet<String>,
+    leases: Option<&DhcpLeases>,
 ) -> Plan {
     let mut out = Plan::default();
 
@@ -445,6 +454,7 @@ pub fn plan_with(
             desired,
             &live_parents,
             reattach,
+            leases,
             &mut out,
         );
     }
@@ -470,6 +480,7 @@ struct Target<'a> {
     network_name: String,
     /// The parent link was re-created: every endpoint on it is reconnected.
     reattach: bool,
+    leases: Option<&'a DhcpLeases>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -481,6 +492,7 @@ fn plan_parent(
     desired: &Runtimes,
     live_parents: &BTreeSet<&str>,
     reattach: &BTreeSet<String>,
+    leases: Option<&DhcpLeases>,
     out: &mut Plan,
 ) {
     if cache.get(parent).is_none() {
@@ -504,7 +516,15 @@ fn plan_parent(
     {
         return;
     }
-    let spec = target_spec(parent, &lan, &statics);
+    let mut spec = target_spec(parent, &lan, &statics);
+    if leases.is_some() && spec.pools[0].gateway.is_some() {
+        // With the DHCP client, every vNIC is connected with its address (static or
+        // leased), so the engine's IPAM is given only the host's own address, which is
+        // reserved: a connect without an address fails ("no available IPv4
+        // addresses") rather than take one the LAN's DHCP server may have leased.
+        // Without a gateway the engine takes one from the range, so none is set then.
+        spec.ip_range = Ipv4Network::new(lan.host, 32).ok();
+    }
     let on_parent: Vec<&NetworkInfo> = observed
         .networks
         .iter()
@@ -538,6 +558,7 @@ fn plan_parent(
         matched,
         network_name,
         reattach: reattach.contains(parent),
+        leases,
     };
     for m in usable {
         if let Some(ci) = observed.containers.get(m.container) {
@@ -681,30 +702,43 @@ fn plan_member(
 ) {
     let parent = t.parent;
     let ep = t.matched.and_then(|net| ci.endpoint_on(net));
-    let wanted_ip = match m.vnic.network_mode {
-        NetworkMode::Static => m.vnic.ip,
-        NetworkMode::Dhcp => None,
+    // A lease from another LAN (the parent moved; a new client is asking) is no lease.
+    let lease = t.leases.map(|l| {
+        l.get(&(m.container.to_string(), m.vnic.name.clone()))
+            .copied()
+            .filter(|ip| t.lan_subnet.contains(*ip))
+    });
+    // A DHCP vNIC without a lease is never connected (the engine would choose its
+    // address); an endpoint it already has stays until a lease says otherwise.
+    let (wanted_ip, leaseless) = match (m.vnic.network_mode, lease) {
+        (NetworkMode::Static, _) => (m.vnic.ip, false),
+        (NetworkMode::Dhcp, None) => (None, false),
+        (NetworkMode::Dhcp, Some(l)) => (l, l.is_none()),
     };
     // A stopped container's endpoint has no address until it starts (the engine
     // reports the requested static one, if any); that is not a wrong address.
-    let wrong_address = ep.is_some_and(|ep| match (m.vnic.network_mode, ep.ipv4) {
-        (_, None) => ci.running,
-        (NetworkMode::Static, got) => got != m.vnic.ip,
-        (NetworkMode::Dhcp, Some(ip)) => !t.lan_subnet.contains(ip),
-    });
+    let wrong_address = !leaseless
+        && ep.is_some_and(|ep| match (m.vnic.network_mode, lease, ep.ipv4) {
+            (_, _, None) => ci.running,
+            (NetworkMode::Dhcp, None, Some(ip)) => !t.lan_subnet.contains(ip),
+            (_, _, got) => got != wanted_ip,
+        });
     // The engine still lists the endpoint but no link inside holds its address: its
     // macvlan link went with a parent that was deleted (and maybe re-created). Only
     // a reconnect makes a new one; fixing its MAC cannot.
     let stale = ep.and_then(|e| e.ipv4).is_some_and(|ip| {
         ci.running && ci.ns_error.is_none() && !ci.ns_links.is_empty() && ci.link_with(ip).is_none()
     });
-    let wrong_address = wrong_address || stale || (t.reattach && ep.is_some());
+    let wrong_address = wrong_address || (!leaseless && (stale || (t.reattach && ep.is_some())));
     if wrong_address {
         steps.disconnects.push(Step::Disconnect {
             parent: parent.to_string(),
             container: m.container.to_string(),
             network: t.network_name.clone(),
         });
+    }
+    if leaseless && ep.is_none() {
+        return;
     }
     let connect = ep.is_none() || wrong_address;
     let stored = m.vnic.stored_mac();
@@ -981,6 +1015,7 @@ mod tests {
                         pools: vec![pool("10.1.0.0/24", Some("10.1.0.1"))],
                         aux: vec![("host".into(), ip("10.1.0.2"))],
                         labels: managed_labels(),
+                        ip_range: None,
                     }
                 },
                 connect("p1", "c1", "eth0", name, None, MAC1),
@@ -1165,6 +1200,57 @@ mod tests {
     }
 
     #[test]
+    fn dhcp_vnic_is_connected_only_with_its_lease() {
+        let net = lan_net("p1", "10.1.0.0/24", "10.1.0.1");
+        let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
+        let d = runtimes(&[("c1", vec![dhcp("eth0", "p1", MAC1)])]);
+        let key = ("c1".to_string(), "eth0".to_string());
+        let none = BTreeSet::new();
+        // No lease: no connect at all, and the network reserves no address for IPAM.
+        let fresh = observed(vec![], vec![container("c1", true, &[])]);
+        let p = plan_with(&d, &c, &fresh, &none, Some(&DhcpLeases::new()));
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::Connect { .. })));
+        assert_eq!(created(&p)[0].ip_range, Some(net4("10.1.0.2/32")));
+        // A lease: connected with it as a static address.
+        let leases = DhcpLeases::from([(key.clone(), ip("10.1.0.77"))]);
+        let p = plan_with(&d, &c, &fresh, &none, Some(&leases));
+        assert!(p.steps.contains(&connect(
+            "p1",
+            "c1",
+            "eth0",
+            &net.name,
+            Some("10.1.0.77"),
+            MAC1
+        )));
+        // Attached with the leased address: nothing to do; with another: reconnected.
+        let on = observed(
+            vec![net.clone()],
+            vec![container("c1", true, &[(&net, "10.1.0.77", MAC1)])],
+        );
+        assert_eq!(
+            plan_with(&d, &c, &on, &none, Some(&leases)),
+            Plan::default()
+        );
+        let moved = DhcpLeases::from([(key.clone(), ip("10.1.0.80"))]);
+        assert_eq!(
+            plan_with(&d, &c, &on, &none, Some(&moved)).steps,
+            vec![
+                disconnect("p1", "c1", &net.name),
+                connect("p1", "c1", "eth0", &net.name, Some("10.1.0.80"), MAC1),
+                setmac("p1", "c1", "eth0", &net.name, MAC1),
+            ]
+        );
+        // The lease went (a new LAN is being asked): the endpoint is left as it is,
+        // and a lease from another subnet counts as none.
+        let other = DhcpLeases::from([(key, ip("10.9.0.5"))]);
+        assert_eq!(plan_with(&d, &c, &on, &none, Some(&other)), Plan::default());
+        assert_eq!(
+            plan_with(&d, &c, &on, &none, Some(&DhcpLeases::new())),
+            Plan::default()
+        );
+    }
+
+    #[test]
     fn already_correct_plans_nothing() {
         let net = lan_net("p1", "10.1.0.0/24", "10.1.0.1");
         let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
@@ -1217,7 +1303,7 @@ mod tests {
             vec![container("c1", true, &[(&net, "10.1.0.5", MAC1)])],
         );
         assert!(plan(&d, &c, &ok).steps.is_empty());
-        let again = plan_with(&d, &c, &ok, &BTreeSet::from(["p1".to_string()]));
+        let again = plan_with(&d, &c, &ok, &BTreeSet::from(["p1".to_string()]), None);
         assert_eq!(again.steps, want);
     }
 

@@ -24,6 +24,8 @@ pub struct ReconcileOptions {
     pub parallelism: usize,
     /// Parents whose link was re-created: their runtimes are reconnected.
     pub reattach: BTreeSet<String>,
+    /// DHCP vNICs' leased addresses; `None`: engine IPAM (see [`plan::DhcpLeases`]).
+    pub leases: Option<plan::DhcpLeases>,
 }
 
 impl Default for ReconcileOptions {
@@ -32,6 +34,7 @@ impl Default for ReconcileOptions {
             dry_run: false,
             parallelism: 16,
             reattach: BTreeSet::new(),
+            leases: None,
         }
     }
 }
@@ -169,9 +172,15 @@ pub async fn reconcile(
     // attached. A container about to be reconnected gets its one check after the
     // connect, so a move costs one namespace read per container, not two.
     let mut observed = docker.observe_engine(&names).await?;
-    let inspect = staying_attached(desired, cache, &observed);
+    let inspect = staying_attached(desired, cache, &observed, opts.leases.as_ref());
     docker.read_links_of(&mut observed, &inspect).await;
-    let planned = plan::plan_with(desired, cache, &observed, &opts.reattach);
+    let planned = plan::plan_with(
+        desired,
+        cache,
+        &observed,
+        &opts.reattach,
+        opts.leases.as_ref(),
+    );
     let mut report = ReconcileReport {
         started,
         duration_ms: 0,
@@ -196,7 +205,9 @@ pub async fn reconcile(
             disconnected = own_disconnects(&report.steps, &observed);
             let known = known_containers(&observed, &planned.steps, &macs);
             let again = docker.observe_reusing(&names, &known).await?;
-            report.unconverged = plan::plan(desired, cache, &again).steps;
+            let none = BTreeSet::new();
+            report.unconverged =
+                plan::plan_with(desired, cache, &again, &none, opts.leases.as_ref()).steps;
             (again, macs)
         };
         records = record(desired, &final_observed, &macs);
@@ -317,10 +328,11 @@ fn staying_attached(
     desired: &Runtimes,
     cache: &InterfaceCache,
     observed: &Observed,
+    leases: Option<&plan::DhcpLeases>,
 ) -> BTreeSet<String> {
     // Staying means: the network already carries the parent's current LAN subnet
     // (else it is replaced), and the address is one the vNIC keeps.
-    let keeps = |v: &Vnic, n: &NetworkInfo, ip: std::net::Ipv4Addr| {
+    let keeps = |rt: &str, v: &Vnic, n: &NetworkInfo, ip: std::net::Ipv4Addr| {
         let Some(lan) = cache.lan(&v.parent_interface) else {
             return false;
         };
@@ -330,7 +342,10 @@ fn staying_attached(
             .any(|p| (p.subnet.network(), p.subnet.prefix()) == lan_net)
             && match v.network_mode {
                 NetworkMode::Static => v.ip == Some(ip),
-                NetworkMode::Dhcp => lan.subnet.contains(ip),
+                NetworkMode::Dhcp => match leases {
+                    None => lan.subnet.contains(ip),
+                    Some(l) => l.get(&(rt.to_string(), v.name.clone())) == Some(&ip),
+                },
             }
     };
     desired
@@ -350,7 +365,7 @@ fn staying_attached(
                     .any(|n| {
                         ci.endpoint_on(n)
                             .and_then(|e| e.ipv4)
-                            .is_some_and(|ip| keeps(v, n, ip))
+                            .is_some_and(|ip| keeps(name, v, n, ip))
                     })
             })
         })

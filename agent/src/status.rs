@@ -100,6 +100,23 @@ pub struct VnicView {
     /// How long it has been in that state.
     #[serde(default)]
     pub state_for_s: Option<u64>,
+    /// A DHCP vNIC's lease, or why it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpView>,
+}
+
+/// A DHCP vNIC's lease as `status` shows it (times RFC 3339, UTC).
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct DhcpView {
+    pub address: Option<String>,
+    pub server: Option<String>,
+    pub router: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    pub renews_at: Option<String>,
+    pub expires_at: Option<String>,
+    /// Why there is no lease (and when the next try is).
+    pub no_lease: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -165,6 +182,7 @@ pub fn runtimes(runtimes: &Runtimes) -> BTreeMap<String, Vec<VnicView>> {
                     live_mac: None,
                     state: None,
                     state_for_s: None,
+                    dhcp: None,
                 })
                 .collect();
             (name.clone(), views)
@@ -416,6 +434,32 @@ fn render_runtimes(o: &mut String, s: &StatusView) {
                 opt(&v.mac),
                 opt(&v.ipv4)
             );
+            if let Some(d) = &v.dhcp {
+                render_dhcp(o, d);
+            }
+        }
+    }
+}
+
+fn render_dhcp(o: &mut String, d: &DhcpView) {
+    match (&d.address, &d.no_lease) {
+        (Some(a), _) => {
+            let _ = writeln!(
+                o,
+                "      dhcp lease {a} from {}, router {}, dns {}, renews {}, expires {}",
+                opt(&d.server),
+                opt(&d.router),
+                if d.dns.is_empty() {
+                    "-".into()
+                } else {
+                    d.dns.join(" ")
+                },
+                opt(&d.renews_at),
+                opt(&d.expires_at)
+            );
+        }
+        (None, why) => {
+            let _ = writeln!(o, "      dhcp: no lease ({})", opt(why));
         }
     }
 }

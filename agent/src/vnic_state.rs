@@ -166,6 +166,18 @@ fn step_error(runtime: &str, v: &Vnic, last: &ReconcileReport) -> Option<String>
         })
 }
 
+/// A DHCP vNIC without a lease: `pending: no DHCP offer` (or why else there is
+/// none), with when the client tries next.
+pub fn dhcp_pending(reason: &str, next_try: Option<std::time::SystemTime>) -> VnicState {
+    let next = next_try
+        .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+        .map(|d| format!(", next try in {} s", d.as_secs().max(1)))
+        .unwrap_or_default();
+    VnicState::Pending {
+        waiting_for: format!("no DHCP offer yet: waiting for {reason}{next}"),
+    }
+}
+
 /// Whether the last run found the runtime's container gone.
 pub fn runtime_missing(runtime: &str, last: Option<&ReconcileReport>) -> bool {
     last.is_some_and(|r| {

@@ -67,6 +67,7 @@ async fn answers_while_the_engine_is_down_and_works_once_it_is_back() {
         internal_pool: agent::internal_pool::parse_pool(agent::internal_pool::DEFAULT_POOL)
             .unwrap(),
         cloud: None,
+        dhcp: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(run_with(config, fake.clone(), shutdown.clone()));

@@ -25,6 +25,7 @@ fn spec(lan: &Lan) -> NetworkSpec {
         }],
         aux: vec![("host".into(), lan.host.parse().expect("host"))],
         labels: managed_labels(),
+        ip_range: None,
     }
 }
 

@@ -47,6 +47,7 @@ impl Rig {
             dry_run: false,
             parallelism: 8,
             reattach: Default::default(),
+            leases: Default::default(),
         };
         let out = reconcile(&self.docker, self.store.runtimes(), &self.cache, &opts)
             .await
@@ -405,6 +406,7 @@ async fn dry_run_plans_without_changing_anything() {
         dry_run: true,
         parallelism: 4,
         reattach: Default::default(),
+        leases: Default::default(),
     };
     let r = reconcile(&rig.docker, rig.store.runtimes(), &rig.cache, &opts)
         .await
@@ -447,6 +449,7 @@ async fn failed_network_creation_is_reported_and_its_connects_skipped() {
         dry_run: false,
         parallelism: 4,
         reattach: Default::default(),
+        leases: Default::default(),
     };
     let r = reconcile(&rig.docker, rig.store.runtimes(), &rig.cache, &opts)
         .await

@@ -32,6 +32,7 @@ fn spec(parent: &str, name: &str, subnet: &str) -> NetworkSpec {
         }],
         aux: Vec::new(),
         labels: managed_labels(),
+        ip_range: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn opts() -> ReconcileOptions {
         dry_run: false,
         parallelism: 4,
         reattach: Default::default(),
+        leases: Default::default(),
     }
 }
 

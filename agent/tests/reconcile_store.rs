@@ -13,6 +13,7 @@ fn opts() -> ReconcileOptions {
         dry_run: false,
         parallelism: 4,
         reattach: Default::default(),
+        leases: Default::default(),
     }
 }
 

@@ -161,6 +161,9 @@ impl AgentProc {
             )
             .env_remove("DOCKER_HOST")
             .env_remove("AGENT_CONTAINER")
+            // Tests of other features have no DHCP server on their LANs; the DHCP
+            // tests (e2e_agent_dhcp) turn the client on with AGENT_NO_DHCP_CLIENT=false.
+            .env("AGENT_NO_DHCP_CLIENT", "true")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .spawn()

@@ -112,6 +112,11 @@ impl State {
                     vv.state = Some(st.clone());
                     vv.state_for_s = Some(since.elapsed().as_secs());
                 }
+                if let Some(d) = &self.dhcp
+                    && vv.mode == crate::vnics::NetworkMode::Dhcp
+                {
+                    vv.dhcp = Some(d.view(rt, &vv.name));
+                }
             }
         }
         v.unusable = self
@@ -232,6 +237,9 @@ impl State {
         };
         if let Err(e) = self.store.update(|rt| rt.shift_remove(&name)) {
             return r.err(format!("store: {e}"));
+        }
+        if let Some(d) = self.dhcp.as_mut() {
+            d.delete_runtime(&name);
         }
         let unused: Vec<String> = vnics
             .iter()

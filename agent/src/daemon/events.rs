@@ -36,6 +36,7 @@ impl State {
             Msg::Retry(call) => self.on_call(call),
             Msg::Reconcile(w) => self.trigger(Some(w)),
             Msg::RunDone { dry_run, result } => self.run_done(dry_run, result),
+            Msg::Dhcp(ev) => self.on_dhcp(ev),
             Msg::Created {
                 name,
                 result,
@@ -88,6 +89,9 @@ impl State {
         match ev {
             EngineEvent::ContainerStarted { name } => {
                 if self.store.runtimes().contains_key(&name) {
+                    if let Some(d) = self.dhcp.as_mut() {
+                        d.stopped.remove(&name);
+                    }
                     info!(container = %name, "runtime started; verifying its vNICs");
                     self.trigger(None);
                 }
@@ -95,6 +99,9 @@ impl State {
             EngineEvent::ContainerDied { name } | EngineEvent::ContainerGone { name }
                 if self.store.runtimes().contains_key(&name) =>
             {
+                if let Some(d) = self.dhcp.as_mut() {
+                    d.stopped.insert(name.clone());
+                }
                 info!(container = %name, "a runtime's container stopped or is gone");
                 self.trigger(None);
             }

@@ -28,6 +28,8 @@ use crate::vnics::VnicStore;
 mod cloud;
 mod cloud_create;
 mod commands;
+mod dhcp;
+mod dhcp_events;
 mod echoes;
 mod engine_watch;
 mod events;
@@ -55,6 +57,28 @@ pub struct Config {
     pub internal_pool: ipnetwork::Ipv4Network,
     /// The cloud link; `None`: local only.
     pub cloud: Option<CloudOptions>,
+    pub dhcp: DhcpConfig,
+}
+
+/// The DHCP client for DHCP-mode vNICs (see `dhcp.rs`).
+#[derive(Clone, Debug)]
+pub struct DhcpConfig {
+    /// Off: DHCP vNICs take the engine's IPAM address (`--no-dhcp-client`).
+    pub client: bool,
+    pub release_when_stopped: bool,
+    /// The cap between DISCOVER rounds while no server answers.
+    pub retry_max: Duration,
+}
+
+/// Off, so library users and the fake-engine tests need no host namespace.
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            client: false,
+            release_when_stopped: false,
+            retry_max: Duration::from_secs(120),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +109,8 @@ enum Msg {
         dry_run: bool,
         result: Result<Outcome, String>,
     },
+    /// A DHCP client's update.
+    Dhcp(crate::dhcp::DhcpEvent),
     /// The engine part of `runtime_create` finished.
     Created {
         name: String,
@@ -122,6 +148,8 @@ struct State {
     /// Parents to reattach on the next run, and those the run in progress reattaches.
     reattach: std::collections::BTreeSet<String>,
     reattaching: std::collections::BTreeSet<String>,
+    /// The DHCP clients; `None` with `--no-dhcp-client`.
+    dhcp: Option<dhcp::DhcpManager>,
 }
 
 /// Retries after a run that did not converge: the first within a second, then
@@ -172,7 +200,25 @@ pub async fn run_with(
     tokio::spawn(engine_watch(docker.clone(), tx.clone(), tasks.clone()));
 
     let mut cloud_status = spawn_cloud(&config, &docker, &tx, &tasks);
-    let mut state = State::new(config, docker, docker_host, store, tx);
+    let mut state = State::new(config, docker, docker_host, store, tx.clone());
+    if state.config.dhcp.client {
+        let (dtx, mut drx) = mpsc::channel(256);
+        let c = &state.config;
+        state.dhcp = Some(dhcp::DhcpManager::new(
+            &c.state_dir,
+            c.dhcp.release_when_stopped,
+            c.dhcp.retry_max,
+            dtx,
+            tasks.clone(),
+        ));
+        tokio::spawn(async move {
+            while let Some(ev) = drx.recv().await {
+                if tx.send(Msg::Dhcp(ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     ipc::systemd::spawn_watchdog(tasks.clone());
     info!(
         control = %state.config.control_socket.display(),
@@ -205,11 +251,13 @@ pub async fn run_with(
             }
             Some(msg) = rx.recv() => {
                 state.on_msg(msg);
+                state.sync_dhcp();
                 state.refresh_states();
             }
             Some(link) = cloud_changed(&mut cloud_status) => state.view.cloud = Some(link),
             Some(call) = call_rx.recv() => {
                 state.on_call(call);
+                state.sync_dhcp();
                 state.refresh_states();
             }
             _ = timer.tick() => {
@@ -262,6 +310,7 @@ impl State {
             echoes: echoes::Echoes::default(),
             reattach: Default::default(),
             reattaching: Default::default(),
+            dhcp: None,
         }
     }
 
@@ -297,6 +346,7 @@ impl State {
                 self.reattaching = std::mem::take(&mut self.reattach);
                 self.reattaching.clone()
             },
+            leases: self.dhcp.as_ref().map(|d| d.leases(self.store.runtimes())),
         };
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -422,7 +472,10 @@ impl State {
         for (rt, vnics) in self.store.runtimes() {
             for v in vnics {
                 let key = (rt.clone(), v.name.clone());
-                let st = vnic_state::vnic_state(rt, v, &facts);
+                let mut st = vnic_state::vnic_state(rt, v, &facts);
+                if let Some(d) = &self.dhcp {
+                    st = dhcp_events::state(d, rt, v, st);
+                }
                 let since = match self.states.get(&key) {
                     Some((old, t)) if old.kind() == st.kind() => *t,
                     _ => now,

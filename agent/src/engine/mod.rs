@@ -50,6 +50,8 @@ pub struct NetworkSpec {
     /// Auxiliary addresses IPAM must never hand out (the host, the gateway).
     pub aux: Vec<(String, Ipv4Addr)>,
     pub labels: BTreeMap<String, String>,
+    /// Where the engine's IPAM may choose addresses (the pool containing it only).
+    pub ip_range: Option<ipnetwork::Ipv4Network>,
 }
 
 /// A network as the engine reports it.

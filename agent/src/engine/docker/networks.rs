@@ -37,11 +37,15 @@ impl Docker {
                     .filter(|(_, a)| p.subnet.contains(*a))
                     .map(|(k, a)| (k.clone(), a.to_string()))
                     .collect();
+                let range = spec
+                    .ip_range
+                    .filter(|r| p.subnet.contains(r.network()))
+                    .map(|r| r.to_string());
                 IpamConfig {
                     subnet: Some(p.subnet.to_string()),
                     gateway: p.gateway.map(|g| g.to_string()),
                     auxiliary_addresses: (!aux.is_empty()).then_some(aux),
-                    ip_range: None,
+                    ip_range: range,
                 }
             })
             .collect();

@@ -15,6 +15,7 @@ fn spec(name: &str) -> NetworkSpec {
         }],
         aux: Vec::new(),
         labels: managed_labels(),
+        ip_range: None,
     }
 }
 
