@@ -151,8 +151,9 @@ pub struct Record {
 pub struct Outcome {
     pub report: ReconcileReport,
     pub records: Vec<Record>,
-    /// (network, container id) of every disconnect this run made: the engine's
-    /// events for them are echoes, not a runtime knocked off its LAN.
+    /// (network, container id) of every disconnect this run made, and (network, "")
+    /// of every network it removed: the engine's events for them are echoes, not a
+    /// runtime knocked off its LAN.
     pub disconnected: Vec<(String, String)>,
 }
 
@@ -241,6 +242,7 @@ fn own_disconnects(steps: &[StepResult], observed: &Observed) -> Vec<(String, St
                 .containers
                 .get(container)
                 .map(|c| (network.clone(), c.id.clone())),
+            Step::RemoveNetwork { network, .. } => Some((network.clone(), String::new())),
             _ => None,
         })
         .collect()

@@ -149,10 +149,15 @@ fn runtimes_follow_a_subnet_change_keep_their_macs_and_survive_restarts() {
     std::thread::sleep(Duration::from_millis(2500));
     assert!(has(&rt1, &mac1, &a2) && has(&rt2, &mac2, &a2));
 
-    // Someone removes the managed network by hand: the engine's event brings it back.
-    must(&format!(
+    // Someone removes the managed network by hand: the engine's events bring it back.
+    // The agent would repair the first disconnect before the network can be removed,
+    // so it is paused meanwhile; the events wait in its stream.
+    agent.child.signal(nix::sys::signal::Signal::SIGSTOP);
+    let removed = e2e::sh(&format!(
         "docker network disconnect -f {net_a2} {rt1} && docker network disconnect -f {net_a2} {rt2} && docker network rm {net_a2} >/dev/null"
     ));
+    agent.child.signal(nix::sys::signal::Signal::SIGCONT);
+    removed.expect("remove the network by hand");
     wait_for(
         Duration::from_secs(20),
         "the removed network recreated and the runtimes back on it",

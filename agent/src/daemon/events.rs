@@ -117,8 +117,9 @@ impl State {
                 // Only a network some vNIC sits on matters; reacting to every network
                 // removed on the host would make other users' churn cost us runs.
                 if self.carries_vnics(&name) {
-                    info!(network = %name, %id, "a network carrying vNICs disappeared");
-                    self.trigger(None);
+                    // Our own removals (a LAN move) echo here too: the same sorting as
+                    // disconnects, with no container.
+                    self.on_disconnect(name, String::new());
                 } else {
                     debug!(network = %name, %id, "a network that carries no vNIC disappeared");
                 }
@@ -153,8 +154,9 @@ impl State {
         }
     }
 
-    /// A container left a network carrying vNICs: a run, unless it is the echo of a
-    /// disconnect of our own (known once the run that made it ends).
+    /// A container left a network carrying vNICs (or, with no container, the network
+    /// was removed): a run, unless it is the echo of our own disconnect or removal
+    /// (known once the run that made it ends).
     fn on_disconnect(&mut self, network: String, container: String) {
         if self.echoes.consume(&network, &container) {
             debug!(%network, %container, "the engine's echo of our own disconnect");

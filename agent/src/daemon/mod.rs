@@ -365,6 +365,7 @@ impl State {
             .as_ref()
             .map(|o| o.disconnected.clone())
             .unwrap_or_default();
+        debug!(own = ?own, "the run's own disconnects");
         let by_hand = self.echoes.run_ended(own);
         let result = result.map(|outcome| {
             let mut report = outcome.report;
