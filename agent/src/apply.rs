@@ -1,7 +1,10 @@
 //! Reconcile, part two: the executor. Parents run independently; within a parent the
 //! phases run in order (disconnect, remove, create, connect, set MAC), and the steps
 //! of one phase run in parallel, bounded across all parents by one semaphore so the
-//! engine never sees more than `parallelism` calls from us at once.
+//! engine never sees more than `parallelism` calls from us at once. Once every parent
+//! is done, each container's links are named in one pass (`names.rs`, docs/NAMES.md).
+
+mod names;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -126,7 +129,10 @@ async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, Str
     let r = match step {
         Step::Disconnect {
             container, network, ..
-        } => docker.disconnect(container, network).await,
+        } => {
+            names::restore_engine_name(docker, container, network).await?;
+            docker.disconnect(container, network).await
+        }
         Step::RemoveNetwork { network, .. } => docker.remove_network(network).await,
         Step::CreateNetwork { spec, .. } => docker.create_network(spec).await.map(|_| ()),
         Step::Connect {
@@ -135,7 +141,13 @@ async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, Str
             ipv4,
             mac,
             ..
-        } => docker.connect(container, network, *ipv4, *mac).await,
+        } => connect(docker, container, network, *ipv4, *mac).await,
+        // Run by `name_all` after every parent; here only if a caller chained one.
+        Step::Name { container, .. } => {
+            return names::name_container(docker, container, &[step])
+                .await
+                .map(|_| None);
+        }
         Step::SetMac {
             container,
             vnic,
@@ -160,12 +172,40 @@ async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, Str
     r.map(|()| None).map_err(|e| e.to_string())
 }
 
+/// Connects; a connect refused because a link the engine forgot still holds the MAC
+/// ("address already in use", docs/NAMES.md) is retried once after deleting it.
+async fn connect(
+    docker: &dyn Engine,
+    container: &str,
+    network: &str,
+    ipv4: Option<std::net::Ipv4Addr>,
+    mac: Option<MacAddr>,
+) -> Result<(), EngineError> {
+    let r = docker.connect(container, network, ipv4, mac).await;
+    let Err(e) = &r else { return r };
+    if !e.to_string().contains("address already in use") {
+        return r;
+    }
+    let Ok(Some(info)) = docker.container(container).await else {
+        return r;
+    };
+    match names::drop_orphans(docker, &info).await {
+        Ok((n, _)) if n > 0 => docker.connect(container, network, ipv4, mac).await,
+        Ok(_) => r,
+        Err(why) => {
+            tracing::warn!(container, error = %why, "could not delete a forgotten link");
+            r
+        }
+    }
+}
+
 /// The container a step acts on, if any.
 fn container_of(step: &Step) -> Option<&str> {
     match step {
         Step::Disconnect { container, .. }
         | Step::Connect { container, .. }
-        | Step::SetMac { container, .. } => Some(container),
+        | Step::SetMac { container, .. }
+        | Step::Name { container, .. } => Some(container),
         _ => None,
     }
 }
@@ -304,6 +344,9 @@ pub async fn execute(
     parallelism: usize,
 ) -> (Vec<StepResult>, Vec<MacOutcome>) {
     let order: Vec<Step> = steps.clone();
+    let (naming, steps): (Vec<Step>, Vec<Step>) = steps
+        .into_iter()
+        .partition(|s| matches!(s, Step::Name { .. }));
     let mut by_parent: BTreeMap<String, Vec<Step>> = BTreeMap::new();
     for s in steps {
         by_parent.entry(s.parent().to_string()).or_default().push(s);
@@ -317,6 +360,17 @@ pub async fn execute(
     .await;
     let mut done: Vec<(StepResult, Option<MacOutcome>)> =
         per_parent.into_iter().flatten().collect();
+    let named = name_all(docker, &permits, parallelism, naming, &done).await;
+    for (results, links) in named {
+        if let Some((c, links)) = links {
+            for (_, m) in done.iter_mut() {
+                if let Some(m) = m.as_mut().filter(|m| m.container == c) {
+                    m.info.ns_links = links.clone();
+                }
+            }
+        }
+        done.extend(results.into_iter().map(|r| (r, None)));
+    }
     let mut results = Vec::with_capacity(done.len());
     let mut macs = Vec::new();
     for s in order {
@@ -327,4 +381,67 @@ pub async fn execute(
         }
     }
     (results, macs)
+}
+
+/// One container's naming pass: its `Name` steps' results, and its links after.
+type Named = (Vec<StepResult>, Option<(String, Vec<crate::netns::NsLink>)>);
+
+/// Runs each container's naming pass (bounded like the other steps). A vNIC whose
+/// connect or MAC step failed this run is not named (skipped, as in a chain).
+async fn name_all(
+    docker: &dyn Engine,
+    permits: &Semaphore,
+    parallelism: usize,
+    naming: Vec<Step>,
+    done: &[(StepResult, Option<MacOutcome>)],
+) -> Vec<Named> {
+    let failed = |c: &str, v: &str| {
+        done.iter().any(|(r, _)| {
+            !r.ok
+                && matches!(&r.step, Step::Connect { container, vnic, .. } | Step::SetMac { container, vnic, .. } if container == c && vnic == v)
+        })
+    };
+    let mut by_container: BTreeMap<String, (Vec<Step>, Vec<Step>)> = BTreeMap::new();
+    for s in naming {
+        let Step::Name {
+            container, vnic, ..
+        } = &s
+        else {
+            continue;
+        };
+        let e = by_container.entry(container.clone()).or_default();
+        if failed(container, vnic) {
+            e.1.push(s);
+        } else {
+            e.0.push(s);
+        }
+    }
+    futures::stream::iter(by_container)
+        .map(|(c, (run, skip))| async move {
+            let mut out: Vec<StepResult> = skip
+                .into_iter()
+                .map(|s| skipped(s, "an earlier step for this vNIC failed").0)
+                .collect();
+            if run.is_empty() {
+                return (out, None);
+            }
+            let _permit = permits.acquire().await.ok();
+            let t = Instant::now();
+            let r = names::name_container(docker, &c, &run.iter().collect::<Vec<_>>()).await;
+            let duration_ms = t.elapsed().as_millis() as u64;
+            if let Err(e) = &r {
+                tracing::warn!(container = %c, error = %e, "naming links failed");
+            }
+            let error = r.as_ref().err().cloned();
+            out.extend(run.into_iter().map(|step| StepResult {
+                step,
+                ok: error.is_none(),
+                error: error.clone(),
+                duration_ms,
+            }));
+            (out, r.ok().map(|links| (c, links)))
+        })
+        .buffer_unordered(parallelism.max(1))
+        .collect()
+        .await
 }

@@ -167,6 +167,9 @@ pub struct CallCounts {
     pub container_changes: u64,
     pub mac_checks: u64,
     pub mac_sets: u64,
+    /// Link renames and deletions inside containers (docs/NAMES.md).
+    #[serde(default)]
+    pub renames: u64,
 }
 
 impl CallCounts {
@@ -178,6 +181,7 @@ impl CallCounts {
             + self.disconnect
             + self.container_changes
             + self.mac_sets
+            + self.renames
     }
 
     /// `self - earlier`, field by field.
@@ -193,6 +197,7 @@ impl CallCounts {
                 .saturating_sub(earlier.container_changes),
             mac_checks: self.mac_checks.saturating_sub(earlier.mac_checks),
             mac_sets: self.mac_sets.saturating_sub(earlier.mac_sets),
+            renames: self.renames.saturating_sub(earlier.renames),
         }
     }
 }

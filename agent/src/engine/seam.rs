@@ -95,4 +95,16 @@ pub trait Engine: Send + Sync {
         ifname: &'a str,
         mac: MacAddr,
     ) -> BoxFuture<'a, Result<Vec<NsLink>, NetnsError>>;
+
+    /// Names links (by ifindex) inside `pid`'s namespace in one pass, keeping each
+    /// renamed link's engine name in its alias (`netns::name_links`); the links after.
+    fn name_inside(
+        &self,
+        pid: u32,
+        wants: Vec<(u32, String)>,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;
+
+    /// Deletes a link (by ifindex) inside `pid`'s namespace; the links after.
+    fn delete_inside(&self, pid: u32, index: u32)
+    -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;
 }

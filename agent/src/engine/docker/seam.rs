@@ -105,4 +105,20 @@ impl Engine for Docker {
         self.count_mac_set();
         netns::set_mac(Netns::Pid(pid), ifname, mac).boxed()
     }
+    fn name_inside(
+        &self,
+        pid: u32,
+        wants: Vec<(u32, String)>,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        self.count_rename();
+        netns::name_links(Netns::Pid(pid), wants).boxed()
+    }
+    fn delete_inside(
+        &self,
+        pid: u32,
+        index: u32,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        self.count_rename();
+        netns::delete_link(Netns::Pid(pid), index).boxed()
+    }
 }

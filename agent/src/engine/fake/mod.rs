@@ -35,6 +35,8 @@ pub enum Call {
     RemoveContainer,
     Events,
     SetMac,
+    /// `name_inside` or `delete_inside`.
+    Rename,
 }
 
 /// One recorded call: what, and on what (`"c1 net1"` for a connect: container then

@@ -221,9 +221,71 @@ impl Engine for FakeEngine {
         let r = self.set_mac_in(pid, ifname, mac);
         futures::future::ready(r).boxed()
     }
+
+    fn name_inside(
+        &self,
+        pid: u32,
+        wants: Vec<(u32, String)>,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        let r = self.links_in(pid, |links| {
+            for (index, to) in wants {
+                if let Some(l) = links.iter_mut().find(|l| l.index == index)
+                    && l.name != to
+                {
+                    if crate::netns::engine_name(l).is_none() {
+                        l.alias = Some(format!("{}{}", crate::netns::ALIAS_PREFIX, l.name));
+                    }
+                    l.name = to;
+                }
+            }
+        });
+        futures::future::ready(r).boxed()
+    }
+
+    fn delete_inside(
+        &self,
+        pid: u32,
+        index: u32,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        let r = self.links_in(pid, |links| links.retain(|l| l.index != index));
+        futures::future::ready(r).boxed()
+    }
 }
 
 impl FakeEngine {
+    /// A rename or deletion inside the container running as `pid`.
+    fn links_in(
+        &self,
+        pid: u32,
+        f: impl FnOnce(&mut Vec<NsLink>),
+    ) -> Result<Vec<NsLink>, NetnsError> {
+        let ns = Netns::Pid(pid);
+        let owner = self
+            .lock()
+            .containers
+            .values()
+            .find(|c| c.pid == Some(pid))
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let mut s = self
+            .enter(Call::Rename, &owner)
+            .map_err(|e| NetnsError::Thread {
+                ns,
+                reason: e.to_string(),
+            })?;
+        s.counts.renames += 1;
+        let c = s
+            .containers
+            .values_mut()
+            .find(|c| c.pid == Some(pid))
+            .ok_or_else(|| NetnsError::Open {
+                ns,
+                source: std::io::ErrorKind::NotFound.into(),
+            })?;
+        f(&mut c.ns_links);
+        Ok(c.ns_links.clone())
+    }
+
     fn set_mac_in(&self, pid: u32, ifname: &str, mac: MacAddr) -> Result<Vec<NsLink>, NetnsError> {
         let ns = Netns::Pid(pid);
         // A failure the test asked for (or the fake being down) comes back as the

@@ -245,5 +245,6 @@ fn link_for(i: usize, ep: &Endpoint) -> NsLink {
         mac: ep.mac,
         ipv4: ep.ipv4.into_iter().collect(),
         up: true,
+        alias: None,
     }
 }
