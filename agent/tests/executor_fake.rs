@@ -133,6 +133,8 @@ async fn a_parent_runs_disconnect_remove_create_connect_then_set_mac_in_that_ord
     assert_eq!(
         targets(&fake, |_| true),
         vec![
+            // The link on old1 gets its engine name back first, if it was renamed.
+            (Container, "c1".to_string()),
             (Disconnect, "c1 old1".to_string()),
             (RemoveNetwork, "old1".to_string()),
             (CreateNetwork, "new1".to_string()),
