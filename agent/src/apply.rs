@@ -68,6 +68,8 @@ pub enum MacError {
     },
     #[error("namespace worker: {0}")]
     Join(String),
+    #[error("{0}")]
+    Forgotten(String),
 }
 
 /// Verifies the MAC of the container's link on `network` and sets it through the
@@ -87,6 +89,15 @@ pub async fn ensure_mac(
         .ok_or_else(|| MacError::NotRunning(container.to_string()))?;
     if let Some(reason) = &info.ns_error {
         return Err(MacError::Join(reason.clone()));
+    }
+    // A link the engine forgot (docs/NAMES.md) may hold this endpoint's address and
+    // the MAC: it goes before the MAC is looked at.
+    let mut info = info;
+    let (dropped, links) = names::drop_orphans(engine, &info)
+        .await
+        .map_err(MacError::Forgotten)?;
+    if dropped > 0 {
+        info.ns_links = links;
     }
     let ip = info
         .endpoints
@@ -144,7 +155,7 @@ async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, Str
         } => connect(docker, container, network, *ipv4, *mac).await,
         // Run by `name_all` after every parent; here only if a caller chained one.
         Step::Name { container, .. } => {
-            return names::name_container(docker, container, &[step])
+            return names::name_container(docker, container, &[step], None)
                 .await
                 .map(|_| None);
         }
@@ -427,7 +438,18 @@ async fn name_all(
             }
             let _permit = permits.acquire().await.ok();
             let t = Instant::now();
-            let r = names::name_container(docker, &c, &run.iter().collect::<Vec<_>>()).await;
+            // The MAC check's read is the container after its connect when it was its
+            // only one (one vNIC changed this run).
+            let mut checks = done
+                .iter()
+                .filter_map(|(_, m)| m.as_ref())
+                .filter(|m| m.container == c);
+            let known = match (checks.next(), checks.next(), run.len()) {
+                (Some(m), None, 1) => Some(&m.info),
+                _ => None,
+            };
+            let steps: Vec<&Step> = run.iter().collect();
+            let r = names::name_container(docker, &c, &steps, known).await;
             let duration_ms = t.elapsed().as_millis() as u64;
             if let Err(e) = &r {
                 tracing::warn!(container = %c, error = %e, "naming links failed");

@@ -866,6 +866,7 @@ mod tests {
             endpoints: eps
                 .iter()
                 .map(|(n, a, _)| Endpoint {
+                    endpoint_id: format!("ep-{}", n.id),
                     network_id: n.id.clone(),
                     network_name: n.name.clone(),
                     ipv4: Some(ip(a)),

@@ -6,35 +6,44 @@
 
 use std::net::Ipv4Addr;
 
-use crate::engine::{ContainerInfo, Engine};
-use crate::netns::{NsLink, engine_name};
+use crate::engine::{ContainerInfo, Endpoint, Engine};
+use crate::netns::{NameWant, NsLink, endpoint_of, engine_name};
 use crate::plan::{INTERNAL_IFNAME, Step};
 use crate::runtime::internal_network;
 
-fn ip_on(info: &ContainerInfo, network: &str) -> Option<Ipv4Addr> {
+fn endpoint_on<'a>(info: &'a ContainerInfo, network: &str) -> Option<&'a Endpoint> {
     info.endpoints
         .iter()
         .find(|e| e.network_name == network || e.network_id == network)
-        .and_then(|e| e.ipv4)
 }
 
-fn link_with(links: &[NsLink], ip: Ipv4Addr) -> Option<&NsLink> {
-    links.iter().find(|l| l.ipv4.contains(&ip))
+/// Whether a link the agent renamed belongs to no endpoint the engine lists: the
+/// engine disconnected it without finding it. Its alias names its endpoint; an alias
+/// without one (none known when it was renamed) goes by the addresses.
+fn is_orphan(info: &ContainerInfo, l: &NsLink) -> bool {
+    match endpoint_of(l) {
+        None => false,
+        Some("") => {
+            engine_name(l) != Some(l.name.as_str())
+                && !info
+                    .endpoints
+                    .iter()
+                    .any(|e| e.ipv4.is_some_and(|ip| l.ipv4.contains(&ip)))
+        }
+        Some(id) => !info.endpoints.iter().any(|e| e.endpoint_id == id),
+    }
 }
 
-/// Links the agent renamed that hold no address of any endpoint the engine lists: the
-/// engine disconnected them without finding them.
-fn orphans(info: &ContainerInfo) -> Vec<&NsLink> {
-    info.ns_links
+/// The link of `ep` among `links`: the one holding its address that is no orphan,
+/// the one renamed for it first (an orphan may hold the same address).
+fn link_of<'a>(info: &ContainerInfo, links: &'a [NsLink], ep: &Endpoint) -> Option<&'a NsLink> {
+    let ip: Ipv4Addr = ep.ipv4?;
+    let mut held = links
         .iter()
-        .filter(|l| engine_name(l).is_some_and(|e| e != l.name))
-        .filter(|l| {
-            !info
-                .endpoints
-                .iter()
-                .any(|e| e.ipv4.is_some_and(|ip| l.ipv4.contains(&ip)))
-        })
-        .collect()
+        .filter(|l| l.ipv4.contains(&ip) && !is_orphan(info, l));
+    let first = held.clone().next();
+    held.find(|l| endpoint_of(l) == Some(ep.endpoint_id.as_str()))
+        .or(first)
 }
 
 /// Deletes the container's orphaned links; how many, and the links after.
@@ -46,7 +55,11 @@ pub(super) async fn drop_orphans(
     let Some(pid) = info.pid else {
         return Ok((0, links));
     };
-    let gone = orphans(info);
+    let gone: Vec<&NsLink> = info
+        .ns_links
+        .iter()
+        .filter(|l| is_orphan(info, l))
+        .collect();
     for l in &gone {
         tracing::info!(container = %info.name, link = %l.name, "deleting a link the engine disconnected without finding it");
         links = docker
@@ -74,7 +87,8 @@ pub(super) async fn restore_engine_name(
     let (Some(pid), None) = (info.pid, &info.ns_error) else {
         return Ok(());
     };
-    let Some(link) = ip_on(&info, network).and_then(|ip| link_with(&info.ns_links, ip)) else {
+    let Some(link) = endpoint_on(&info, network).and_then(|ep| link_of(&info, &info.ns_links, ep))
+    else {
         return Ok(());
     };
     let Some(engine) = engine_name(link).filter(|e| *e != link.name) else {
@@ -82,24 +96,51 @@ pub(super) async fn restore_engine_name(
     };
     tracing::debug!(container, link = %link.name, engine, "engine name back before a disconnect");
     docker
-        .name_inside(pid, vec![(link.index, engine.to_string())])
+        .name_inside(
+            pid,
+            vec![NameWant {
+                index: link.index,
+                name: engine.to_string(),
+                endpoint: String::new(),
+            }],
+        )
         .await
         .map(drop)
         .map_err(|e| format!("give {} back its engine name {engine}: {e}", link.name))
 }
 
 /// Names the container's links: each `Step::Name`'s vNIC link after the vNIC, the
-/// internal bridge's link [`INTERNAL_IFNAME`]; orphans deleted first. The links after.
+/// internal bridge's link [`INTERNAL_IFNAME`]; orphans deleted first. `known` is the
+/// container as its MAC check read it after its last connect: used instead of a
+/// read, and read again if it turns out stale. The links after.
 pub(super) async fn name_container(
     docker: &dyn Engine,
     container: &str,
     steps: &[&Step],
+    known: Option<&ContainerInfo>,
 ) -> Result<Vec<NsLink>, String> {
+    if let Some(info) = known {
+        match name_from(docker, container, steps, info.clone()).await {
+            Ok(links) => return Ok(links),
+            Err(e) => {
+                tracing::debug!(container, error = %e, "naming from the MAC check's read failed; reading again")
+            }
+        }
+    }
     let info = docker
         .container(container)
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("container {container} does not exist"))?;
+    name_from(docker, container, steps, info).await
+}
+
+async fn name_from(
+    docker: &dyn Engine,
+    container: &str,
+    steps: &[&Step],
+    info: ContainerInfo,
+) -> Result<Vec<NsLink>, String> {
     let Some(pid) = info.pid else {
         return Err(format!("container {container} is not running"));
     };
@@ -107,25 +148,36 @@ pub(super) async fn name_container(
         return Err(format!("cannot read {container}'s namespace: {reason}"));
     }
     let (_, links) = drop_orphans(docker, &info).await?;
-    let mut wants: Vec<(u32, String)> = Vec::new();
-    if let Some(l) = ip_on(&info, &internal_network(container)).and_then(|ip| link_with(&links, ip))
+    let mut wants: Vec<NameWant> = Vec::new();
+    let want = |l: &NsLink, name: &str, ep: &Endpoint| NameWant {
+        index: l.index,
+        name: name.to_string(),
+        endpoint: ep.endpoint_id.clone(),
+    };
+    if let Some(ep) = endpoint_on(&info, &internal_network(container))
+        && let Some(l) = link_of(&info, &links, ep)
     {
-        wants.push((l.index, INTERNAL_IFNAME.to_string()));
+        wants.push(want(l, INTERNAL_IFNAME, ep));
     }
     for step in steps {
         let Step::Name { vnic, network, .. } = step else {
             continue;
         };
-        let ip = ip_on(&info, network)
+        let ep = endpoint_on(&info, network)
+            .filter(|e| e.ipv4.is_some())
             .ok_or_else(|| format!("container {container} has no address on {network}"))?;
-        let l = link_with(&links, ip)
-            .ok_or_else(|| format!("no link inside {container} holds {ip}"))?;
-        wants.push((l.index, vnic.clone()));
+        let l = link_of(&info, &links, ep).ok_or_else(|| {
+            format!(
+                "no link inside {container} holds {}",
+                ep.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED)
+            )
+        })?;
+        wants.push(want(l, vnic, ep));
     }
     let named = |links: &[NsLink]| {
         wants
             .iter()
-            .all(|(i, n)| links.iter().any(|l| l.index == *i && l.name == *n))
+            .all(|w| links.iter().any(|l| l.index == w.index && l.name == w.name))
     };
     if named(&links) {
         return Ok(links);
@@ -139,6 +191,7 @@ pub(super) async fn name_container(
             "renamed links inside {container}, but they do not read back as {wants:?}"
         ));
     }
-    tracing::info!(container, names = ?wants, "links named inside the container");
+    let names: Vec<(u32, &str)> = wants.iter().map(|w| (w.index, w.name.as_str())).collect();
+    tracing::info!(container, ?names, "links named inside the container");
     Ok(after)
 }

@@ -67,6 +67,9 @@ pub struct NetworkInfo {
 /// One attachment of a container to a network.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The engine's id of this attachment (a reconnect is a new one); empty when the
+    /// engine did not say.
+    pub endpoint_id: String,
     pub network_id: String,
     pub network_name: String,
     pub ipv4: Option<Ipv4Addr>,

@@ -101,7 +101,7 @@ pub trait Engine: Send + Sync {
     fn name_inside(
         &self,
         pid: u32,
-        wants: Vec<(u32, String)>,
+        wants: Vec<crate::netns::NameWant>,
     ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;
 
     /// Deletes a link (by ifindex) inside `pid`'s namespace; the links after.

@@ -28,7 +28,9 @@ use ipc::MacAddr;
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
-pub use names::{ALIAS_PREFIX, TEMP_PREFIX, delete_link, engine_name, name_links};
+pub use names::{
+    ALIAS_PREFIX, NameWant, TEMP_PREFIX, delete_link, endpoint_of, engine_name, name_links,
+};
 use rtnl::Rtnl;
 
 /// A network namespace to work in.

@@ -10,48 +10,65 @@ use std::collections::BTreeSet;
 use super::rtnl::Rtnl;
 use super::{Netns, NetnsError, NsLink, check_name, run};
 
-/// What the alias of a link the agent renamed starts with; the engine's name follows.
+/// What the alias of a link the agent renamed starts with:
+/// `edgenet:<engine name>:<endpoint id>`.
 pub const ALIAS_PREFIX: &str = "edgenet:";
-
-/// The name the engine gave a link the agent renamed (from its alias); `None` for a
-/// link the agent never renamed.
-pub fn engine_name(link: &NsLink) -> Option<&str> {
-    link.alias.as_deref()?.strip_prefix(ALIAS_PREFIX)
-}
 
 /// Links between two names carry `edn<ifindex>`: not a name the engine (`eth<N>`) or a
 /// vNIC (refused at validation) uses.
 pub const TEMP_PREFIX: &str = "edn";
+
+fn alias_parts(link: &NsLink) -> Option<(&str, &str)> {
+    let rest = link.alias.as_deref()?.strip_prefix(ALIAS_PREFIX)?;
+    Some(rest.split_once(':').unwrap_or((rest, "")))
+}
+
+/// The name the engine gave a link the agent renamed (from its alias); `None` for a
+/// link the agent never renamed.
+pub fn engine_name(link: &NsLink) -> Option<&str> {
+    alias_parts(link).map(|(name, _)| name)
+}
+
+/// The engine's endpoint a renamed link was made for (from its alias; may be empty).
+pub fn endpoint_of(link: &NsLink) -> Option<&str> {
+    alias_parts(link).map(|(_, ep)| ep)
+}
+
+/// One link to name: by ifindex, its new name, and the endpoint it is the link of
+/// (kept in the alias with the engine's name the first time the link is renamed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameWant {
+    pub index: u32,
+    pub name: String,
+    pub endpoint: String,
+}
 
 fn temp_name(index: u32) -> String {
     format!("{TEMP_PREFIX}{index}")
 }
 
 /// Gives each link (by index) its wanted name inside `ns`, recording the engine's name
-/// in the alias of any link renamed for the first time. A link of ours (its alias
-/// names its engine name) that holds a wanted name is moved aside to its temporary name (a later pass
-/// names it); any other holder is an error, and nothing is renamed. Returns the links
-/// as they read afterwards. Live renames need Linux 6.2 or later
-/// ([`NetnsError::RenameUp`] before).
-pub async fn name_links(ns: Netns, wants: Vec<(u32, String)>) -> Result<Vec<NsLink>, NetnsError> {
-    for (_, to) in &wants {
-        check_name(to)?;
+/// and the endpoint in the alias of any link renamed for the first time. A link of ours
+/// (its alias names its engine name) that holds a wanted name is moved aside to its
+/// temporary name (a later pass names it); any other holder is an error, and nothing
+/// is renamed. Returns the links as they read afterwards. Live renames need Linux 6.2
+/// or later ([`NetnsError::RenameUp`] before).
+pub async fn name_links(ns: Netns, wants: Vec<NameWant>) -> Result<Vec<NsLink>, NetnsError> {
+    for w in &wants {
+        check_name(&w.name)?;
     }
     run(ns, move || {
         let mut rtnl = Rtnl::open().map_err(|e| nl(ns, "list links", e))?;
         let links = rtnl.links().map_err(|e| nl(ns, "list links", e))?;
-        let mut changing: Vec<(&NsLink, &str)> = Vec::new();
-        for (index, to) in &wants {
-            let link =
-                links
-                    .iter()
-                    .find(|l| l.index == *index)
-                    .ok_or_else(|| NetnsError::NoLink {
-                        ns,
-                        name: format!("ifindex {index}"),
-                    })?;
-            if link.name != *to {
-                changing.push((link, to));
+        let mut changing: Vec<(&NsLink, &NameWant)> = Vec::new();
+        for w in &wants {
+            let link = links.iter().find(|l| l.index == w.index);
+            let link = link.ok_or_else(|| NetnsError::NoLink {
+                ns,
+                name: format!("ifindex {}", w.index),
+            })?;
+            if link.name != w.name {
+                changing.push((link, w));
             }
         }
         if changing.is_empty() {
@@ -59,34 +76,33 @@ pub async fn name_links(ns: Netns, wants: Vec<(u32, String)>) -> Result<Vec<NsLi
         }
         let moving: BTreeSet<u32> = changing.iter().map(|(l, _)| l.index).collect();
         let mut aside = Vec::new();
-        for (link, to) in &changing {
-            let Some(holder) = links
+        for (link, w) in &changing {
+            let holder = links
                 .iter()
-                .find(|h| h.name == *to && !moving.contains(&h.index))
-            else {
-                continue;
-            };
+                .find(|h| h.name == w.name && !moving.contains(&h.index));
+            let Some(holder) = holder else { continue };
             if engine_name(holder).is_none() {
                 return Err(NetnsError::NameTaken {
                     ns,
                     link: link.name.clone(),
-                    to: to.to_string(),
+                    to: w.name.clone(),
                     holder: holder.name.clone(),
                 });
             }
             aside.push(holder);
         }
-        for (link, _) in &changing {
+        for (link, w) in &changing {
             if engine_name(link).is_none() && !link.name.starts_with(TEMP_PREFIX) {
-                rtnl.set_alias(link.index, &format!("{ALIAS_PREFIX}{}", link.name))
+                let alias = format!("{ALIAS_PREFIX}{}:{}", link.name, w.endpoint);
+                rtnl.set_alias(link.index, &alias)
                     .map_err(|e| nl(ns, &format!("set the alias of {}", link.name), e))?;
             }
         }
         for link in changing.iter().map(|(l, _)| *l).chain(aside) {
             rename(&mut rtnl, ns, link, &temp_name(link.index))?;
         }
-        for (link, to) in &changing {
-            rename(&mut rtnl, ns, link, to)?;
+        for (link, w) in &changing {
+            rename(&mut rtnl, ns, link, &w.name)?;
         }
         rtnl.links().map_err(|e| nl(ns, "list links", e))
     })

@@ -108,7 +108,7 @@ impl Engine for Docker {
     fn name_inside(
         &self,
         pid: u32,
-        wants: Vec<(u32, String)>,
+        wants: Vec<crate::netns::NameWant>,
     ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
         self.count_rename();
         netns::name_links(Netns::Pid(pid), wants).boxed()

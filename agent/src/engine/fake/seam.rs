@@ -225,17 +225,18 @@ impl Engine for FakeEngine {
     fn name_inside(
         &self,
         pid: u32,
-        wants: Vec<(u32, String)>,
+        wants: Vec<crate::netns::NameWant>,
     ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
         let r = self.links_in(pid, |links| {
-            for (index, to) in wants {
-                if let Some(l) = links.iter_mut().find(|l| l.index == index)
-                    && l.name != to
+            for w in wants {
+                if let Some(l) = links.iter_mut().find(|l| l.index == w.index)
+                    && l.name != w.name
                 {
                     if crate::netns::engine_name(l).is_none() {
-                        l.alias = Some(format!("{}{}", crate::netns::ALIAS_PREFIX, l.name));
+                        let prefix = crate::netns::ALIAS_PREFIX;
+                        l.alias = Some(format!("{prefix}{}:{}", l.name, w.endpoint));
                     }
-                    l.name = to;
+                    l.name = w.name;
                 }
             }
         });

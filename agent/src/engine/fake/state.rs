@@ -104,6 +104,7 @@ impl State {
             .network_named(network)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("network {network}")))?;
+        let endpoint_id = self.new_id("ep");
         let c = self.container(container)?;
         if let Some(ep) = c.endpoints.iter().find(|e| e.network_id == net.id) {
             return match ipv4.is_none() || ep.ipv4 == ipv4 {
@@ -120,6 +121,7 @@ impl State {
                 .and_then(|p| p.subnet.nth(100 + c.endpoints.len() as u32))
         });
         let ep = Endpoint {
+            endpoint_id,
             network_id: net.id.clone(),
             network_name: net.name.clone(),
             ipv4: ip,
