@@ -130,7 +130,6 @@ pub async fn ensure_mac(
         });
     }
     tracing::info!(container, link = %link.name, %mac, "MAC set through the container's namespace");
-    let mut info = info;
     info.ns_links = links;
     Ok((MacMethod::Netns, info))
 }
