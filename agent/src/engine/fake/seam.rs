@@ -260,34 +260,39 @@ impl FakeEngine {
         pid: u32,
         f: impl FnOnce(&mut Vec<NsLink>),
     ) -> Result<Vec<NsLink>, NetnsError> {
-        let ns = Netns::Pid(pid);
-        let owner = self
-            .lock()
-            .containers
-            .values()
-            .find(|c| c.pid == Some(pid))
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
-        let mut s = self
-            .enter(Call::Rename, &owner)
-            .map_err(|e| NetnsError::Thread {
-                ns,
-                reason: e.to_string(),
-            })?;
-        s.counts.renames += 1;
-        let c = s
-            .containers
-            .values_mut()
-            .find(|c| c.pid == Some(pid))
-            .ok_or_else(|| NetnsError::Open {
-                ns,
-                source: std::io::ErrorKind::NotFound.into(),
-            })?;
-        f(&mut c.ns_links);
-        Ok(c.ns_links.clone())
+        self.inside(pid, Call::Rename, "", |counts, links| {
+            counts.renames += 1;
+            f(links);
+            Ok(())
+        })
     }
 
     fn set_mac_in(&self, pid: u32, ifname: &str, mac: MacAddr) -> Result<Vec<NsLink>, NetnsError> {
+        let ns = Netns::Pid(pid);
+        self.inside(pid, Call::SetMac, &format!(" {ifname}"), |counts, links| {
+            counts.mac_sets += 1;
+            let link =
+                links
+                    .iter_mut()
+                    .find(|l| l.name == ifname)
+                    .ok_or_else(|| NetnsError::NoLink {
+                        ns,
+                        name: ifname.to_string(),
+                    })?;
+            link.mac = Some(mac);
+            Ok(())
+        })
+    }
+
+    /// Records `call` on "<owner of pid><suffix>" and runs `f` on that container's
+    /// links; the links after.
+    fn inside(
+        &self,
+        pid: u32,
+        call: Call,
+        suffix: &str,
+        f: impl FnOnce(&mut CallCounts, &mut Vec<NsLink>) -> Result<(), NetnsError>,
+    ) -> Result<Vec<NsLink>, NetnsError> {
         let ns = Netns::Pid(pid);
         // A failure the test asked for (or the fake being down) comes back as the
         // namespace worker failing: the caller sees a `NetnsError`, as from the kernel.
@@ -303,9 +308,9 @@ impl FakeEngine {
             .map(|c| c.name.clone())
             .unwrap_or_default();
         let mut s = self
-            .enter(Call::SetMac, &format!("{owner} {ifname}"))
+            .enter(call, &format!("{owner}{suffix}"))
             .map_err(told)?;
-        s.counts.mac_sets += 1;
+        let s = &mut *s;
         let c = s
             .containers
             .values_mut()
@@ -314,15 +319,7 @@ impl FakeEngine {
                 ns,
                 source: std::io::ErrorKind::NotFound.into(),
             })?;
-        let link = c
-            .ns_links
-            .iter_mut()
-            .find(|l| l.name == ifname)
-            .ok_or_else(|| NetnsError::NoLink {
-                ns,
-                name: ifname.to_string(),
-            })?;
-        link.mac = Some(mac);
+        f(&mut s.counts, &mut c.ns_links)?;
         Ok(c.ns_links.clone())
     }
 }
