@@ -146,8 +146,12 @@ impl State {
         let c = self.container(container)?;
         if let Some(i) = c.endpoints.iter().position(|e| e.network_id == net.id) {
             let ep = c.endpoints.remove(i);
+            // As 20.10 does: the engine finds the link by the name it gave it, so a
+            // link renamed inside stays (docs/NAMES.md).
+            let engine_named =
+                |l: &NsLink| crate::netns::engine_name(l).is_none_or(|e| e == l.name);
             c.ns_links
-                .retain(|l| ep.ipv4.is_none_or(|ip| !l.ipv4.contains(&ip)));
+                .retain(|l| ep.ipv4.is_none_or(|ip| !l.ipv4.contains(&ip)) || !engine_named(l));
         }
         if let Some(n) = self.networks.get_mut(&net.name) {
             n.containers.retain(|x| x != container);
