@@ -370,7 +370,7 @@ pub async fn execute(
     .await;
     let mut done: Vec<(StepResult, Option<MacOutcome>)> =
         per_parent.into_iter().flatten().collect();
-    let named = name_all(docker, &permits, parallelism, naming, &done).await;
+    let named = names::name_all(docker, &permits, parallelism, naming, &done).await;
     for (results, links) in named {
         if let Some((c, links)) = links {
             for (_, m) in done.iter_mut() {
@@ -391,78 +391,4 @@ pub async fn execute(
         }
     }
     (results, macs)
-}
-
-/// One container's naming pass: its `Name` steps' results, and its links after.
-type Named = (Vec<StepResult>, Option<(String, Vec<crate::netns::NsLink>)>);
-
-/// Runs each container's naming pass (bounded like the other steps). A vNIC whose
-/// connect or MAC step failed this run is not named (skipped, as in a chain).
-async fn name_all(
-    docker: &dyn Engine,
-    permits: &Semaphore,
-    parallelism: usize,
-    naming: Vec<Step>,
-    done: &[(StepResult, Option<MacOutcome>)],
-) -> Vec<Named> {
-    let failed = |c: &str, v: &str| {
-        done.iter().any(|(r, _)| {
-            !r.ok
-                && matches!(&r.step, Step::Connect { container, vnic, .. } | Step::SetMac { container, vnic, .. } if container == c && vnic == v)
-        })
-    };
-    let mut by_container: BTreeMap<String, (Vec<Step>, Vec<Step>)> = BTreeMap::new();
-    for s in naming {
-        let Step::Name {
-            container, vnic, ..
-        } = &s
-        else {
-            continue;
-        };
-        let e = by_container.entry(container.clone()).or_default();
-        if failed(container, vnic) {
-            e.1.push(s);
-        } else {
-            e.0.push(s);
-        }
-    }
-    futures::stream::iter(by_container)
-        .map(|(c, (run, skip))| async move {
-            let mut out: Vec<StepResult> = skip
-                .into_iter()
-                .map(|s| skipped(s, "an earlier step for this vNIC failed").0)
-                .collect();
-            if run.is_empty() {
-                return (out, None);
-            }
-            let _permit = permits.acquire().await.ok();
-            let t = Instant::now();
-            // The MAC check's read is the container after its connect when it was its
-            // only one (one vNIC changed this run).
-            let mut checks = done
-                .iter()
-                .filter_map(|(_, m)| m.as_ref())
-                .filter(|m| m.container == c);
-            let known = match (checks.next(), checks.next(), run.len()) {
-                (Some(m), None, 1) => Some(&m.info),
-                _ => None,
-            };
-            let steps: Vec<&Step> = run.iter().collect();
-            let r = names::name_container(docker, &c, &steps, known).await;
-            let duration_ms = t.elapsed().as_millis() as u64;
-            if let Err(e) = &r {
-                tracing::warn!(container = %c, error = %e, "naming links failed");
-            }
-            let error = r.as_ref().err().cloned();
-            out.extend(run.into_iter().map(|step| StepResult {
-                step,
-                ok: error.is_none(),
-                error: error.clone(),
-                duration_ms,
-            }));
-            (out, r.ok().map(|links| (c, links)))
-        })
-        .buffer_unordered(parallelism.max(1))
-        .collect()
-        .await
 }
