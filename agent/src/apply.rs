@@ -1,7 +1,10 @@
 //! Reconcile, part two: the executor. Parents run independently; within a parent the
 //! phases run in order (disconnect, remove, create, connect, set MAC), and the steps
 //! of one phase run in parallel, bounded across all parents by one semaphore so the
-//! engine never sees more than `parallelism` calls from us at once.
+//! engine never sees more than `parallelism` calls from us at once. Once every parent
+//! is done, each container's links are named in one pass (`names.rs`, docs/NAMES.md).
+
+mod names;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,6 +68,8 @@ pub enum MacError {
     },
     #[error("namespace worker: {0}")]
     Join(String),
+    #[error("{0}")]
+    Forgotten(String),
 }
 
 /// Verifies the MAC of the container's link on `network` and sets it through the
@@ -84,6 +89,15 @@ pub async fn ensure_mac(
         .ok_or_else(|| MacError::NotRunning(container.to_string()))?;
     if let Some(reason) = &info.ns_error {
         return Err(MacError::Join(reason.clone()));
+    }
+    // A link the engine forgot (docs/NAMES.md) may hold this endpoint's address and
+    // the MAC: it goes before the MAC is looked at.
+    let mut info = info;
+    let (dropped, links) = names::drop_orphans(engine, &info)
+        .await
+        .map_err(MacError::Forgotten)?;
+    if dropped > 0 {
+        info.ns_links = links;
     }
     let ip = info
         .endpoints
@@ -116,7 +130,6 @@ pub async fn ensure_mac(
         });
     }
     tracing::info!(container, link = %link.name, %mac, "MAC set through the container's namespace");
-    let mut info = info;
     info.ns_links = links;
     Ok((MacMethod::Netns, info))
 }
@@ -126,7 +139,10 @@ async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, Str
     let r = match step {
         Step::Disconnect {
             container, network, ..
-        } => docker.disconnect(container, network).await,
+        } => {
+            names::restore_engine_name(docker, container, network).await?;
+            docker.disconnect(container, network).await
+        }
         Step::RemoveNetwork { network, .. } => docker.remove_network(network).await,
         Step::CreateNetwork { spec, .. } => docker.create_network(spec).await.map(|_| ()),
         Step::Connect {
@@ -135,7 +151,13 @@ async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, Str
             ipv4,
             mac,
             ..
-        } => docker.connect(container, network, *ipv4, *mac).await,
+        } => connect(docker, container, network, *ipv4, *mac).await,
+        // Run by `name_all` after every parent; here only if a caller chained one.
+        Step::Name { container, .. } => {
+            return names::name_container(docker, container, &[step], None)
+                .await
+                .map(|_| None);
+        }
         Step::SetMac {
             container,
             vnic,
@@ -160,12 +182,40 @@ async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, Str
     r.map(|()| None).map_err(|e| e.to_string())
 }
 
+/// Connects; a connect refused because a link the engine forgot still holds the MAC
+/// ("address already in use", docs/NAMES.md) is retried once after deleting it.
+async fn connect(
+    docker: &dyn Engine,
+    container: &str,
+    network: &str,
+    ipv4: Option<std::net::Ipv4Addr>,
+    mac: Option<MacAddr>,
+) -> Result<(), EngineError> {
+    let r = docker.connect(container, network, ipv4, mac).await;
+    let Err(e) = &r else { return r };
+    if !e.to_string().contains("address already in use") {
+        return r;
+    }
+    let Ok(Some(info)) = docker.container(container).await else {
+        return r;
+    };
+    match names::drop_orphans(docker, &info).await {
+        Ok((n, _)) if n > 0 => docker.connect(container, network, ipv4, mac).await,
+        Ok(_) => r,
+        Err(why) => {
+            tracing::warn!(container, error = %why, "could not delete a forgotten link");
+            r
+        }
+    }
+}
+
 /// The container a step acts on, if any.
 fn container_of(step: &Step) -> Option<&str> {
     match step {
         Step::Disconnect { container, .. }
         | Step::Connect { container, .. }
-        | Step::SetMac { container, .. } => Some(container),
+        | Step::SetMac { container, .. }
+        | Step::Name { container, .. } => Some(container),
         _ => None,
     }
 }
@@ -304,6 +354,9 @@ pub async fn execute(
     parallelism: usize,
 ) -> (Vec<StepResult>, Vec<MacOutcome>) {
     let order: Vec<Step> = steps.clone();
+    let (naming, steps): (Vec<Step>, Vec<Step>) = steps
+        .into_iter()
+        .partition(|s| matches!(s, Step::Name { .. }));
     let mut by_parent: BTreeMap<String, Vec<Step>> = BTreeMap::new();
     for s in steps {
         by_parent.entry(s.parent().to_string()).or_default().push(s);
@@ -317,6 +370,17 @@ pub async fn execute(
     .await;
     let mut done: Vec<(StepResult, Option<MacOutcome>)> =
         per_parent.into_iter().flatten().collect();
+    let named = names::name_all(docker, &permits, parallelism, naming, &done).await;
+    for (results, links) in named {
+        if let Some((c, links)) = links {
+            for (_, m) in done.iter_mut() {
+                if let Some(m) = m.as_mut().filter(|m| m.container == c) {
+                    m.info.ns_links = links.clone();
+                }
+            }
+        }
+        done.extend(results.into_iter().map(|r| (r, None)));
+    }
     let mut results = Vec::with_capacity(done.len());
     let mut macs = Vec::new();
     for s in order {

@@ -60,7 +60,20 @@ pub enum Step {
         network: String,
         mac: MacAddr,
     },
+    /// Name the vNIC's link inside the container after the vNIC, and the internal
+    /// bridge's link [`INTERNAL_IFNAME`] (docs/NAMES.md). Run once per container after
+    /// every parent's connects; `network` says which link is the vNIC's.
+    Name {
+        parent: String,
+        container: String,
+        vnic: String,
+        network: String,
+    },
 }
+
+/// The name of a runtime's link on its internal bridge, inside the container; refused
+/// as a vNIC name.
+pub const INTERNAL_IFNAME: &str = "int0";
 
 /// The order steps of one parent run in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,6 +83,7 @@ pub enum Phase {
     CreateNetwork,
     Connect,
     SetMac,
+    Name,
 }
 
 impl Step {
@@ -79,7 +93,8 @@ impl Step {
             | Step::RemoveNetwork { parent, .. }
             | Step::CreateNetwork { parent, .. }
             | Step::Connect { parent, .. }
-            | Step::SetMac { parent, .. } => parent,
+            | Step::SetMac { parent, .. }
+            | Step::Name { parent, .. } => parent,
         }
     }
 
@@ -90,6 +105,7 @@ impl Step {
             Step::CreateNetwork { .. } => Phase::CreateNetwork,
             Step::Connect { .. } => Phase::Connect,
             Step::SetMac { .. } => Phase::SetMac,
+            Step::Name { .. } => Phase::Name,
         }
     }
 }
@@ -146,6 +162,12 @@ impl fmt::Display for Step {
                 mac,
                 ..
             } => write!(f, "[{parent}] ensure {container}/{vnic} has mac {mac}"),
+            Step::Name {
+                parent,
+                container,
+                vnic,
+                ..
+            } => write!(f, "[{parent}] name {container}/{vnic}'s link {vnic} inside"),
         }
     }
 }
@@ -469,6 +491,7 @@ struct ParentSteps {
     create: Option<Step>,
     connects: Vec<Step>,
     setmacs: Vec<Step>,
+    names: Vec<Step>,
 }
 
 /// What one parent's members share: the parent, its LAN, and the network they go on.
@@ -570,6 +593,7 @@ fn plan_parent(
     out.steps.extend(steps.create);
     out.steps.extend(steps.connects);
     out.steps.extend(steps.setmacs);
+    out.steps.extend(steps.names);
 }
 
 /// The members that can be attached, and the extra pools their off-LAN static
@@ -741,6 +765,14 @@ fn plan_member(
         return;
     }
     let connect = ep.is_none() || wrong_address;
+    if ci.running && (connect || misnamed(m, ci, ep.and_then(|e| e.ipv4))) {
+        steps.names.push(Step::Name {
+            parent: parent.to_string(),
+            container: m.container.to_string(),
+            vnic: m.vnic.name.clone(),
+            network: t.network_name.clone(),
+        });
+    }
     let stored = m.vnic.stored_mac();
     if connect {
         steps.connects.push(Step::Connect {
@@ -780,6 +812,26 @@ fn plan_member(
     }
 }
 
+/// Whether the links as read show the vNIC's link, or the internal bridge's, under
+/// another name than its own. Links not read (a container about to be reconnected)
+/// show nothing wrong.
+fn misnamed(m: &Member<'_>, ci: &ContainerInfo, ip: Option<Ipv4Addr>) -> bool {
+    if ci.ns_error.is_some() || ci.ns_links.is_empty() {
+        return false;
+    }
+    let internal = crate::runtime::internal_network(m.container);
+    let internal_ip = ci
+        .endpoints
+        .iter()
+        .find(|e| e.network_name == internal)
+        .and_then(|e| e.ipv4);
+    let wrong = |ip: Option<Ipv4Addr>, name: &str| {
+        ip.and_then(|ip| ci.link_with(ip))
+            .is_some_and(|l| l.name != name)
+    };
+    wrong(ip, &m.vnic.name) || wrong(internal_ip, INTERNAL_IFNAME)
+}
+
 fn mac_is_right(ci: &ContainerInfo, ip: Option<Ipv4Addr>, mac: MacAddr) -> bool {
     ip.and_then(|ip| ci.link_with(ip))
         .is_some_and(|l| l.mac == Some(mac))
@@ -790,6 +842,14 @@ mod tests {
     use super::*;
     use crate::engine::{Endpoint, NsLink};
     use ipc::Event;
+
+    /// The engine steps of a plan: the naming steps have tests of their own
+    /// (`names_*`, which call `super::plan`).
+    fn plan(d: &Runtimes, c: &InterfaceCache, o: &Observed) -> Plan {
+        let mut p = super::plan(d, c, o);
+        p.steps.retain(|s| !matches!(s, Step::Name { .. }));
+        p
+    }
 
     const MAC1: &str = "02:aa:00:00:00:01";
     const MAC2: &str = "02:aa:00:00:00:02";
@@ -866,6 +926,7 @@ mod tests {
             endpoints: eps
                 .iter()
                 .map(|(n, a, _)| Endpoint {
+                    endpoint_id: format!("ep-{}", n.id),
                     network_id: n.id.clone(),
                     network_name: n.name.clone(),
                     ipv4: Some(ip(a)),
@@ -881,6 +942,7 @@ mod tests {
                         mac: Some(mac(m)),
                         ipv4: vec![ip(a)],
                         up: true,
+                        alias: None,
                     })
                     .collect()
             } else {
@@ -1303,8 +1365,84 @@ mod tests {
             vec![container("c1", true, &[(&net, "10.1.0.5", MAC1)])],
         );
         assert!(plan(&d, &c, &ok).steps.is_empty());
-        let again = plan_with(&d, &c, &ok, &BTreeSet::from(["p1".to_string()]), None);
+        let mut again = plan_with(&d, &c, &ok, &BTreeSet::from(["p1".to_string()]), None);
+        again.steps.retain(|s| !matches!(s, Step::Name { .. }));
         assert_eq!(again.steps, want);
+    }
+
+    fn name(parent: &str, c: &str, vnic: &str, network: &str) -> Step {
+        Step::Name {
+            parent: parent.into(),
+            container: c.into(),
+            vnic: vnic.into(),
+            network: network.into(),
+        }
+    }
+
+    #[test]
+    fn names_every_connect_is_followed_by_naming_last() {
+        let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
+        let d = runtimes(&[("c1", vec![dhcp("eth0", "p1", MAC1)])]);
+        let o = observed(vec![], vec![container("c1", true, &[])]);
+        let p = super::plan(&d, &c, &o);
+        let net = "macvlan_p1_10.1.0.0_24";
+        assert_eq!(p.steps.last(), Some(&name("p1", "c1", "eth0", net)));
+        assert_eq!(p.steps.last().unwrap().phase(), Phase::Name);
+        assert_eq!(
+            p.steps.last().unwrap().to_string(),
+            "[p1] name c1/eth0's link eth0 inside"
+        );
+        // A stopped container is connected, and named when it starts.
+        let o = observed(vec![], vec![container("c1", false, &[])]);
+        let p = super::plan(&d, &c, &o);
+        assert!(
+            !p.steps.iter().any(|s| matches!(s, Step::Name { .. })),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn names_a_staying_link_under_the_engines_name_is_only_renamed() {
+        let net = lan_net("p1", "10.1.0.0/24", "10.1.0.1");
+        let mut internal = lan_net("p9", "198.18.0.0/24", "198.18.0.1");
+        internal.name = "c1_internal".into();
+        internal.id = "int-c1".into();
+        let c = cache(&[("p1", 2, "10.1.0.2/24", "10.1.0.1", "up")]);
+        let d = runtimes(&[("c1", vec![dhcp("eth0", "p1", MAC1)])]);
+        // As the engine leaves it after a restart: internal eth0, the vNIC eth1.
+        let ci = container(
+            "c1",
+            true,
+            &[(&internal, "198.18.0.2", MAC2), (&net, "10.1.0.5", MAC1)],
+        );
+        assert_eq!(ci.ns_links[1].name, "eth1");
+        let o = observed(vec![net.clone()], vec![ci.clone()]);
+        assert_eq!(
+            super::plan(&d, &c, &o).steps,
+            vec![name("p1", "c1", "eth0", &net.name)]
+        );
+        // Named already, but the internal link still has the engine's name.
+        let mut half = ci.clone();
+        half.ns_links[0].name = "eth9".into();
+        half.ns_links[1].name = "eth0".into();
+        let o = observed(vec![net.clone()], vec![half.clone()]);
+        assert_eq!(
+            super::plan(&d, &c, &o).steps,
+            vec![name("p1", "c1", "eth0", &net.name)]
+        );
+        // Both right: nothing.
+        half.ns_links[0].name = INTERNAL_IFNAME.into();
+        let o = observed(vec![net.clone()], vec![half]);
+        assert_eq!(super::plan(&d, &c, &o), Plan::default());
+        // Links not read (or unreadable): nothing is known to be wrong.
+        let mut unread = ci;
+        unread.ns_links.clear();
+        let o = observed(vec![net.clone()], vec![unread]);
+        let p = super::plan(&d, &c, &o);
+        assert!(
+            !p.steps.iter().any(|s| matches!(s, Step::Name { .. })),
+            "{p:#?}"
+        );
     }
 
     #[test]

@@ -388,7 +388,8 @@ fn known_containers(
         let c = match s {
             Step::Disconnect { container, .. }
             | Step::Connect { container, .. }
-            | Step::SetMac { container, .. } => container.as_str(),
+            | Step::SetMac { container, .. }
+            | Step::Name { container, .. } => container.as_str(),
             _ => continue,
         };
         let e = touched.entry(c).or_default();

@@ -167,6 +167,26 @@ fn valid_ifname(name: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && c != '/' && c != ':')
 }
 
+/// Why a vNIC name is reserved inside a runtime (docs/NAMES.md), if it is.
+fn reserved_name(name: &str) -> Option<String> {
+    let temp = name
+        .strip_prefix(crate::netns::TEMP_PREFIX)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if name == crate::plan::INTERNAL_IFNAME {
+        Some(format!(
+            "{name:?} is the runtime's internal link inside the container; choose another name"
+        ))
+    } else if name == "lo" {
+        Some("\"lo\" is the container's loopback; choose another name".to_string())
+    } else if temp {
+        Some(format!(
+            "{name:?} is a name the agent uses while renaming links; choose another name"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Every MAC stored on a parent, with its owner (`runtime/vnic`).
 fn macs_on_parent(runtimes: &Runtimes, parent: &str) -> Vec<(MacAddr, String)> {
     runtimes
@@ -206,6 +226,9 @@ pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, R
             return Err(bad(
                 "name must be an interface name of 1 to 15 characters".into()
             ));
+        }
+        if let Some(why) = reserved_name(&r.name) {
+            return Err(bad(why));
         }
         if !names.insert(r.name.as_str()) {
             return Err(bad("the name is used twice".into()));
@@ -595,6 +618,20 @@ mod tests {
         assert!(e.to_string().contains("unknown key \"colour\""), "{e}");
         let e = parse_vnic("name=eth0,parent").unwrap_err();
         assert!(e.to_string().contains("not key=value"), "{e}");
+    }
+
+    #[test]
+    fn reserved_names_inside_the_runtime_are_refused() {
+        for name in ["int0", "lo", "edn7"] {
+            let e = validate(
+                &req(&[&format!("name={name},parent=a,mode=dhcp")]),
+                &Runtimes::new(),
+            )
+            .unwrap_err();
+            assert!(matches!(e, RuntimeError::BadVnic { .. }), "{name}: {e}");
+            assert!(e.to_string().contains("choose another name"), "{e}");
+        }
+        validate(&req(&["name=ednx,parent=a,mode=dhcp"]), &Runtimes::new()).unwrap();
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub struct VnicView {
     /// A DHCP vNIC's lease, or why it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<DhcpView>,
+    /// The name of its link inside the container (the vNIC's own once named,
+    /// docs/NAMES.md).
+    #[serde(default)]
+    pub ifname_inside: Option<String>,
 }
 
 /// A DHCP vNIC's lease as `status` shows it (times RFC 3339, UTC).
@@ -183,6 +187,7 @@ pub fn runtimes(runtimes: &Runtimes) -> BTreeMap<String, Vec<VnicView>> {
                     state: None,
                     state_for_s: None,
                     dhcp: None,
+                    ifname_inside: None,
                 })
                 .collect();
             (name.clone(), views)
@@ -205,6 +210,7 @@ pub fn fill_observed(view: &mut StatusView, containers: &[ContainerInfo]) {
                     && let Some(l) = c.link_with(ip)
                 {
                     v.live_mac = l.mac.map(|m| m.to_string());
+                    v.ifname_inside = Some(l.name.clone());
                 }
             } else {
                 v.attached = Some(false);
@@ -428,9 +434,14 @@ fn render_runtimes(o: &mut String, s: &StatusView) {
                 (Some(l), Some(m)) if l != m => format!(", but it has {l} now"),
                 _ => String::new(),
             };
+            let inside = match &v.ifname_inside {
+                Some(n) if *n == v.name => format!(", named {n} inside the container"),
+                Some(n) => format!(", named {n} inside the container (not yet {})", v.name),
+                None => String::new(),
+            };
             let _ = writeln!(
                 o,
-                "      mac {} ({mac_how}{live}), ipv4 {}",
+                "      mac {} ({mac_how}{live}), ipv4 {}{inside}",
                 opt(&v.mac),
                 opt(&v.ipv4)
             );
@@ -545,5 +556,26 @@ mod tests {
         s.store.fault = None;
         assert!(health_problems(&s).is_empty());
         assert!(render(&s).contains("engine: reachable"));
+    }
+
+    #[test]
+    fn the_name_inside_the_container_is_shown() {
+        let mut s = StatusView::default();
+        let mut v = VnicView {
+            name: "eth0".into(),
+            ifname_inside: Some("eth0".into()),
+            ..VnicView::default()
+        };
+        s.runtimes.insert("rt".into(), vec![v.clone()]);
+        assert!(
+            render(&s).contains("named eth0 inside the container"),
+            "{}",
+            render(&s)
+        );
+        v.ifname_inside = Some("eth3".into());
+        s.runtimes.insert("rt".into(), vec![v]);
+        assert!(render(&s).contains("named eth3 inside the container (not yet eth0)"));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["runtimes"]["rt"][0]["ifname_inside"], "eth3");
     }
 }

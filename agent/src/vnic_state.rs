@@ -142,6 +142,9 @@ fn step_error(runtime: &str, v: &Vnic, last: &ReconcileReport) -> Option<String>
         }
         | Step::SetMac {
             container, vnic, ..
+        }
+        | Step::Name {
+            container, vnic, ..
         } => container == runtime && *vnic == v.name,
         Step::Disconnect {
             container, parent, ..

@@ -194,9 +194,11 @@ async fn lan_subnet_change_moves_containers_keeping_macs_and_the_static_ip() {
     assert_eq!(r.engine_calls.network_remove, 1);
     assert_eq!(r.engine_calls.disconnect, 2);
     assert_eq!(r.engine_calls.connect, 2);
-    // One namespace read per moved container: the check after its connect (the plan
-    // does not look inside a container it reconnects; verification reuses the check).
-    assert_eq!(r.engine_calls.mac_checks, 2, "{:?}", r.engine_calls);
+    // Two namespace reads per moved container: before its disconnect (a renamed link
+    // gets its engine name back, docs/NAMES.md) and the check after its connect (the
+    // plan does not look inside a container it reconnects; naming and verification
+    // reuse the check).
+    assert_eq!(r.engine_calls.mac_checks, 4, "{:?}", r.engine_calls);
 
     let a1 = address_on(&c1, &new_net);
     assert!(
@@ -413,7 +415,8 @@ async fn dry_run_plans_without_changing_anything() {
         .expect("dry run")
         .report;
     assert!(r.dry_run);
-    assert_eq!(r.steps.len(), 3, "{:#?}", r.steps);
+    // Create, connect, MAC check, naming.
+    assert_eq!(r.steps.len(), 4, "{:#?}", r.steps);
     assert_eq!(r.engine_calls.changing(), 0);
     assert!(lan.networks().is_empty());
     assert_eq!(std::fs::read(rig.store.path()).expect("store"), before);

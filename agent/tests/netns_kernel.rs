@@ -230,3 +230,108 @@ async fn spawn_in_runs_a_runtime_whose_sockets_belong_to_the_namespace() {
     let e = netns::spawn_in(Netns::Pid(u32::MAX - 1), "ns-none", || async {}).err();
     assert!(matches!(e, Some(NetnsError::Open { .. })), "{e:?}");
 }
+
+fn want(index: u32, name: &str, endpoint: &str) -> netns::NameWant {
+    netns::NameWant {
+        index,
+        name: name.to_string(),
+        endpoint: endpoint.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn name_links_swaps_names_live_keeps_the_engine_name_in_the_alias_and_the_route() {
+    let rig = Rig::new();
+    let links = netns::read_links(rig.target()).await.unwrap();
+    let a = links.iter().find(|l| l.name == rig.a).unwrap().clone();
+    let b = links.iter().find(|l| l.name != rig.a).unwrap().clone();
+    assert_eq!((a.alias.as_deref(), b.alias.as_deref()), (None, None));
+    // Swap the two names in one pass (each goes through a temporary name).
+    let swap = netns::name_links(
+        rig.target(),
+        vec![
+            want(a.index, &b.name, "ep-a"),
+            want(b.index, &a.name, "ep-b"),
+        ],
+    )
+    .await;
+    if kernel_version() < (6, 2) {
+        // Older kernels refuse to rename a link that is up (docs/NAMES.md).
+        let e = swap.unwrap_err();
+        assert!(matches!(e, NetnsError::RenameUp { .. }), "{e}");
+        return;
+    }
+    let after = swap.expect("swap");
+    let got = |i: u32| after.iter().find(|l| l.index == i).unwrap().clone();
+    assert_eq!(got(a.index).name, b.name);
+    assert_eq!(got(b.index).name, a.name);
+    assert_eq!(netns::engine_name(&got(a.index)), Some(a.name.as_str()));
+    assert_eq!(netns::endpoint_of(&got(a.index)), Some("ep-a"));
+    let j = rig.link_json(&b.name);
+    assert_eq!(j["ifindex"].as_u64(), Some(a.index as u64));
+    assert!(is_up(&j), "renamed while up, stays up");
+    assert_eq!(
+        j["ifalias"].as_str(),
+        Some(format!("{}{}:ep-a", netns::ALIAS_PREFIX, a.name).as_str())
+    );
+    let routes = rig.ns.must_ip("route show default");
+    assert!(
+        routes.contains(&format!("dev {}", b.name)),
+        "route kept: {routes}"
+    );
+
+    // Back to the engine's names: the alias keeps the first engine name.
+    let back = netns::name_links(
+        rig.target(),
+        vec![want(a.index, &a.name, ""), want(b.index, &b.name, "")],
+    )
+    .await
+    .expect("back");
+    let a2 = back.iter().find(|l| l.index == a.index).unwrap();
+    assert_eq!(a2.name, a.name);
+    assert_eq!(netns::engine_name(a2), Some(a.name.as_str()));
+}
+
+#[tokio::test]
+async fn a_name_held_by_a_link_not_renamed_by_us_is_refused_and_nothing_moves() {
+    let rig = Rig::new();
+    let links = netns::read_links(rig.target()).await.unwrap();
+    let a = links.iter().find(|l| l.name == rig.a).unwrap().clone();
+    let b = links.iter().find(|l| l.name != rig.a).unwrap().clone();
+    let e = netns::name_links(rig.target(), vec![want(a.index, &b.name, "")])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NetnsError::NameTaken { .. }), "{e}");
+    assert!(e.to_string().contains("not ours to move"), "{e}");
+    let now = netns::read_links(rig.target()).await.unwrap();
+    assert!(
+        now.iter().any(|l| l.name == a.name && l.alias.is_none()),
+        "{now:?}"
+    );
+    // A name that is no interface name is refused before anything is touched.
+    let e = netns::name_links(rig.target(), vec![want(a.index, "no/slash", "")])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NetnsError::BadName(_)), "{e}");
+    // An index that is not there.
+    let e = netns::name_links(rig.target(), vec![want(u32::MAX, "x0", "")])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NetnsError::NoLink { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn delete_link_removes_it_and_a_second_delete_is_success() {
+    let rig = Rig::new();
+    let links = netns::read_links(rig.target()).await.unwrap();
+    let a = links.iter().find(|l| l.name == rig.a).unwrap().clone();
+    let after = netns::delete_link(rig.target(), a.index)
+        .await
+        .expect("delete");
+    // A veth goes with its peer: nothing is left but loopback.
+    assert!(after.iter().all(|l| l.index != a.index), "{after:?}");
+    assert!(rig.ns.ip(&format!("link show {}", rig.a)).is_err());
+    netns::delete_link(rig.target(), a.index)
+        .await
+        .expect("already gone is success");
+}

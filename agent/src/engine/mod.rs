@@ -71,6 +71,9 @@ pub struct NetworkInfo {
 /// One attachment of a container to a network.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The engine's id of this attachment (a reconnect is a new one); empty when the
+    /// engine did not say.
+    pub endpoint_id: String,
     pub network_id: String,
     pub network_name: String,
     pub ipv4: Option<Ipv4Addr>,
@@ -173,6 +176,9 @@ pub struct CallCounts {
     pub container_changes: u64,
     pub mac_checks: u64,
     pub mac_sets: u64,
+    /// Link renames and deletions inside containers (docs/NAMES.md).
+    #[serde(default)]
+    pub renames: u64,
 }
 
 impl CallCounts {
@@ -184,6 +190,7 @@ impl CallCounts {
             + self.disconnect
             + self.container_changes
             + self.mac_sets
+            + self.renames
     }
 
     /// `self - earlier`, field by field.
@@ -199,6 +206,7 @@ impl CallCounts {
                 .saturating_sub(earlier.container_changes),
             mac_checks: self.mac_checks.saturating_sub(earlier.mac_checks),
             mac_sets: self.mac_sets.saturating_sub(earlier.mac_sets),
+            renames: self.renames.saturating_sub(earlier.renames),
         }
     }
 }

@@ -107,4 +107,16 @@ pub trait Engine: Send + Sync {
     fn pull_image<'a>(&'a self, image: &'a str) -> EngineFuture<'a, ()>;
     /// Whether `image` exists locally.
     fn image_exists<'a>(&'a self, image: &'a str) -> EngineFuture<'a, bool>;
+
+    /// Names links (by ifindex) inside `pid`'s namespace in one pass, keeping each
+    /// renamed link's engine name in its alias (`netns::name_links`); the links after.
+    fn name_inside(
+        &self,
+        pid: u32,
+        wants: Vec<crate::netns::NameWant>,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;
+
+    /// Deletes a link (by ifindex) inside `pid`'s namespace; the links after.
+    fn delete_inside(&self, pid: u32, index: u32)
+    -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;
 }

@@ -15,6 +15,7 @@
 //! dedicated thread that is never returned to a pool: a thread left in a container's
 //! namespace would poison whatever ran on it next.
 
+mod names;
 mod rtnl;
 
 use std::fmt;
@@ -27,6 +28,9 @@ use ipc::MacAddr;
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
+pub use names::{
+    ALIAS_PREFIX, NameWant, TEMP_PREFIX, delete_link, endpoint_of, engine_name, name_links,
+};
 use rtnl::Rtnl;
 
 /// A network namespace to work in.
@@ -88,6 +92,10 @@ pub struct NsLink {
     pub ipv4: Vec<Ipv4Addr>,
     /// Administratively up (IFF_UP).
     pub up: bool,
+    /// The link's alias (IFLA_IFALIAS); the agent keeps there the name the engine gave
+    /// a link it renamed (see `names.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +121,13 @@ pub enum NetnsError {
         "rename {name} to {to} in {ns}: the link is up and this kernel (before 6.2) refuses; set it down first"
     )]
     RenameUp { ns: Netns, name: String, to: String },
+    #[error("cannot name {link} {to:?} in {ns}: {holder} holds that name and is not ours to move")]
+    NameTaken {
+        ns: Netns,
+        link: String,
+        to: String,
+        holder: String,
+    },
     #[error("invalid interface name {0:?}: 1 to 15 bytes, no '/', ':' or whitespace")]
     BadName(String),
     #[error("namespace worker thread for {ns}: {reason}")]

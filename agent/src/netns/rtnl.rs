@@ -1,7 +1,8 @@
 //! A small synchronous rtnetlink client for the namespace of the calling thread: dump
-//! links and IPv4 addresses, set a link's MAC, name and up/down state (RTM_SETLINK,
-//! as netavark's `netlink_route.rs` does). The socket belongs to the namespace the
-//! thread is in when it is opened, so open it only on a thread that entered the target.
+//! links and IPv4 addresses, set a link's MAC, name, alias and up/down state
+//! (RTM_SETLINK, as netavark's `netlink_route.rs` does), delete a link. The socket
+//! belongs to the namespace the thread is in when it is opened, so open it only on a
+//! thread that entered the target.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -138,6 +139,21 @@ impl Rtnl {
         })
     }
 
+    /// Sets the link's alias (IFLA_IFALIAS, free text kept by the kernel on the link).
+    pub(super) fn set_alias(&mut self, index: u32, alias: &str) -> io::Result<()> {
+        self.set_link(index, |m| {
+            m.attributes.push(LinkAttribute::IfAlias(alias.to_string()))
+        })
+    }
+
+    /// Deletes the link (RTM_DELLINK).
+    pub(super) fn delete(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
+            .map(drop)
+    }
+
     pub(super) fn set_up(&mut self, index: u32, up: bool) -> io::Result<()> {
         self.set_link(index, |m| {
             m.header.change_mask = LinkFlags::Up;
@@ -160,11 +176,13 @@ fn link_of(l: LinkMessage) -> Dumped {
         mac: None,
         ipv4: Vec::new(),
         up: l.header.flags.contains(LinkFlags::Up),
+        alias: None,
     };
     for a in l.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::Address(b) => link.mac = MacAddr::from_slice(&b),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a),
             _ => {}
         }
     }

@@ -66,6 +66,7 @@ pub(super) fn container_info(c: ContainerInspectResponse) -> ContainerInfo {
         .unwrap_or_default()
         .into_iter()
         .map(|(name, e)| Endpoint {
+            endpoint_id: e.endpoint_id.unwrap_or_default(),
             network_id: e.network_id.unwrap_or_default(),
             network_name: name,
             // A stopped container has no address yet; the requested static one stands in.

@@ -38,6 +38,7 @@ struct Counters {
     container_changes: AtomicU64,
     mac_checks: AtomicU64,
     mac_sets: AtomicU64,
+    renames: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -168,6 +169,10 @@ impl Docker {
         bump(&self.inner.counters.mac_sets);
     }
 
+    pub(crate) fn count_rename(&self) {
+        bump(&self.inner.counters.renames);
+    }
+
     /// Cumulative calls made through this handle (and its clones).
     pub fn counts(&self) -> CallCounts {
         let c = &self.inner.counters;
@@ -181,6 +186,7 @@ impl Docker {
             container_changes: g(&c.container_changes),
             mac_checks: g(&c.mac_checks),
             mac_sets: g(&c.mac_sets),
+            renames: g(&c.renames),
         }
     }
 

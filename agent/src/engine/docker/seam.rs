@@ -120,4 +120,21 @@ impl Engine for Docker {
     fn image_exists<'a>(&'a self, image: &'a str) -> EngineFuture<'a, bool> {
         Docker::image_exists(self, image).boxed()
     }
+
+    fn name_inside(
+        &self,
+        pid: u32,
+        wants: Vec<crate::netns::NameWant>,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        self.count_rename();
+        netns::name_links(Netns::Pid(pid), wants).boxed()
+    }
+    fn delete_inside(
+        &self,
+        pid: u32,
+        index: u32,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        self.count_rename();
+        netns::delete_link(Netns::Pid(pid), index).boxed()
+    }
 }

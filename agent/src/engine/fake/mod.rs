@@ -39,6 +39,8 @@ pub enum Call {
     Details,
     Stats,
     Image,
+    /// `name_inside` or `delete_inside`.
+    Rename,
 }
 
 /// One recorded call: what, and on what (`"c1 net1"` for a connect: container then

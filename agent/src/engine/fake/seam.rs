@@ -268,10 +268,78 @@ impl Engine for FakeEngine {
     fn image_exists<'a>(&'a self, image: &'a str) -> EngineFuture<'a, bool> {
         self.call(Call::Image, image, |_| Ok(true))
     }
+
+    fn name_inside(
+        &self,
+        pid: u32,
+        wants: Vec<crate::netns::NameWant>,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        let r = self.links_in(pid, |links| {
+            for w in wants {
+                if let Some(l) = links.iter_mut().find(|l| l.index == w.index)
+                    && l.name != w.name
+                {
+                    if crate::netns::engine_name(l).is_none() {
+                        let prefix = crate::netns::ALIAS_PREFIX;
+                        l.alias = Some(format!("{prefix}{}:{}", l.name, w.endpoint));
+                    }
+                    l.name = w.name;
+                }
+            }
+        });
+        futures::future::ready(r).boxed()
+    }
+
+    fn delete_inside(
+        &self,
+        pid: u32,
+        index: u32,
+    ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        let r = self.links_in(pid, |links| links.retain(|l| l.index != index));
+        futures::future::ready(r).boxed()
+    }
 }
 
 impl FakeEngine {
+    /// A rename or deletion inside the container running as `pid`.
+    fn links_in(
+        &self,
+        pid: u32,
+        f: impl FnOnce(&mut Vec<NsLink>),
+    ) -> Result<Vec<NsLink>, NetnsError> {
+        self.inside(pid, Call::Rename, "", |counts, links| {
+            counts.renames += 1;
+            f(links);
+            Ok(())
+        })
+    }
+
     fn set_mac_in(&self, pid: u32, ifname: &str, mac: MacAddr) -> Result<Vec<NsLink>, NetnsError> {
+        let ns = Netns::Pid(pid);
+        self.inside(pid, Call::SetMac, &format!(" {ifname}"), |counts, links| {
+            counts.mac_sets += 1;
+            let link =
+                links
+                    .iter_mut()
+                    .find(|l| l.name == ifname)
+                    .ok_or_else(|| NetnsError::NoLink {
+                        ns,
+                        name: ifname.to_string(),
+                    })?;
+            link.mac = Some(mac);
+            Ok(())
+        })
+    }
+
+    /// Records `call` on "<owner of pid><suffix>" and runs `f` on that container's
+    /// links; the links after.
+    fn inside(
+        &self,
+        pid: u32,
+        call: Call,
+        suffix: &str,
+        f: impl FnOnce(&mut CallCounts, &mut Vec<NsLink>) -> Result<(), NetnsError>,
+    ) -> Result<Vec<NsLink>, NetnsError> {
         let ns = Netns::Pid(pid);
         // A failure the test asked for (or the fake being down) comes back as the
         // namespace worker failing: the caller sees a `NetnsError`, as from the kernel.
@@ -287,9 +355,9 @@ impl FakeEngine {
             .map(|c| c.name.clone())
             .unwrap_or_default();
         let mut s = self
-            .enter(Call::SetMac, &format!("{owner} {ifname}"))
+            .enter(call, &format!("{owner}{suffix}"))
             .map_err(told)?;
-        s.counts.mac_sets += 1;
+        let s = &mut *s;
         let c = s
             .containers
             .values_mut()
@@ -298,15 +366,7 @@ impl FakeEngine {
                 ns,
                 source: std::io::ErrorKind::NotFound.into(),
             })?;
-        let link = c
-            .ns_links
-            .iter_mut()
-            .find(|l| l.name == ifname)
-            .ok_or_else(|| NetnsError::NoLink {
-                ns,
-                name: ifname.to_string(),
-            })?;
-        link.mac = Some(mac);
+        f(&mut s.counts, &mut c.ns_links)?;
         Ok(c.ns_links.clone())
     }
 }

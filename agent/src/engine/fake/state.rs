@@ -104,6 +104,7 @@ impl State {
             .network_named(network)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("network {network}")))?;
+        let endpoint_id = self.new_id("ep");
         let c = self.container(container)?;
         if let Some(ep) = c.endpoints.iter().find(|e| e.network_id == net.id) {
             return match ipv4.is_none() || ep.ipv4 == ipv4 {
@@ -120,6 +121,7 @@ impl State {
                 .and_then(|p| p.subnet.nth(100 + c.endpoints.len() as u32))
         });
         let ep = Endpoint {
+            endpoint_id,
             network_id: net.id.clone(),
             network_name: net.name.clone(),
             ipv4: ip,
@@ -144,8 +146,12 @@ impl State {
         let c = self.container(container)?;
         if let Some(i) = c.endpoints.iter().position(|e| e.network_id == net.id) {
             let ep = c.endpoints.remove(i);
+            // As 20.10 does: the engine finds the link by the name it gave it, so a
+            // link renamed inside stays (docs/NAMES.md).
+            let engine_named =
+                |l: &NsLink| crate::netns::engine_name(l).is_none_or(|e| e == l.name);
             c.ns_links
-                .retain(|l| ep.ipv4.is_none_or(|ip| !l.ipv4.contains(&ip)));
+                .retain(|l| ep.ipv4.is_none_or(|ip| !l.ipv4.contains(&ip)) || !engine_named(l));
         }
         if let Some(n) = self.networks.get_mut(&net.name) {
             n.containers.retain(|x| x != container);
@@ -245,5 +251,6 @@ fn link_for(i: usize, ep: &Endpoint) -> NsLink {
         mac: ep.mac,
         ipv4: ep.ipv4.into_iter().collect(),
         up: true,
+        alias: None,
     }
 }

@@ -1,0 +1,148 @@
+//! Naming links inside a namespace in one pass (docs/NAMES.md): every link asked for
+//! gets its name even when the names are swapped among them (`eth1` -> `eth0` while
+//! `eth0` -> `int0`), because each goes through a temporary name first. The first time
+//! a link is renamed, the name it had (the engine's) is kept in its alias
+//! (IFLA_IFALIAS), on the link itself, so it survives an agent restart and the link
+//! can be given back that name before the engine looks it up again.
+
+use std::collections::BTreeSet;
+
+use super::rtnl::Rtnl;
+use super::{Netns, NetnsError, NsLink, check_name, run};
+
+/// What the alias of a link the agent renamed starts with:
+/// `edgenet:<engine name>:<endpoint id>`.
+pub const ALIAS_PREFIX: &str = "edgenet:";
+
+/// Links between two names carry `edn<ifindex>`: not a name the engine (`eth<N>`) or a
+/// vNIC (refused at validation) uses.
+pub const TEMP_PREFIX: &str = "edn";
+
+fn alias_parts(link: &NsLink) -> Option<(&str, &str)> {
+    let rest = link.alias.as_deref()?.strip_prefix(ALIAS_PREFIX)?;
+    Some(rest.split_once(':').unwrap_or((rest, "")))
+}
+
+/// The name the engine gave a link the agent renamed (from its alias); `None` for a
+/// link the agent never renamed.
+pub fn engine_name(link: &NsLink) -> Option<&str> {
+    alias_parts(link).map(|(name, _)| name)
+}
+
+/// The engine's endpoint a renamed link was made for (from its alias; may be empty).
+pub fn endpoint_of(link: &NsLink) -> Option<&str> {
+    alias_parts(link).map(|(_, ep)| ep)
+}
+
+/// One link to name: by ifindex, its new name, and the endpoint it is the link of
+/// (kept in the alias with the engine's name the first time the link is renamed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameWant {
+    pub index: u32,
+    pub name: String,
+    pub endpoint: String,
+}
+
+fn temp_name(index: u32) -> String {
+    format!("{TEMP_PREFIX}{index}")
+}
+
+/// Gives each link (by index) its wanted name inside `ns`, recording the engine's name
+/// and the endpoint in the alias of any link renamed for the first time. A link of ours
+/// (its alias names its engine name) that holds a wanted name is moved aside to its
+/// temporary name (a later pass names it); any other holder is an error, and nothing
+/// is renamed. Returns the links as they read afterwards. Live renames need Linux 6.2
+/// or later ([`NetnsError::RenameUp`] before).
+pub async fn name_links(ns: Netns, wants: Vec<NameWant>) -> Result<Vec<NsLink>, NetnsError> {
+    for w in &wants {
+        check_name(&w.name)?;
+    }
+    run(ns, move || {
+        let mut rtnl = Rtnl::open().map_err(|e| nl(ns, "list links", e))?;
+        let links = rtnl.links().map_err(|e| nl(ns, "list links", e))?;
+        let mut changing: Vec<(&NsLink, &NameWant)> = Vec::new();
+        for w in &wants {
+            let link = links.iter().find(|l| l.index == w.index);
+            let link = link.ok_or_else(|| NetnsError::NoLink {
+                ns,
+                name: format!("ifindex {}", w.index),
+            })?;
+            if link.name != w.name {
+                changing.push((link, w));
+            }
+        }
+        if changing.is_empty() {
+            return Ok(links);
+        }
+        let moving: BTreeSet<u32> = changing.iter().map(|(l, _)| l.index).collect();
+        let mut aside = Vec::new();
+        for (link, w) in &changing {
+            let holder = links
+                .iter()
+                .find(|h| h.name == w.name && !moving.contains(&h.index));
+            let Some(holder) = holder else { continue };
+            if engine_name(holder).is_none() {
+                return Err(NetnsError::NameTaken {
+                    ns,
+                    link: link.name.clone(),
+                    to: w.name.clone(),
+                    holder: holder.name.clone(),
+                });
+            }
+            aside.push(holder);
+        }
+        for (link, w) in &changing {
+            if engine_name(link).is_none() && !link.name.starts_with(TEMP_PREFIX) {
+                let alias = format!("{ALIAS_PREFIX}{}:{}", link.name, w.endpoint);
+                rtnl.set_alias(link.index, &alias)
+                    .map_err(|e| nl(ns, &format!("set the alias of {}", link.name), e))?;
+            }
+        }
+        for link in changing.iter().map(|(l, _)| *l).chain(aside) {
+            rename(&mut rtnl, ns, link, &temp_name(link.index))?;
+        }
+        for (link, w) in &changing {
+            rename(&mut rtnl, ns, link, &w.name)?;
+        }
+        rtnl.links().map_err(|e| nl(ns, "list links", e))
+    })
+    .await
+}
+
+fn rename(rtnl: &mut Rtnl, ns: Netns, link: &NsLink, to: &str) -> Result<(), NetnsError> {
+    if link.name == to {
+        return Ok(());
+    }
+    match rtnl.rename(link.index, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(NetnsError::RenameUp {
+            ns,
+            name: link.name.clone(),
+            to: to.to_string(),
+        }),
+        Err(e) => Err(nl(ns, &format!("rename {} to {to}", link.name), e)),
+    }
+}
+
+/// Deletes the link `index` inside `ns` (a link the engine forgot, see docs/NAMES.md);
+/// already gone is success. Returns the links as they read afterwards.
+pub async fn delete_link(ns: Netns, index: u32) -> Result<Vec<NsLink>, NetnsError> {
+    run(ns, move || {
+        let what = format!("delete link {index}");
+        let mut rtnl = Rtnl::open().map_err(|e| nl(ns, &what, e))?;
+        match rtnl.delete(index) {
+            Err(e) if e.raw_os_error() != Some(libc::ENODEV) => return Err(nl(ns, &what, e)),
+            _ => {}
+        }
+        rtnl.links().map_err(|e| nl(ns, "list links", e))
+    })
+    .await
+}
+
+fn nl(ns: Netns, what: &str, source: std::io::Error) -> NetnsError {
+    NetnsError::Netlink {
+        ns,
+        what: what.to_string(),
+        source,
+    }
+}
