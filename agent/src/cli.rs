@@ -1,5 +1,8 @@
 //! The command line: `agent run` (the daemon) and the commands that talk to a
 //! running agent over its control socket.
+//!
+//! Over 400 lines: the clap definitions of every command with their help, and one
+//! short printer per reply.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,11 +65,13 @@ pub enum Command {
         /// Plan only; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the typed report as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Links, interfaces, runtimes and their vNICs, store faults, last reconcile.
     Status {
+        /// Print the status as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -79,8 +84,10 @@ pub enum Command {
     /// Make a key and a CSR (CN = ID), post it to URL/orchestrators/enroll and store
     /// the certificate (~/.mtls/client.crt, client.key 0600).
     Enroll {
+        /// The cloud's enrolment service: the CSR is posted to URL/orchestrators/enroll.
         #[arg(long, env = "AGENT_ENROLL_URL")]
         url: String,
+        /// This host's id in the cloud: the certificate's CN.
         #[arg(long, env = "AGENT_ID")]
         id: String,
         /// An ECDSA P-256 key instead of RSA 2048.
@@ -183,24 +190,34 @@ pub enum RuntimeCommand {
         /// The container's command (everything after --cmd).
         #[arg(long, num_args = 1.., allow_hyphen_values = true)]
         cmd: Option<Vec<String>>,
+        /// Print the reply as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Remove the container, its internal network and its vNIC records.
     Delete {
+        /// The runtime's name.
         name: String,
     },
+    /// The runtimes, each vNIC with its state, MAC, network and address.
     List {
+        /// Print the list as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
+    /// Start the runtime's container; answers once its vNICs are verified.
     Start {
+        /// The runtime's name.
         name: String,
     },
+    /// Stop the runtime's container (its vNIC records and leases stay).
     Stop {
+        /// The runtime's name.
         name: String,
     },
+    /// Restart the runtime's container; answers once its vNICs are verified.
     Restart {
+        /// The runtime's name.
         name: String,
     },
 }
@@ -576,6 +593,28 @@ async fn enroll(
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if !matches!(id, "help" | "version") && a.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "agent", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 
     #[test]
     fn every_run_option_also_comes_from_the_environment() {

@@ -1,6 +1,9 @@
 //! One reconcile run: observe, plan, apply, verify. The run borrows the desired
 //! state and returns its report plus the records to merge ([`Record`]); the task that
 //! owns the vNIC store merges them (netavark's `setup()` returning a `StatusBlock`).
+//!
+//! Over 400 lines: the run, its report's rendering, the records and their merge, and the
+//! choice of which containers to look inside.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -3,6 +3,9 @@
 //!
 //! Validation is pure (store in, vNIC records or an error out) so the daemon can do it
 //! while owning the store; the engine work runs in a task of its own afterwards.
+//!
+//! Over 400 lines: validation, the engine work of create/delete and their tests (a
+//! third of the file) belong together.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -10,7 +13,6 @@ use std::net::Ipv4Addr;
 use ipc::MacAddr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
-use serde_json::Map;
 use tracing::{debug, info, warn};
 
 use crate::engine::{ContainerSpec, Engine, EngineError, is_managed, managed_labels};
@@ -222,23 +224,7 @@ pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, R
             vnic: r.name.clone(),
             reason,
         };
-        if !valid_ifname(&r.name) {
-            return Err(bad(
-                "name must be an interface name of 1 to 15 characters".into()
-            ));
-        }
-        if let Some(why) = reserved_name(&r.name) {
-            return Err(bad(why));
-        }
-        if !names.insert(r.name.as_str()) {
-            return Err(bad("the name is used twice".into()));
-        }
-        if !valid_ifname(&r.parent_interface) {
-            return Err(bad(format!(
-                "parent {:?} is not an interface name",
-                r.parent_interface
-            )));
-        }
+        check_names(r, &mut names).map_err(bad)?;
         if let Some(other) = req.vnics[..i]
             .iter()
             .find(|o| o.parent_interface == r.parent_interface)
@@ -249,41 +235,7 @@ pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, R
                 parent: r.parent_interface.clone(),
             });
         }
-        let mode = match r.network_mode.as_str() {
-            "dhcp" => NetworkMode::Dhcp,
-            "static" => NetworkMode::Static,
-            other => return Err(bad(format!("mode {other:?}: use dhcp or static"))),
-        };
-        if matches!(mode, NetworkMode::Static) {
-            let (Some(ip), Some(subnet)) = (r.ip, r.subnet) else {
-                return Err(bad("mode static needs ip and subnet".into()));
-            };
-            if subnet.ip() != subnet.network() {
-                return Err(bad(format!(
-                    "subnet {subnet}: write the network address ({}/{})",
-                    subnet.network(),
-                    subnet.prefix()
-                )));
-            }
-            if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() {
-                return Err(bad(format!(
-                    "ip {ip} is not a host address of subnet {subnet}"
-                )));
-            }
-            if let Some(gw) = r.gateway {
-                if !subnet.contains(gw) {
-                    return Err(bad(format!("gateway {gw} is not in subnet {subnet}")));
-                }
-                if gw == ip {
-                    return Err(bad(format!("ip {ip} is the gateway")));
-                }
-            }
-        } else if r.ip.is_some() || r.subnet.is_some() || r.gateway.is_some() {
-            return Err(bad(
-                "mode dhcp takes its address from the parent's LAN: drop ip, subnet and gateway"
-                    .into(),
-            ));
-        }
+        let mode = check_addressing(r).map_err(bad)?;
         let taken: Vec<(MacAddr, String)> = macs_on_parent(runtimes, &r.parent_interface)
             .into_iter()
             .chain(
@@ -293,56 +245,116 @@ pub fn validate(req: &CreateRequest, runtimes: &Runtimes) -> Result<Vec<Vnic>, R
                     .map(|(m, _, o)| (*m, o.clone())),
             )
             .collect();
-        let mac = match &r.mac {
-            Some(m) => {
-                let mac: MacAddr = m
-                    .parse()
-                    .map_err(|_| bad(format!("mac {m:?} is not like 02:aa:bb:cc:dd:ee")))?;
-                if mac.octets() == [0; 6] {
-                    return Err(bad("mac 00:00:00:00:00:00 is not usable".into()));
-                }
-                if !mac.is_unicast() {
-                    return Err(bad(format!("mac {mac} is multicast; use a unicast MAC")));
-                }
-                if let Some((_, owner)) = taken.iter().find(|(t, _)| *t == mac) {
-                    return Err(RuntimeError::MacInUse {
-                        vnic: r.name.clone(),
-                        mac: mac.to_string(),
-                        parent: r.parent_interface.clone(),
-                        owner: owner.clone(),
-                    });
-                }
-                mac
-            }
-            None => loop {
-                let m = MacAddr::random_local();
-                if !taken.iter().any(|(t, _)| *t == m) {
-                    break m;
-                }
-            },
-        };
+        let mac = choose_mac(r, &taken)?;
         new_macs.push((
             mac,
             r.parent_interface.clone(),
             format!("{}/{}", req.name, r.name),
         ));
         out.push(Vnic {
-            name: r.name.clone(),
-            parent_interface: r.parent_interface.clone(),
             network_mode: mode,
             ip: r.ip,
             subnet: r.subnet,
             gateway: r.gateway,
-            dns: None,
-            mac: Some(mac.to_string()),
-            mac_address: None,
-            docker_network_name: None,
-            mac_applied: None,
-            extra: Map::new(),
-            raw: Map::new(),
+            ..Vnic::dhcp(&r.name, &r.parent_interface, Some(mac))
         });
     }
     Ok(out)
+}
+
+/// The vNIC's and its parent's names.
+fn check_names<'a>(r: &'a VnicRequest, seen: &mut BTreeSet<&'a str>) -> Result<(), String> {
+    if !valid_ifname(&r.name) {
+        return Err("name must be an interface name of 1 to 15 characters".into());
+    }
+    if let Some(why) = reserved_name(&r.name) {
+        return Err(why);
+    }
+    if !seen.insert(r.name.as_str()) {
+        return Err("the name is used twice".into());
+    }
+    if !valid_ifname(&r.parent_interface) {
+        return Err(format!(
+            "parent {:?} is not an interface name",
+            r.parent_interface
+        ));
+    }
+    Ok(())
+}
+
+/// The mode, and a static vNIC's address, subnet and gateway.
+fn check_addressing(r: &VnicRequest) -> Result<NetworkMode, String> {
+    let mode = match r.network_mode.as_str() {
+        "dhcp" => NetworkMode::Dhcp,
+        "static" => NetworkMode::Static,
+        other => return Err(format!("mode {other:?}: use dhcp or static")),
+    };
+    if mode == NetworkMode::Dhcp {
+        if r.ip.is_some() || r.subnet.is_some() || r.gateway.is_some() {
+            return Err(
+                "mode dhcp takes its address from the parent's LAN: drop ip, subnet and gateway"
+                    .into(),
+            );
+        }
+        return Ok(mode);
+    }
+    let (Some(ip), Some(subnet)) = (r.ip, r.subnet) else {
+        return Err("mode static needs ip and subnet".into());
+    };
+    if subnet.ip() != subnet.network() {
+        return Err(format!(
+            "subnet {subnet}: write the network address ({}/{})",
+            subnet.network(),
+            subnet.prefix()
+        ));
+    }
+    if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() {
+        return Err(format!("ip {ip} is not a host address of subnet {subnet}"));
+    }
+    if let Some(gw) = r.gateway {
+        if !subnet.contains(gw) {
+            return Err(format!("gateway {gw} is not in subnet {subnet}"));
+        }
+        if gw == ip {
+            return Err(format!("ip {ip} is the gateway"));
+        }
+    }
+    Ok(mode)
+}
+
+/// The vNIC's MAC: the one asked for (unicast, not taken on its parent), else a
+/// random local one no other vNIC on that parent has.
+fn choose_mac(r: &VnicRequest, taken: &[(MacAddr, String)]) -> Result<MacAddr, RuntimeError> {
+    let bad = |reason: String| RuntimeError::BadVnic {
+        vnic: r.name.clone(),
+        reason,
+    };
+    let Some(m) = &r.mac else {
+        return Ok(loop {
+            let m = MacAddr::random_local();
+            if !taken.iter().any(|(t, _)| *t == m) {
+                break m;
+            }
+        });
+    };
+    let mac: MacAddr = m
+        .parse()
+        .map_err(|_| bad(format!("mac {m:?} is not like 02:aa:bb:cc:dd:ee")))?;
+    if mac.octets() == [0; 6] {
+        return Err(bad("mac 00:00:00:00:00:00 is not usable".into()));
+    }
+    if !mac.is_unicast() {
+        return Err(bad(format!("mac {mac} is multicast; use a unicast MAC")));
+    }
+    if let Some((_, owner)) = taken.iter().find(|(t, _)| *t == mac) {
+        return Err(RuntimeError::MacInUse {
+            vnic: r.name.clone(),
+            mac: mac.to_string(),
+            parent: r.parent_interface.clone(),
+            owner: owner.clone(),
+        });
+    }
+    Ok(mac)
 }
 
 /// The internal bridge network of a runtime.

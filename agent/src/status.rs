@@ -1,5 +1,8 @@
 //! What `agent status` and `agent health` show: a serialisable view built by the
 //! daemon from the state it owns, and its text rendering for terminals.
+//!
+//! Over 400 lines: the view types, health's judgement and the text rendering of each
+//! section, kept together so the text and `--json` cannot drift apart.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -5,6 +5,9 @@
 //! A reconcile run is a task of its own: it takes copies of the desired state and the
 //! cache, and sends back its report and the records to merge. The state task keeps the
 //! store the whole time, so every command is answered while a run works.
+//!
+//! Over 400 lines: the state task's loop and its run bookkeeping (start, end, merge,
+//! retry, states); commands and events are in their own files.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -200,24 +203,9 @@ pub async fn run_with(
     tokio::spawn(engine_watch(docker.clone(), tx.clone(), tasks.clone()));
 
     let mut cloud_status = spawn_cloud(&config, &docker, &tx, &tasks);
-    let mut state = State::new(config, docker, docker_host, store, tx.clone());
+    let mut state = State::new(config, docker, docker_host, store, tx);
     if state.config.dhcp.client {
-        let (dtx, mut drx) = mpsc::channel(256);
-        let c = &state.config;
-        state.dhcp = Some(dhcp::DhcpManager::new(
-            &c.state_dir,
-            c.dhcp.release_when_stopped,
-            c.dhcp.retry_max,
-            dtx,
-            tasks.clone(),
-        ));
-        tokio::spawn(async move {
-            while let Some(ev) = drx.recv().await {
-                if tx.send(Msg::Dhcp(ev)).await.is_err() {
-                    break;
-                }
-            }
-        });
+        state.start_dhcp(&tasks);
     }
     ipc::systemd::spawn_watchdog(tasks.clone());
     info!(
@@ -276,6 +264,27 @@ pub async fn run_with(
 }
 
 impl State {
+    /// The DHCP manager, its events forwarded to this task.
+    fn start_dhcp(&mut self, tasks: &CancellationToken) {
+        let (dtx, mut drx) = mpsc::channel(256);
+        let c = &self.config;
+        self.dhcp = Some(dhcp::DhcpManager::new(
+            &c.state_dir,
+            c.dhcp.release_when_stopped,
+            c.dhcp.retry_max,
+            dtx,
+            tasks.clone(),
+        ));
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = drx.recv().await {
+                if tx.send(Msg::Dhcp(ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     fn new(
         config: Config,
         docker: Arc<dyn Engine>,

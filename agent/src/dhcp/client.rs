@@ -1,6 +1,9 @@
 //! One vNIC's DHCP state machine (RFC 2131 4.4): INIT-REBOOT with a cached address,
 //! else DISCOVER/OFFER/REQUEST/ACK; then RENEW (unicast) at T1, REBIND (broadcast) at
 //! T2, back to INIT on NAK or expiry; RELEASE when asked.
+//!
+//! Over 400 lines: one state machine (INIT-REBOOT, SELECTING, BOUND, RENEWING,
+//! REBINDING) read best in one place.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
