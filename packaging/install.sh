@@ -240,8 +240,9 @@ record() {
 runtime_names() {
   local listed
   listed=$("$@" runtime list --json 2>/dev/null) || return 1
-  { grep -o '"[A-Za-z0-9][A-Za-z0-9_.-]*": *\[' <<<"$listed" || true; } \
-    | sed 's/^"\([^"]*\)".*/\1/' | tr '\n' ' '
+  # Pretty-printed: the runtimes are the keys indented by exactly two spaces.
+  { grep -o '^  "[A-Za-z0-9][A-Za-z0-9_.-]*": *\[' <<<"$listed" || true; } \
+    | sed 's/^  "\([^"]*\)".*/\1/' | tr '\n' ' '
 }
 
 # Before the agent stops: deletes its runtimes through it (their containers,

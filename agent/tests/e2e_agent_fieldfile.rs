@@ -41,9 +41,13 @@ fn the_fields_file_loads_attaches_and_keeps_its_shape() {
     let _lan_s = HostLan::new(&ps, &format!("{b}.2/24"), &format!("{b}.1/24"));
     let (plc1, plc2) = (unique("rt"), unique("rt"));
     let _cleanup = DockerCleanup::runtimes(&[&plc1, &plc2], &[&pe, &ps]);
-    // The older system made these containers; they carry no label of ours.
+    // The older system made these containers, each on its NAME_internal bridge; they
+    // carry no label of ours.
     for c in [&plc1, &plc2] {
-        must(&format!("docker run -d --name {c} {image}"));
+        must(&format!("docker network create --internal {c}_internal"));
+        must(&format!(
+            "docker run -d --name {c} --network {c}_internal {image}"
+        ));
     }
     let file = format!(
         r#"{{

@@ -598,6 +598,8 @@ impl Compose {
             ("EDGENET_AGENT_IMAGE", self.images.1.clone()),
             ("EDGENET_AGENT_CONTAINER", self.agent_container.clone()),
             ("EDGENET_VOLUME", self.volume.clone()),
+            // The test LANs have no DHCP server.
+            ("EDGENET_NO_DHCP_CLIENT", "true".to_string()),
         ]
     }
 
