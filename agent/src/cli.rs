@@ -309,6 +309,12 @@ async fn call<T: serde::de::DeserializeOwned>(
                 Err(e) if e.starts_with(BUSY_PREFIX) => (anyhow::anyhow!(e), deadline),
                 Err(e) => bail!(e),
             },
+            Err(Exchange::Connect(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                bail!(
+                    "permission denied on the agent's control socket {}: run as root or as a member of the agent's control group ({e})",
+                    socket.display()
+                )
+            }
             Err(Exchange::Connect(e)) => (
                 anyhow::anyhow!(
                     "cannot reach the agent at {}: is `agent run` running? ({e})",

@@ -272,16 +272,18 @@ async fn serve(
 /// retry loop cannot spin.
 pub async fn wait_for_file(path: &Path, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut watching: Option<(PathBuf, DirWatch)> = None;
-    while !path.exists() {
+    // The directory watched (or that could not be watched: then polled).
+    let mut watching: Option<(PathBuf, Option<DirWatch>)> = None;
+    while !path.exists() && tokio::time::Instant::now() < deadline {
         let dir = nearest_existing_dir(path);
         if watching.as_ref().map(|(d, _)| d) != Some(&dir) {
-            watching = DirWatch::new(&dir).map(|w| (dir, w));
+            let w = DirWatch::new(&dir);
+            watching = Some((dir, w));
             // The file may have appeared between the check and the watch.
             continue;
         }
-        let woke = match watching.as_mut() {
-            Some((_, w)) => tokio::time::timeout_at(deadline, w.rx.recv()).await,
+        let woke = match watching.as_mut().and_then(|(_, w)| w.as_mut()) {
+            Some(w) => tokio::time::timeout_at(deadline, w.rx.recv()).await,
             None => {
                 let nap = tokio::time::Instant::now() + Duration::from_millis(500);
                 tokio::time::sleep_until(nap.min(deadline)).await;
@@ -291,11 +293,12 @@ pub async fn wait_for_file(path: &Path, limit: Duration) {
         match woke {
             Err(_) => return,
             // The watcher died: poll from now on.
-            Ok(None) => watching = None,
+            Ok(None) => {
+                if let Some((_, w)) = watching.as_mut() {
+                    *w = None;
+                }
+            }
             Ok(Some(())) => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return;
         }
     }
 }
