@@ -2,6 +2,7 @@
 //! containers onto the right MACVLAN networks of a Docker engine.
 
 pub mod apply;
+pub mod atomic_file;
 pub mod cache;
 pub mod cli;
 pub mod cloud;

@@ -6,8 +6,7 @@
 //! while the unreadable copy stays for the operator.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -107,34 +106,10 @@ impl LeaseStore {
     }
 
     fn write(&self, leases: &BTreeMap<String, LeaseRecord>) -> Result<(), LeaseStoreError> {
-        let io = |what: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| LeaseStoreError::Io { what, path, source }
-        };
         let mut bytes = serde_json::to_vec_pretty(leases)?;
         bytes.push(b'\n');
-        fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
-        let tmp = self
-            .dir
-            .join(format!(".{LEASE_FILE}.tmp-{}", std::process::id()));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io("create", &tmp))?;
-            f.write_all(&bytes).map_err(io("write", &tmp))?;
-            f.sync_all().map_err(io("fsync", &tmp))?;
-            fs::rename(&tmp, self.path()).map_err(io("rename into place", &self.path()))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("fsync directory", &self.dir))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        crate::atomic_file::write(&self.dir, LEASE_FILE, &bytes)
+            .map_err(|(what, path, source)| LeaseStoreError::Io { what, path, source })
     }
 
     /// Links the file to a fresh `.corrupt-<secs>[.n]` name (a link never replaces),

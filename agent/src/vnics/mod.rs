@@ -10,8 +10,7 @@
 
 mod format;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -474,34 +473,10 @@ impl VnicStore {
     }
 
     fn write(&self, value: &serde_json::Value) -> Result<(), StoreError> {
-        let io = |what: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { what, path, source }
-        };
         let mut bytes = serde_json::to_vec_pretty(value)?;
         bytes.push(b'\n');
-        fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
-        let tmp = self
-            .dir
-            .join(format!(".{STORE_FILE}.tmp-{}", std::process::id()));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io("create", &tmp))?;
-            f.write_all(&bytes).map_err(io("write", &tmp))?;
-            f.sync_all().map_err(io("fsync", &tmp))?;
-            fs::rename(&tmp, self.path()).map_err(io("rename into place", &self.path()))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("fsync directory", &self.dir))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        crate::atomic_file::write(&self.dir, STORE_FILE, &bytes)
+            .map_err(|(what, path, source)| StoreError::Io { what, path, source })
     }
 }
 
