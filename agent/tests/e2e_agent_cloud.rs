@@ -206,7 +206,7 @@ fn runtimes_driven_from_the_cloud() {
     );
 
     // run_command: the runtime's HTTP server on its internal address, a silent
-    // listener (timeout), and https on 8443 where nothing listens.
+    // listener (timeout), and its HTTPS API on 8443.
     let a = wait_for(Duration::from_secs(20), "the runtime's HTTP server", || {
         let a = r.ack(
             "run_command",
@@ -226,12 +226,38 @@ fn runtimes_driven_from_the_cloud() {
         a["error"].as_str().unwrap().contains("no reply within 3s"),
         "{a}"
     );
+    // 8443: https with the runtime's self-signed certificate, not verified.
     let a = r.ack(
         "run_command",
-        json!({"device_id": rt, "method": "GET", "api": "/", "port": 8443}),
+        json!({"device_id": rt, "method": "GET", "api": "/x.json", "port": 8443}),
+    );
+    assert_eq!(a["status"], "success", "{a}");
+    assert_eq!(a["http_response"]["status_code"], 200, "{a}");
+    assert_eq!(a["http_response"]["body"], json!({"ok": true}), "{a}");
+    let a = r.ack(
+        "run_command",
+        json!({"device_id": rt, "method": "POST", "api": "/cgi-bin/echo", "port": 8443,
+               "data": {"setpoint": 42, "unit": "bar"}}),
+    );
+    assert_eq!(a["status"], "success", "{a}");
+    assert_eq!(
+        a["http_response"]["body"],
+        json!({"setpoint": 42, "unit": "bar"}),
+        "the body that reached the runtime over TLS: {a}"
+    );
+    let a = r.ack(
+        "run_command",
+        json!({"device_id": rt, "method": "GET", "api": "/nosuch", "port": 8443}),
     );
     assert_eq!(a["status"], "error", "{a}");
-    assert!(a["error"].as_str().unwrap().contains(":8443"), "{a}");
+    assert_eq!(
+        (
+            a["http_response"]["status_code"].clone(),
+            a["http_response"]["ok"].clone()
+        ),
+        (json!(404), json!(false)),
+        "{a}"
+    );
     let big = "a".repeat(600 * 1024);
     let a = r.ack(
         "run_command",

@@ -16,6 +16,8 @@ use serde_json::Value;
 
 use crate::sh;
 
+pub use crate::runtime_image::RuntimeImage;
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -388,47 +390,5 @@ impl Drop for CloudServer {
     fn drop(&mut self) {
         self.pause(false);
         self.stop();
-    }
-}
-
-/// A local image standing in for the runtime image (`REPO:TAG`, a repository of the
-/// test's own), made from the test image with `docker commit` (no registry, no
-/// builder); its command serves `/www` over HTTP on 8080 and holds a silent listener on
-/// 8081 (accepts, never answers). Removed on drop.
-pub struct RuntimeImage {
-    pub repo: String,
-    pub tag: String,
-}
-
-impl RuntimeImage {
-    pub fn new(tag: &str) -> Result<RuntimeImage> {
-        let base = crate::docker::test_image();
-        let repo = format!("edgenet-test/{}", crate::unique("rtimg"));
-        let tmp = crate::unique("rtimgc");
-        let script = "busybox httpd -p 8080 -h /www && (busybox sleep 2147483647 | busybox nc -l -p 8081 >/dev/null &) ; exec busybox sleep 2147483647";
-        let www = std::env::temp_dir().join(crate::unique("www"));
-        std::fs::create_dir_all(&www)?;
-        std::fs::write(www.join("x.json"), "{\"ok\":true}\n")?;
-        crate::sh(&format!("docker create --name {tmp} {base} >/dev/null"))?;
-        let made = crate::sh(&format!(
-            "docker cp {w} {tmp}:/www && docker commit --change 'CMD [\"/bin/busybox\",\"sh\",\"-c\",\"{script}\"]' --change 'LABEL edgenet.test=1' {tmp} {repo}:{tag} >/dev/null",
-            w = www.display()
-        ));
-        let _ = crate::sh(&format!("docker rm -f {tmp} >/dev/null 2>&1"));
-        let _ = std::fs::remove_dir_all(&www);
-        made?;
-        Ok(RuntimeImage {
-            repo,
-            tag: tag.to_owned(),
-        })
-    }
-}
-
-impl Drop for RuntimeImage {
-    fn drop(&mut self) {
-        let _ = crate::sh(&format!(
-            "docker rmi -f {}:{} >/dev/null 2>&1",
-            self.repo, self.tag
-        ));
     }
 }
