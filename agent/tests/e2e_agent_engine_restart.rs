@@ -6,10 +6,11 @@
 //! and `status` says the engine is unreachable and the vNIC pending, `health` fails;
 //! the engine is started again and, with no other trigger, the agent starts the runtime
 //! the engine stopped and attaches it with the same name and MAC (`status` attached,
-//! `health` 0). A LAN move after the restart still removes the old link.
+//! `health` 0). A runtime stopped by hand well before stays stopped. A LAN move after
+//! the restart still removes the old link.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent::plan::INTERNAL_IFNAME;
 use e2e::agent::{AgentProc, HostLan, HostNetmon, links_inside, stored_mac, subnets, wait_inside};
@@ -63,6 +64,28 @@ fn wait_attached(agent: &AgentProc, rt: &str, what: &str) {
     assert!(found, "{what}: status never said attached as eth0: {last}");
 }
 
+/// While the engine is stopped: `status` says it is unreachable and the vNIC pending
+/// for it; `health` fails and says why.
+fn truth_while_down(agent: &AgentProc, rt: &str) {
+    wait_for(
+        Duration::from_secs(20),
+        "status: engine unreachable",
+        || (agent.status()["engine"]["reachable"] == false).then_some(()),
+    );
+    let st = state(agent, rt);
+    assert_eq!(st["state"], "pending", "{st}");
+    assert!(
+        st["waiting_for"].as_str().unwrap_or("").contains("engine"),
+        "{st}"
+    );
+    let h = agent.cli(&["health"]);
+    assert_eq!(h.status.code(), Some(1), "health while the engine is down");
+    let why = String::from_utf8_lossy(&h.stderr);
+    assert!(why.contains("engine is not reachable"), "{why}");
+    let text = agent.must(&["status"]);
+    assert!(text.contains("pending"), "{text}");
+}
+
 #[test]
 fn the_vnic_keeps_its_name_and_mac_across_an_engine_restart() {
     let mut engine = PrivateEngine::start();
@@ -93,27 +116,18 @@ fn the_vnic_keeps_its_name_and_mac_across_an_engine_restart() {
         "runtimes are created with restart policy no (the agent starts them itself): {policy}"
     );
     assert_eq!(agent.cli(&["health"]).status.code(), Some(0));
+    // Another runtime, stopped by hand well before the engine stops: it stays stopped.
+    let held = unique("rt");
+    agent.create_dhcp(&held, &image, "eth0", &p);
+    engine.must(&["stop", "-t", "1", &held]);
+    let stopped_by_hand = Instant::now();
 
     // The engine goes away: the truth while it is down.
+    let since_hand_stop = stopped_by_hand.elapsed();
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(since_hand_stop));
     let took = engine.stop();
     println!("engine stopped in {took:?}");
-    wait_for(
-        Duration::from_secs(20),
-        "status: engine unreachable",
-        || (agent.status()["engine"]["reachable"] == false).then_some(()),
-    );
-    let st = state(&agent, &rt);
-    assert_eq!(st["state"], "pending", "{st}");
-    assert!(
-        st["waiting_for"].as_str().unwrap_or("").contains("engine"),
-        "{st}"
-    );
-    let h = agent.cli(&["health"]);
-    assert_eq!(h.status.code(), Some(1), "health while the engine is down");
-    let why = String::from_utf8_lossy(&h.stderr);
-    assert!(why.contains("engine is not reachable"), "{why}");
-    let text = agent.must(&["status"]);
-    assert!(text.contains("pending"), "{text}");
+    truth_while_down(&agent, &rt);
 
     // Back, with the same arguments: nothing but the agent starts the runtime.
     engine.restart();
@@ -127,6 +141,12 @@ fn the_vnic_keeps_its_name_and_mac_across_an_engine_restart() {
         String::from_utf8_lossy(&h.stderr)
     );
     assert_eq!(stored_mac(&agent, &rt, &p), mac, "the stored MAC is kept");
+    let held_state = engine.must(&["inspect", "-f", "{{.State.Status}}", &held]);
+    assert_eq!(
+        held_state.trim(),
+        "exited",
+        "{held}, stopped by hand, stays stopped"
+    );
 
     // The engine works on the links of the new sandbox: a move removes the old one.
     lan.readdress(&format!("{s1}.2/24"), &format!("{s2}.2/24"));
