@@ -158,6 +158,8 @@ pub struct Outcome {
     /// of every network it removed: the engine's events for them are echoes, not a
     /// runtime knocked off its LAN.
     pub disconnected: Vec<(String, String)>,
+    /// The runtimes whose containers the run (a real one) found running at its end.
+    pub running: BTreeSet<String>,
 }
 
 /// observe -> plan -> apply -> verify. Nothing here writes the store.
@@ -197,6 +199,7 @@ pub async fn reconcile(
     };
     let mut records = Vec::new();
     let mut disconnected = Vec::new();
+    let mut running = BTreeSet::new();
     if opts.dry_run {
         report.steps = planned.steps.into_iter().map(StepResult::planned).collect();
     } else {
@@ -215,6 +218,12 @@ pub async fn reconcile(
             (again, macs)
         };
         records = record(desired, &final_observed, &macs);
+        running = final_observed
+            .containers
+            .iter()
+            .filter(|(_, c)| c.running)
+            .map(|(n, _)| n.clone())
+            .collect();
     }
     report.engine_calls = docker.counts().since(&before);
     report.duration_ms = t0.elapsed().as_millis() as u64;
@@ -230,6 +239,7 @@ pub async fn reconcile(
         report,
         records,
         disconnected,
+        running,
     })
 }
 

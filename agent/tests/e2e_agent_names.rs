@@ -8,55 +8,28 @@ use std::time::Duration;
 
 use agent::plan::{INTERNAL_IFNAME, network_name};
 use e2e::agent::{
-    AgentProc, DockerCleanup, HostLan, HostNetmon, container_links, container_networks, subnets,
+    AgentProc, DockerCleanup, HostLan, HostNetmon, container_networks, links_inside, subnets,
+    wait_inside,
 };
 use e2e::docker::{require_engine, test_image};
 use e2e::{TempDir, must, unique, wait_for};
-use serde_json::Value;
-
-/// The container's links but loopback, as (name, IPv4 addresses).
-fn links(container: &str) -> Vec<(String, Vec<String>)> {
-    container_links(container)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|l| {
-            let name = l.get("ifname")?.as_str()?.to_string();
-            let ips = l
-                .get("addr_info")?
-                .as_array()?
-                .iter()
-                .filter(|a| a.get("family").and_then(Value::as_str) == Some("inet"))
-                .filter_map(|a| a.get("local")?.as_str().map(str::to_string))
-                .collect();
-            (name != "lo").then_some((name, ips))
-        })
-        .collect()
-}
 
 /// Exactly two links inside: `eth0` on the LAN `prefix` and `int0` on the internal
-/// bridge; `None` (with what is there) otherwise.
+/// bridge; what is there otherwise.
 fn named_on(container: &str, prefix: &str) -> Result<(), String> {
-    let l = links(container);
-    let on_lan = |(n, ips): &(String, Vec<String>)| {
-        n == "eth0" && ips.iter().any(|ip| ip.starts_with(&format!("{prefix}.")))
-    };
-    let ok = l.len() == 2 && l.iter().any(on_lan) && l.iter().any(|(n, _)| n == INTERNAL_IFNAME);
+    let l = links_inside("", container);
+    let ok = l.len() == 2
+        && l.iter().any(|x| x.is("eth0", prefix))
+        && l.iter().any(|x| x.name == INTERNAL_IFNAME);
     if ok { Ok(()) } else { Err(format!("{l:?}")) }
 }
 
 fn wait_named(container: &str, prefix: &str, what: &str) {
-    let mut last = String::new();
-    let found = (0..150).any(|_| match named_on(container, prefix) {
-        Ok(()) => true,
-        Err(seen) => {
-            last = seen;
-            std::thread::sleep(Duration::from_millis(200));
-            false
-        }
-    });
-    assert!(
-        found,
-        "{what}: expected eth0 on {prefix}.0/24 and {INTERNAL_IFNAME}, nothing else; inside: {last}"
+    wait_inside(
+        &format!(
+            "{what}: expected eth0 on {prefix}.0/24 and {INTERNAL_IFNAME}, nothing else; inside"
+        ),
+        || named_on(container, prefix),
     );
 }
 

@@ -330,17 +330,31 @@ impl Drop for DockerCleanup {
 
 /// A container's interfaces as `ip -j addr` inside it sees them.
 pub fn container_links(container: &str) -> Result<Vec<Value>, String> {
-    let out = Command::new("docker")
+    container_links_on("", container)
+}
+
+/// `docker` against the engine at `docker_host` (`""`: the CLI's default engine).
+pub fn docker_on(docker_host: &str) -> Command {
+    let mut c = Command::new("docker");
+    if !docker_host.is_empty() {
+        c.args(["-H", docker_host]);
+    }
+    c
+}
+
+/// [`container_links`] of a container of the engine at `docker_host`.
+pub fn container_links_on(docker_host: &str, container: &str) -> Result<Vec<Value>, String> {
+    let out = docker_on(docker_host)
         .args(["exec", container, "ip", "-j", "addr"])
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
         // busybox `ip` has no -j: fall back to parsing the text form.
-        let out = Command::new("docker")
+        let out = docker_on(docker_host)
             .args(["exec", container, "ip", "-o", "addr"])
             .output()
             .map_err(|e| e.to_string())?;
-        let link = Command::new("docker")
+        let link = docker_on(docker_host)
             .args(["exec", container, "ip", "-o", "link"])
             .output()
             .map_err(|e| e.to_string())?;
@@ -397,15 +411,70 @@ pub fn find_link(
 ) -> Option<(String, Vec<String>)> {
     links.iter().find_map(|l| {
         let mac = l.get("address")?.as_str()?.to_string();
-        let ips: Vec<String> = l
-            .get("addr_info")?
+        let ips = ipv4s(l)?;
+        pred(&mac, &ips).then_some((mac, ips))
+    })
+}
+
+/// The IPv4 addresses of one link of [`container_links`].
+fn ipv4s(link: &Value) -> Option<Vec<String>> {
+    Some(
+        link.get("addr_info")?
             .as_array()?
             .iter()
             .filter(|a| a.get("family").and_then(Value::as_str) == Some("inet"))
             .filter_map(|a| a.get("local")?.as_str().map(str::to_string))
-            .collect();
-        pred(&mac, &ips).then_some((mac, ips))
-    })
+            .collect(),
+    )
+}
+
+/// One link inside a container, as [`links_inside`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inside {
+    pub name: String,
+    /// Lower case.
+    pub mac: String,
+    pub ipv4: Vec<String>,
+}
+
+impl Inside {
+    /// Named `name` with an address in `prefix.` (e.g. "10.62.0").
+    pub fn is(&self, name: &str, prefix: &str) -> bool {
+        self.name == name
+            && self
+                .ipv4
+                .iter()
+                .any(|ip| ip.starts_with(&format!("{prefix}.")))
+    }
+}
+
+/// A container's links but loopback (empty when they cannot be read), of the engine at
+/// `docker_host` (`""`: the CLI's default engine).
+pub fn links_inside(docker_host: &str, container: &str) -> Vec<Inside> {
+    container_links_on(docker_host, container)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| {
+            let name = l.get("ifname")?.as_str()?.to_string();
+            let mac = l.get("address")?.as_str().unwrap_or("").to_lowercase();
+            let ipv4 = ipv4s(l)?;
+            (name != "lo").then_some(Inside { name, mac, ipv4 })
+        })
+        .collect()
+}
+
+/// Polls `check` every 200 ms for up to 40 s; panics with `what` and its last answer.
+pub fn wait_inside(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let mut last = String::new();
+    let found = (0..200).any(|_| match check() {
+        Ok(()) => true,
+        Err(seen) => {
+            last = seen;
+            std::thread::sleep(Duration::from_millis(200));
+            false
+        }
+    });
+    assert!(found, "{what}: {last}");
 }
 
 /// Names of the networks a container is attached to (engine's view).

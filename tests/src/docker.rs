@@ -70,6 +70,13 @@ pub fn test_image() -> String {
     if exists() {
         return TEST_IMAGE.to_string();
     }
+    import_test_image("");
+    TEST_IMAGE.to_string()
+}
+
+/// `docker import`s the test image as [`TEST_IMAGE`] into the engine at `docker_host`
+/// (`""`: the CLI's default engine), from the host's busybox-static.
+pub fn import_test_image(docker_host: &str) {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -92,10 +99,14 @@ pub fn test_image() -> String {
     for a in APPLETS {
         must(&format!("ln -sf busybox {r}/bin/{a}"));
     }
+    let host = if docker_host.is_empty() {
+        String::new()
+    } else {
+        format!("-H {docker_host} ")
+    };
     must(&format!(
-        "tar -C {r} -c . | docker import --change 'CMD [\"sleep\",\"infinity\"]' - {TEST_IMAGE} >/dev/null"
+        "tar -C {r} -c . | docker {host}import --change 'CMD [\"sleep\",\"infinity\"]' - {TEST_IMAGE} >/dev/null"
     ));
-    TEST_IMAGE.to_string()
 }
 
 /// A running test container, removed (forced) on drop.

@@ -17,6 +17,7 @@ pub mod dhcp;
 pub mod docker;
 pub mod kernel;
 pub mod netmon;
+pub mod private_engine;
 pub mod runtime_image;
 pub mod systemd;
 

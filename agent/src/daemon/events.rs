@@ -20,6 +20,8 @@ impl State {
                 self.view.engine.connects += 1;
                 self.engine_known = true;
                 self.engine_up.send_replace(true);
+                let owed = self.engine_stops.engine_up();
+                self.start_stopped_by_engine(owed);
                 // A (re)connected engine may have lost or changed anything.
                 self.trigger(None);
             }
@@ -29,6 +31,7 @@ impl State {
                 }
                 self.view.engine.reachable = false;
                 self.view.engine.last_error = Some(reason);
+                self.engine_stops.engine_down(std::time::Instant::now());
                 self.engine_known = true;
                 self.engine_up.send_replace(false);
             }
@@ -86,9 +89,11 @@ impl State {
     }
 
     fn on_engine_event(&mut self, ev: EngineEvent) {
+        let gone = matches!(ev, EngineEvent::ContainerGone { .. });
         match ev {
             EngineEvent::ContainerStarted { name } => {
                 if self.store.runtimes().contains_key(&name) {
+                    self.engine_stops.started(&name);
                     if let Some(d) = self.dhcp.as_mut() {
                         d.stopped.remove(&name);
                     }
@@ -99,6 +104,11 @@ impl State {
             EngineEvent::ContainerDied { name } | EngineEvent::ContainerGone { name }
                 if self.store.runtimes().contains_key(&name) =>
             {
+                if gone {
+                    self.engine_stops.gone(&name);
+                } else {
+                    self.engine_stops.died(&name, std::time::Instant::now());
+                }
                 if let Some(d) = self.dhcp.as_mut() {
                     d.stopped.insert(name.clone());
                 }
@@ -129,6 +139,42 @@ impl State {
             }
             EngineEvent::Other => {}
         }
+    }
+
+    /// Starts the runtimes the engine stopped when it went down (restart policy
+    /// `no`: it does not start them itself); those still running were behind a cut
+    /// link, not stopped. Their start events bring the runs that put their MACs and
+    /// names back.
+    fn start_stopped_by_engine(&self, owed: std::collections::BTreeSet<String>) {
+        let names: Vec<String> = owed
+            .into_iter()
+            .filter(|n| self.store.runtimes().contains_key(n))
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let observed = match docker.observe_engine(&names).await {
+                Ok(o) => o,
+                Err(e) => {
+                    return warn!(runtimes = ?names, error = %e, "cannot see whether the engine stopped these runtimes; not starting them");
+                }
+            };
+            let stopped = names
+                .iter()
+                .filter(|n| observed.containers.get(*n).is_some_and(|c| !c.running));
+            for name in stopped {
+                match docker.start_container(name).await {
+                    Ok(()) => {
+                        info!(runtime = %name, "started the runtime the engine stopped when it went down")
+                    }
+                    Err(e) => {
+                        warn!(runtime = %name, error = %e, "cannot start the runtime the engine stopped when it went down")
+                    }
+                }
+            }
+        });
     }
 
     /// Remembers each vNIC parent's ifindex; one that changed was deleted and

@@ -34,6 +34,7 @@ mod commands;
 mod dhcp;
 mod dhcp_events;
 mod echoes;
+mod engine_stops;
 mod engine_watch;
 mod events;
 mod runs;
@@ -153,6 +154,8 @@ struct State {
     reattaching: std::collections::BTreeSet<String>,
     /// The DHCP clients; `None` with `--no-dhcp-client`.
     dhcp: Option<dhcp::DhcpManager>,
+    /// Runtimes the engine stopped when it went down (engine_stops.rs).
+    engine_stops: engine_stops::EngineStops,
 }
 
 /// Retries after a run that did not converge: the first within a second, then
@@ -320,6 +323,7 @@ impl State {
             reattach: Default::default(),
             reattaching: Default::default(),
             dhcp: None,
+            engine_stops: Default::default(),
         }
     }
 
@@ -379,6 +383,7 @@ impl State {
         let result = result.map(|outcome| {
             let mut report = outcome.report;
             if !dry_run {
+                self.engine_stops.observed(&outcome.running);
                 report.store_error = self.merge(&outcome.records);
                 if !report.steps.is_empty() {
                     self.view.reconcile.last_change = Some(report.clone());

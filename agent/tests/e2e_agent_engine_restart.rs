@@ -1,0 +1,221 @@
+//! End to end across an ENGINE restart, on a private engine (`e2e::private_engine`: the
+//! shared engine serves other suites and must never be restarted): real netmon, real
+//! agent (`--docker-host` the private socket), real kernel. The vNIC's link inside the
+//! runtime is `eth0` with its stored MAC and the internal link `int0`; the engine is
+//! stopped with SIGTERM (which stops the runtime: restart policy `no`, no live-restore)
+//! and `status` says the engine is unreachable and the vNIC pending, `health` fails;
+//! the engine is started again and, with no other trigger, the agent starts the runtime
+//! the engine stopped and attaches it with the same name and MAC (`status` attached,
+//! `health` 0). A runtime stopped by hand well before stays stopped. A LAN move after
+//! the restart still removes the old link.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent::plan::INTERNAL_IFNAME;
+use e2e::agent::{AgentProc, HostLan, HostNetmon, links_inside, stored_mac, subnets, wait_inside};
+use e2e::private_engine::PrivateEngine;
+use e2e::{TempDir, unique, wait_for};
+use serde_json::Value;
+
+/// Exactly two links inside: `eth0` with `mac` on the LAN `prefix`, and `int0`.
+fn named_on(engine: &PrivateEngine, rt: &str, prefix: &str, mac: &str) -> Result<(), String> {
+    let l = links_inside(&engine.host, rt);
+    let ok = l.len() == 2
+        && l.iter()
+            .any(|x| x.is("eth0", prefix) && x.mac.eq_ignore_ascii_case(mac))
+        && l.iter().any(|x| x.name == INTERNAL_IFNAME);
+    if ok {
+        return Ok(());
+    }
+    let status = engine.docker(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", rt]);
+    Err(format!(
+        "{l:?}; container: {}",
+        status.unwrap_or_else(|e| e)
+    ))
+}
+
+fn wait_named(engine: &PrivateEngine, rt: &str, prefix: &str, mac: &str, what: &str) {
+    wait_inside(
+        &format!(
+            "{what}: expected eth0 ({mac}) on {prefix}.0/24 and {INTERNAL_IFNAME}, nothing else; inside"
+        ),
+        || named_on(engine, rt, prefix, mac),
+    );
+}
+
+fn state(agent: &AgentProc, rt: &str) -> Value {
+    agent.status()["runtimes"][rt][0]["state"].clone()
+}
+
+fn wait_attached(agent: &AgentProc, rt: &str, what: &str) {
+    let mut last = Value::Null;
+    let found = (0..150).any(|_| {
+        let s = agent.status();
+        let ok = s["engine"]["reachable"] == true
+            && s["runtimes"][rt][0]["state"]["state"] == "attached"
+            && s["runtimes"][rt][0]["ifname_inside"] == "eth0";
+        last = s;
+        if !ok {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        ok
+    });
+    assert!(found, "{what}: status never said attached as eth0: {last}");
+}
+
+/// While the engine is stopped: `status` says it is unreachable and the vNIC pending
+/// for it; `health` fails and says why.
+fn truth_while_down(agent: &AgentProc, rt: &str) {
+    wait_for(
+        Duration::from_secs(20),
+        "status: engine unreachable",
+        || (agent.status()["engine"]["reachable"] == false).then_some(()),
+    );
+    let st = state(agent, rt);
+    assert_eq!(st["state"], "pending", "{st}");
+    assert!(
+        st["waiting_for"].as_str().unwrap_or("").contains("engine"),
+        "{st}"
+    );
+    let h = agent.cli(&["health"]);
+    assert_eq!(h.status.code(), Some(1), "health while the engine is down");
+    let why = String::from_utf8_lossy(&h.stderr);
+    assert!(why.contains("engine is not reachable"), "{why}");
+    let text = agent.must(&["status"]);
+    assert!(text.contains("pending"), "{text}");
+}
+
+#[test]
+fn the_vnic_keeps_its_name_and_mac_across_an_engine_restart() {
+    let mut engine = PrivateEngine::start();
+    let image = engine.import_test_image();
+    let dir = TempDir::new("age");
+    let (s1, s2, _) = subnets();
+    let p = unique("ge");
+    let lan = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
+    let rt = unique("rt");
+    let netmon = HostNetmon::start(dir.path(), &[&p]);
+    // Internal subnets of its own: the private engine cannot see the shared engine's
+    // networks, and two host bridges on one subnet would break each other's routes.
+    let pool = format!("198.19.{}.0/24", 128 + std::process::id() % 127);
+    let agent = AgentProc::start(
+        dir.path(),
+        &netmon.socket,
+        &["--docker-host", &engine.host, "--internal-pool", &pool],
+    );
+    agent.wait_linked(&[&p]);
+
+    agent.create_dhcp(&rt, &image, "eth0", &p);
+    let mac = stored_mac(&agent, &rt, &p);
+    wait_named(&engine, &rt, &s1, &mac, "after create");
+    wait_attached(&agent, &rt, "after create");
+    let policy = engine.must(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &rt]);
+    assert!(
+        ["", "no"].contains(&policy.trim()),
+        "runtimes are created with restart policy no (the agent starts them itself): {policy}"
+    );
+    assert_eq!(agent.cli(&["health"]).status.code(), Some(0));
+    // Another runtime, stopped by hand well before the engine stops: it stays stopped.
+    let held = unique("rt");
+    agent.create_dhcp(&held, &image, "eth0", &p);
+    engine.must(&["stop", "-t", "1", &held]);
+    let stopped_by_hand = Instant::now();
+
+    // The engine goes away: the truth while it is down.
+    let since_hand_stop = stopped_by_hand.elapsed();
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(since_hand_stop));
+    let took = engine.stop();
+    println!("engine stopped in {took:?}");
+    truth_while_down(&agent, &rt);
+
+    // Back, with the same arguments: nothing but the agent starts the runtime.
+    engine.restart();
+    wait_named(&engine, &rt, &s1, &mac, "after the engine restart");
+    wait_attached(&agent, &rt, "after the engine restart");
+    let h = agent.cli(&["health"]);
+    assert_eq!(
+        h.status.code(),
+        Some(0),
+        "health after the engine restart: {}",
+        String::from_utf8_lossy(&h.stderr)
+    );
+    assert_eq!(stored_mac(&agent, &rt, &p), mac, "the stored MAC is kept");
+    let held_state = engine.must(&["inspect", "-f", "{{.State.Status}}", &held]);
+    assert_eq!(
+        held_state.trim(),
+        "exited",
+        "{held}, stopped by hand, stays stopped"
+    );
+
+    // The engine works on the links of the new sandbox: a move removes the old one.
+    lan.readdress(&format!("{s1}.2/24"), &format!("{s2}.2/24"));
+    wait_named(
+        &engine,
+        &rt,
+        &s2,
+        &mac,
+        "after a move following the restart",
+    );
+    wait_attached(&agent, &rt, "after the move");
+}
+
+/// The rig's guard: a private engine that crashed (SIGKILL) with a running container on
+/// a bridge network leaves no process, mount, cgroup, bridge or directory behind.
+#[test]
+fn a_killed_private_engine_leaves_nothing_behind() {
+    let mut engine = PrivateEngine::start();
+    let image = engine.import_test_image();
+    let net = unique("pen");
+    engine.must(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "198.19.127.0/28",
+        &net,
+    ]);
+    let id = engine.must(&["network", "inspect", "-f", "{{.Id}}", &net]);
+    let bridge = format!("br-{}", &id.trim()[..12]);
+    engine.must(&[
+        "run",
+        "-d",
+        "--network",
+        &net,
+        "--name",
+        &unique("pec"),
+        &image,
+    ]);
+    assert!(
+        Path::new("/sys/class/net").join(&bridge).exists(),
+        "{bridge}"
+    );
+    let dir = engine.dir.clone();
+    let needle = dir.display().to_string();
+    engine.kill();
+    let leftover = |what: &str| {
+        let out = e2e::must(what);
+        out.lines().filter(|l| l.contains(&needle)).count()
+    };
+    assert!(
+        leftover("ps -eo args") > 0,
+        "containerd and the shim outlive a SIGKILL of dockerd"
+    );
+    drop(engine);
+    assert_eq!(leftover("ps -eo args"), 0, "processes from {needle}");
+    assert_eq!(
+        leftover("cat /proc/self/mountinfo"),
+        0,
+        "mounts under {needle}"
+    );
+    assert!(!dir.exists(), "{needle} removed");
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "{bridge} removed"
+    );
+    let cgroup = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let groups = e2e::must(&format!(
+        "ls -d /sys/fs/cgroup/*/{cgroup} 2>/dev/null || true"
+    ));
+    assert!(groups.trim().is_empty(), "cgroups left: {groups}");
+}
