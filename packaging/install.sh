@@ -18,7 +18,8 @@
 #       stay unless --remove-runtimes (then the agent deletes them first).
 #
 # What it was given is recorded in DIR/edgenet.env (mode, project, images,
-# container and volume names), which later compose commands read with
+# container and volume names, and EDGENET_NO_DHCP_CLIENT and the EDGENET_CLOUD_*
+# variables of compose.yaml when set), which later compose commands read with
 # `--env-file`, so every one acts on the same project and volume.
 # Safe to run again: what is already in place is left alone and said to be.
 # Every step it takes, or skips, is printed. Exit status non-zero on failure.
@@ -180,10 +181,16 @@ install_containers() {
   fi
   local f="$config_dir/compose.yaml"
   put "$here/compose.yaml" "$f" 0644 || true
+  # The DHCP client switch and the cloud link too, when given: later compose
+  # commands that recreate the agent keep them.
+  local v optional=()
+  for v in EDGENET_NO_DHCP_CLIENT EDGENET_CLOUD_URL EDGENET_CLOUD_CERT EDGENET_CLOUD_KEY EDGENET_CLOUD_CA EDGENET_RUNTIME_IMAGE; do
+    if [ -n "${!v:-}" ]; then optional+=("$v=${!v}"); fi
+  done
   record "EDGENET_MODE=containers" "COMPOSE_PROJECT_NAME=$project" "COMPOSE_FILE=$f" \
     "EDGENET_NETMON_IMAGE=$netmon_image" "EDGENET_AGENT_IMAGE=$agent_image" \
     "EDGENET_AGENT_CONTAINER=${EDGENET_AGENT_CONTAINER:-edgenet-agent}" \
-    "EDGENET_VOLUME=${EDGENET_VOLUME:-edgenet-orchestrator}"
+    "EDGENET_VOLUME=${EDGENET_VOLUME:-edgenet-orchestrator}" ${optional[@]+"${optional[@]}"}
   # The recorded values are what compose reads from here on.
   set -a; . "$(env_file)"; set +a
   local before after

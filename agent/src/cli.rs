@@ -139,7 +139,7 @@ pub struct RunArgs {
     /// Containers handled in parallel.
     #[arg(long, env = "AGENT_PARALLELISM", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallelism: u16,
-    /// The cloud: https://HOST[:PORT] or wss://HOST[:PORT]; absent: local only.
+    /// The cloud: https://HOST[:PORT] or wss://HOST[:PORT]; absent or empty: local only.
     #[arg(long, env = "AGENT_CLOUD_URL")]
     pub cloud_url: Option<String>,
     /// Client certificate (PEM), re-read before every connection (default ~/.mtls/client.crt).
@@ -260,21 +260,27 @@ impl RunArgs {
             parallelism: usize::from(self.parallelism),
             health_grace: self.health_grace,
             internal_pool: self.internal_pool,
-            cloud: self.cloud_url.as_ref().map(|url| {
-                let mut link = crate::cloud::CloudConfig::new(url.clone());
-                if let Some(c) = &self.cloud_cert {
-                    link.cert = c.clone();
-                }
-                if let Some(k) = &self.cloud_key {
-                    link.key = k.clone();
-                }
-                link.ca = self.cloud_ca.clone();
-                crate::daemon::CloudOptions {
-                    link,
-                    runtime_image: self.runtime_image.clone(),
-                    run_command_timeout: self.run_command_timeout,
-                }
-            }),
+            // Empty is unset: a deployment file passes `AGENT_CLOUD_URL=` for local only.
+            cloud: self
+                .cloud_url
+                .as_deref()
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|url| {
+                    let mut link = crate::cloud::CloudConfig::new(url.to_string());
+                    if let Some(c) = &self.cloud_cert {
+                        link.cert = c.clone();
+                    }
+                    if let Some(k) = &self.cloud_key {
+                        link.key = k.clone();
+                    }
+                    link.ca = self.cloud_ca.clone();
+                    crate::daemon::CloudOptions {
+                        link,
+                        runtime_image: self.runtime_image.clone(),
+                        run_command_timeout: self.run_command_timeout,
+                    }
+                }),
             dhcp: crate::daemon::DhcpConfig {
                 client: !self.no_dhcp_client,
                 release_when_stopped: self.release_when_stopped,
@@ -666,6 +672,19 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["agent", "run", "--reconcile-interval", "0s"]).is_err());
         assert!(Cli::try_parse_from(["agent", "run", "--parallelism", "0"]).is_err());
+        let config = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(r) => r.config(Path::new("/run/agent/agent.sock")),
+            other => panic!("{other:?}"),
+        };
+        // An empty URL (compose's `AGENT_CLOUD_URL: ${EDGENET_CLOUD_URL:-}`) is local only.
+        assert!(config(&["agent", "run", "--cloud-url", ""]).cloud.is_none());
+        assert!(
+            config(&["agent", "run", "--cloud-url", " "])
+                .cloud
+                .is_none()
+        );
+        let linked = config(&["agent", "run", "--cloud-url", "https://cloud.example:8443"]);
+        assert!(linked.cloud.is_some());
         let ok = Cli::try_parse_from(["agent", "run", "--reconcile-interval", "90s"]).unwrap();
         match ok.command {
             Command::Run(r) => assert_eq!(r.reconcile_interval, Duration::from_secs(90)),

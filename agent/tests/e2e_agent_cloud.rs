@@ -334,15 +334,7 @@ fn runtimes_driven_from_the_cloud() {
     // Heartbeats with every field; status shows the link.
     let s = r.srv.state().unwrap();
     let hb = &s["heartbeats"].as_array().unwrap().last().unwrap()["data"];
-    for k in [
-        "cpu_usage",
-        "memory_usage",
-        "memory_total",
-        "disk_usage",
-        "disk_total",
-        "uptime",
-        "timestamp",
-    ] {
+    for k in e2e::cloud::HEARTBEAT_FIELDS {
         assert!(hb.get(k).is_some(), "{k}: {hb}");
     }
     assert_eq!(

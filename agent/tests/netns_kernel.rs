@@ -335,3 +335,49 @@ async fn delete_link_removes_it_and_a_second_delete_is_success() {
         .await
         .expect("already gone is success");
 }
+
+/// The DHCP clients' namespace as the agent finds it in a container: the one of the
+/// process serving netmon's socket. Here a listener inside the rig's namespace.
+#[tokio::test]
+async fn the_namespace_of_a_socket_server_is_the_servers() {
+    let rig = Rig::new();
+    let dir = e2e::TempDir::new("nss");
+    let path = dir.join("netmon.sock");
+    let server = Command::new("ip")
+        .args(["netns", "exec", &rig.ns.name, "socat"])
+        .arg(format!("UNIX-LISTEN:{},fork", path.display()))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn socat (apt-get install socat) in the namespace");
+    let server = ChildGuard(Some(server));
+    e2e::wait_for(Duration::from_secs(10), "the listener's socket", || {
+        path.exists().then_some(())
+    });
+    let ns = Netns::of_socket_server(&path).expect("the server's namespace");
+    assert_eq!(ns, Netns::Pid(server.pid() as u32));
+    // Entered, it holds the rig's links (and a socket opened there is there).
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = netns::spawn_in(ns, "ns-peer", move || async move {
+        let sock = tokio::net::UdpSocket::bind("10.9.0.2:0").await;
+        let _ = stop_rx.await;
+        (sock.is_ok(), own_ns_inode())
+    })
+    .expect("spawn in the server's namespace");
+    stop_tx.send(()).unwrap();
+    let (bound, ino) = task.join().await.unwrap();
+    assert!(bound, "10.9.0.2 is not in the server's namespace");
+    assert_eq!(
+        ino,
+        std::fs::metadata(format!("/run/netns/{}", rig.ns.name))
+            .unwrap()
+            .ino()
+    );
+    let links = netns::read_links(ns).await.expect("read links");
+    assert!(links.iter().any(|l| l.name == rig.a), "{links:?}");
+
+    // Nobody serving: an error, not a namespace.
+    drop(server);
+    let _ = std::fs::remove_file(&path);
+    assert!(Netns::of_socket_server(&path).is_err());
+}

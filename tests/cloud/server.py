@@ -25,6 +25,7 @@ from aiohttp import web
 
 p = argparse.ArgumentParser()
 p.add_argument("--port", type=int, default=0)
+p.add_argument("--host", default="127.0.0.1", help="address the Socket.IO site binds (the control endpoint stays on loopback)")
 p.add_argument("--cert", required=True)
 p.add_argument("--key", required=True)
 p.add_argument("--client-ca", required=True)
@@ -179,7 +180,7 @@ async def main():
     app.router.add_post("/orchestrators/enroll", enroll)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port, ssl_context=tls_context(), reuse_address=True)
+    site = web.TCPSite(runner, args.host, args.port, ssl_context=tls_context(), reuse_address=True)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
 

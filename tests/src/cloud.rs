@@ -42,6 +42,18 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// The fields every heartbeat's data carries (CONTROL-PLANE.md), besides
+/// `agent_id` and `status`.
+pub const HEARTBEAT_FIELDS: &[&str] = &[
+    "cpu_usage",
+    "memory_usage",
+    "memory_total",
+    "disk_usage",
+    "disk_total",
+    "uptime",
+    "timestamp",
+];
+
 /// Who signs a client certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signer {
@@ -122,6 +134,25 @@ impl Pki {
         })
     }
 
+    /// A server pair for DNS name `name` (SAN and CN), signed by the CA the agent is
+    /// given: `server-NAME.crt` / `.key`.
+    pub fn server_for(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let f = format!("server-{name}");
+        std::fs::write(
+            self.dir.join(format!("{f}.ext")),
+            format!("subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n"),
+        )?;
+        sh(&format!(
+            "cd {d} && openssl req -new -newkey rsa:2048 -nodes -keyout {f}.key -out {f}.csr -subj /CN={name} 2>&1 && \
+             openssl x509 -req -in {f}.csr -CA ca.crt -CAkey ca.key -set_serial 2 -days 30 -extfile {f}.ext -out {f}.crt 2>&1",
+            d = q(&self.dir)
+        ))?;
+        Ok((
+            self.dir.join(format!("{f}.crt")),
+            self.dir.join(format!("{f}.key")),
+        ))
+    }
+
     /// A client pair `NAME.crt` / `NAME.key` with subject CN `cn` and serial `serial`.
     pub fn client(
         &self,
@@ -199,6 +230,10 @@ pub struct ServerOpts {
     pub no_client_cert: bool,
     /// Serve a certificate (from the same CA) for `elsewhere.example`, not localhost.
     pub wrong_name: bool,
+    /// Serve this pair instead (e.g. from [`Pki::server_for`]).
+    pub pair: Option<(PathBuf, PathBuf)>,
+    /// The address the Socket.IO site binds (default 127.0.0.1).
+    pub host: Option<String>,
 }
 
 impl Default for ServerOpts {
@@ -212,6 +247,8 @@ impl Default for ServerOpts {
             enroll_fail: None,
             no_client_cert: false,
             wrong_name: false,
+            pair: None,
+            host: None,
         }
     }
 }
@@ -226,7 +263,9 @@ pub struct CloudServer {
 
 impl CloudServer {
     pub fn start(pki: &Pki, o: &ServerOpts) -> Result<CloudServer> {
-        let (cert, key) = if o.wrong_name {
+        let (cert, key) = if let Some(pair) = &o.pair {
+            pair.clone()
+        } else if o.wrong_name {
             (pki.dir.join("elsewhere.crt"), pki.dir.join("elsewhere.key"))
         } else {
             (pki.server_cert.clone(), pki.server_key.clone())
@@ -261,6 +300,9 @@ impl CloudServer {
         }
         if o.no_client_cert {
             args.push("--no-client-cert".into());
+        }
+        if let Some(h) = &o.host {
+            args.extend(["--host".into(), h.clone()]);
         }
         if let Some(e) = &o.enroll_fail {
             args.extend(["--enroll-fail".into(), e.clone()]);

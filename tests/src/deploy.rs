@@ -574,8 +574,12 @@ pub struct Compose {
     pub agent_container: String,
     pub volume: String,
     pub file: PathBuf,
+    /// Override files after `file` (`-f compose.yaml -f OVERRIDE`).
+    pub overrides: Vec<PathBuf>,
     images: (String, String),
     program: Vec<String>,
+    /// Variables set on top of (or instead of) the defaults of [`Compose::envs`].
+    extra: Vec<(&'static str, String)>,
 }
 
 impl Compose {
@@ -586,21 +590,33 @@ impl Compose {
             volume: format!("{project}-orchestrator"),
             project,
             file: packaging("compose.yaml"),
+            overrides: Vec::new(),
             images: (images.netmon.clone(), images.agent.clone()),
             program: compose_program(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Sets a compose variable (e.g. `EDGENET_NO_DHCP_CLIENT=false` for a LAN that
+    /// has a DHCP server, or `EDGENET_CLOUD_URL`).
+    pub fn set(&mut self, key: &'static str, value: &str) {
+        self.extra.retain(|(k, _)| *k != key);
+        self.extra.push((key, value.to_string()));
     }
 
     /// The environment the project's names come from (as install.sh passes it on).
     pub fn envs(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut v = vec![
             ("EDGENET_NETMON_IMAGE", self.images.0.clone()),
             ("EDGENET_AGENT_IMAGE", self.images.1.clone()),
             ("EDGENET_AGENT_CONTAINER", self.agent_container.clone()),
             ("EDGENET_VOLUME", self.volume.clone()),
-            // The test LANs have no DHCP server.
+            // Unless [`Compose::set`] says otherwise: a LAN without a DHCP server.
             ("EDGENET_NO_DHCP_CLIENT", "true".to_string()),
-        ]
+        ];
+        v.retain(|(k, _)| !self.extra.iter().any(|(e, _)| e == k));
+        v.extend(self.extra.iter().cloned());
+        v
     }
 
     /// `<compose> -p <project> -f compose.yaml <args>`.
@@ -610,9 +626,11 @@ impl Compose {
             .arg("-p")
             .arg(&self.project)
             .arg("-f")
-            .arg(&self.file)
-            .args(args)
-            .envs(self.envs());
+            .arg(&self.file);
+        for o in &self.overrides {
+            c.arg("-f").arg(o);
+        }
+        c.args(args).envs(self.envs());
         c
     }
 

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod agent;
 pub mod cloud;
+pub mod compose_lan;
 pub mod deploy;
 pub mod dhcp;
 pub mod docker;

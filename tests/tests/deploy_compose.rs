@@ -1,13 +1,19 @@
-//! The container deployment end to end against the real engine: the images, the
-//! compose project (`packaging/compose.yaml`) up and healthy, a runtime created
-//! through the compose tool's `exec` on a test veth parent, the parent moved to
-//! another subnet and the runtime seen reattached, the project brought down, and
-//! nothing left behind. Also `install.sh --mode containers`, run twice.
+//! The container deployment end to end against the real engine and Debian's dnsmasq:
+//! the images, the compose project (`packaging/compose.yaml`) up and healthy with the
+//! agent's DHCP client on, a runtime created through the compose tool's `exec` on a
+//! DHCP LAN whose parent is in the host's namespace, attached with the address dnsmasq
+//! leased for its stored MAC, the LAN moved to another subnet and the runtime seen
+//! with a new lease and the same MAC, the runtime deleted (DHCPRELEASE), the project
+//! brought down, and nothing left behind. Also `install.sh --mode containers`, run
+//! twice (on LANs without a DHCP server).
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use e2e::agent::{DockerCleanup, container_networks, has, subnets};
+use e2e::agent::{DockerCleanup, container_networks, has_ip, subnets};
+use e2e::compose_lan::{
+    HostDhcpLan, agent_status, assert_nothing_left, exec_agent, stored_mac, wait_agent_knows,
+};
 use e2e::deploy::{Compose, MetricLan, images, packaging, run};
 use e2e::docker::{networks_on, test_image};
 use e2e::{TempDir, require_root, sh, unique, wait_for};
@@ -16,11 +22,14 @@ use e2e::{TempDir, require_root, sh, unique, wait_for};
 /// healthy.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(120);
 
-fn exec_agent(compose: &Compose, args: &[&str]) -> String {
-    // -T: no TTY (the test has none).
-    let mut a = vec!["exec", "-T", "agent", "agent"];
-    a.extend_from_slice(args);
-    compose.must(&a)
+/// Waits until dnsmasq leased `mac` an address on the LAN's current subnet and the
+/// runtime holds exactly that address on its link with that MAC; the address.
+fn leased_and_attached(lan: &HostDhcpLan, rt: &str, mac: &str, limit: Duration) -> String {
+    let ip = lan.wait_lease(mac, limit);
+    wait_for(limit, &format!("{rt} attached with {ip} on {mac}"), || {
+        has_ip(rt, mac, &ip).then_some(())
+    });
+    ip
 }
 
 #[test]
@@ -28,17 +37,21 @@ fn compose_deployment_creates_a_runtime_that_follows_its_parent_and_leaves_nothi
     require_root();
     let imgs = images();
     let image = test_image();
-    let (a1, a2, _) = subnets();
-    let lan = MetricLan::new(&format!("{a1}.2/24"), &format!("{a1}.1/24"));
+    let (a1, _, _) = subnets();
+    let (b1, _, _) = subnets();
+    let mut lan = HostDhcpLan::new(&a1);
+    let parent = lan.parent().to_string();
     let rt = unique("drt");
     // Declared before the project so it is dropped after it: the agent's container
     // sits on the runtime's internal network until the project is down.
     let cleanup = DockerCleanup {
         containers: vec![rt.clone()],
         networks: vec![format!("{rt}_internal")],
-        parents: vec![lan.parent.clone()],
+        parents: vec![parent.clone()],
     };
-    let compose = Compose::new(&imgs);
+    let mut compose = Compose::new(&imgs);
+    // The LAN has a DHCP server: the agent's client is on.
+    compose.set("EDGENET_NO_DHCP_CLIENT", "false");
 
     compose.must(&["up", "-d"]);
     compose.wait_healthy(HEALTHY_WITHIN);
@@ -62,19 +75,8 @@ fn compose_deployment_creates_a_runtime_that_follows_its_parent_and_leaves_nothi
     );
 
     // The agent sees the parent through netmon before the runtime is made on it.
-    wait_for(
-        Duration::from_secs(60),
-        "the agent to know the parent",
-        || {
-            let status = exec_agent(&compose, &["status", "--json"]);
-            let v: serde_json::Value = serde_json::from_str(&status).ok()?;
-            v["interfaces"]
-                .as_array()?
-                .iter()
-                .any(|i| i["name"] == lan.parent.as_str())
-                .then_some(())
-        },
-    );
+    wait_agent_knows(&compose, &parent, Duration::from_secs(60));
+    let created = Instant::now();
     exec_agent(
         &compose,
         &[
@@ -84,44 +86,73 @@ fn compose_deployment_creates_a_runtime_that_follows_its_parent_and_leaves_nothi
             "--image",
             &image,
             "--vnic",
-            &format!("name=eth0,parent={},mode=dhcp", lan.parent),
+            &format!("name=eth0,parent={parent},mode=dhcp"),
         ],
     );
-    let list: serde_json::Value =
-        serde_json::from_str(&exec_agent(&compose, &["runtime", "list", "--json"]))
-            .expect("runtime list --json");
-    let mac = list[&rt]
-        .as_array()
-        .and_then(|v| v.iter().find(|n| n["parent"] == lan.parent.as_str()))
-        .and_then(|n| n["mac"].as_str())
-        .unwrap_or_else(|| panic!("no stored vNIC for {rt}: {list}"))
-        .to_string();
-    wait_for(
-        Duration::from_secs(60),
-        "the runtime on the first subnet",
-        || has(&rt, &mac, &a1).then_some(()),
+    let mac = stored_mac(&compose, &rt, &parent);
+    // The agent's client, run from its container in the host's namespace, got the
+    // lease for the stored MAC; the runtime holds that address and no other.
+    let ip1 = leased_and_attached(&lan, &rt, &mac, Duration::from_secs(60));
+    eprintln!(
+        "observed: create -> leased and attached in {:?} (compose, agent in a container)",
+        created.elapsed()
+    );
+    let (_, id) = lan.lan.lease_of(&mac).expect("the lease");
+    assert_eq!(id, format!("01:{}", mac.to_lowercase()), "client id");
+    let route = sh(&format!("docker exec {rt} ip route show default")).unwrap_or_default();
+    assert!(route.contains(&format!("via {a1}.1")), "{route}");
+    // `agent status --json` shows the lease.
+    let st = wait_for(Duration::from_secs(20), "the lease in status", || {
+        let v = agent_status(&compose)?["runtimes"][&rt][0]["dhcp"].clone();
+        (v["address"] == format!("{ip1}/24")).then_some(v)
+    });
+    assert_eq!(st["server"], format!("{a1}.1"), "{st}");
+    assert!(
+        st["renews_at"].is_string() && st["expires_at"].is_string(),
+        "{st}"
     );
     // State lives in the shared volume, in the existing deployment's layout.
+    let store: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(volume.join("runtime_vnics.json"))
+            .expect("runtime_vnics.json in the volume"),
+    )
+    .expect("runtime_vnics.json");
+    assert_eq!(store[&rt][0]["dhcp_ip"], ip1.as_str(), "{store}");
     assert!(
-        volume.join("runtime_vnics.json").exists(),
-        "no runtime_vnics.json in the shared volume"
+        volume.join("dhcp_leases.json").exists(),
+        "no dhcp_leases.json in the shared volume"
     );
-    let first_networks = networks_on(&lan.parent);
+    let first_networks = networks_on(&parent);
     assert_eq!(first_networks.len(), 1, "{first_networks:?}");
 
     // The LAN moves: netmon (host network) sees it, the agent (another container)
-    // moves the runtime to a network on the new subnet with the same MAC.
-    lan.readdress(
-        (&format!("{a1}.2/24"), &format!("{a1}.1/24")),
-        (&format!("{a2}.2/24"), &format!("{a2}.1/24")),
+    // asks the new LAN and moves the runtime there with the same MAC.
+    lan.move_to(&b1);
+    let ip2 = leased_and_attached(&lan, &rt, &mac, Duration::from_secs(90));
+    assert!(ip2.starts_with(&format!("{b1}.")), "{ip2}");
+    wait_for(
+        Duration::from_secs(30),
+        "the runtime off the old subnet's network",
+        || (!container_networks(&rt).contains(&first_networks[0])).then_some(()),
+    );
+    assert_eq!(stored_mac(&compose, &rt, &parent), mac, "MAC kept");
+
+    // Delete: the lease is released and leaves the server's lease file.
+    let releases = lan.lan.log_lines("DHCPRELEASE", &mac).len();
+    exec_agent(&compose, &["runtime", "delete", &rt]);
+    wait_for(
+        Duration::from_secs(30),
+        "DHCPRELEASE in dnsmasq's log",
+        || (lan.lan.log_lines("DHCPRELEASE", &mac).len() > releases).then_some(()),
     );
     wait_for(
-        Duration::from_secs(60),
-        "the runtime reattached on the new subnet",
-        || {
-            (has(&rt, &mac, &a2) && !container_networks(&rt).contains(&first_networks[0]))
-                .then_some(())
-        },
+        Duration::from_secs(30),
+        "the lease gone from the lease file",
+        || (!lan.leases_of(&mac).contains(&ip2)).then_some(()),
+    );
+    assert!(
+        sh(&format!("docker inspect {rt} >/dev/null 2>&1")).is_err(),
+        "runtime {rt} left after delete"
     );
 
     // netmon removes its socket when stopped; then the whole project goes.
@@ -135,40 +166,8 @@ fn compose_deployment_creates_a_runtime_that_follows_its_parent_and_leaves_nothi
         .unwrap_or_else(|e| panic!("compose down -v: {e:#}"));
     drop(cleanup);
 
-    let left = sh(&format!(
-        "docker ps -aq --filter label=com.docker.compose.project={}",
-        compose.project
-    ))
-    .unwrap_or_default();
-    assert!(left.trim().is_empty(), "containers left: {left}");
-    assert!(
-        sh(&format!(
-            "docker volume inspect {} >/dev/null 2>&1",
-            compose.volume
-        ))
-        .is_err(),
-        "volume {} left",
-        compose.volume
-    );
+    assert_nothing_left(&compose, &rt, &parent);
     assert!(!volume.exists(), "{} left", volume.display());
-    let nets = sh(&format!(
-        "docker network ls -q --filter label=com.docker.compose.project={}",
-        compose.project
-    ))
-    .unwrap_or_default();
-    assert!(nets.trim().is_empty(), "project networks left: {nets}");
-    assert!(networks_on(&lan.parent).is_empty(), "managed networks left");
-    assert!(
-        sh(&format!("docker inspect {rt} >/dev/null 2>&1")).is_err(),
-        "runtime {rt} left"
-    );
-    assert!(
-        sh(&format!(
-            "docker network inspect {rt}_internal >/dev/null 2>&1"
-        ))
-        .is_err(),
-        "{rt}_internal left"
-    );
 }
 
 #[test]
@@ -416,6 +415,12 @@ fn compose_file_is_read_by_docker_compose_1_29_and_fits_the_compose_spec() {
         "start_period: 15s",
         "condition: service_healthy",
         "NETMON_SOCKET_MODE: '0666'",
+        // The cloud link is off unless asked for: an empty URL, nothing of the host's
+        // mounted.
+        "AGENT_CLOUD_URL: ''",
+        "/dev/null:/etc/edgenet/cloud/client.crt:ro",
+        "/dev/null:/etc/edgenet/cloud/client.key:ro",
+        "/dev/null:/etc/edgenet/cloud/ca.crt:ro",
     ] {
         assert!(
             config.contains(want),

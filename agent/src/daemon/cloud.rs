@@ -389,15 +389,19 @@ impl Cloud {
         let Some(vnics) = list.get(name) else {
             return not_found(name);
         };
-        let known: BTreeMap<String, String> = vnics
+        let known: BTreeMap<String, super::cloud_create::Known> = vnics
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|vn| {
-                Some((
-                    vn["network"].as_str()?.to_owned(),
-                    vn["ipv4"].as_str()?.split('/').next()?.to_owned(),
-                ))
+                let known = super::cloud_create::Known {
+                    ip: vn["ipv4"]
+                        .as_str()
+                        .and_then(|ip| ip.split('/').next())
+                        .map(str::to_owned),
+                    mac: vn["mac"].as_str().map(str::to_owned),
+                };
+                Some((vn["network"].as_str()?.to_owned(), known))
             })
             .collect();
         match self.engine.details(name).await {

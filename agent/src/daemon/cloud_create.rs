@@ -102,12 +102,22 @@ pub(super) async fn resolve_image(engine: &dyn Engine, image: &str) -> Result<()
     }
 }
 
+/// What the store knows of a vNIC on a network: its address (static, or the DHCP
+/// lease) and its stored MAC.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Known {
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+}
+
 /// `get_device_status`'s success shape; the internal network is hidden, its address is
-/// `internal_ip`; a DHCP vNIC shows its lease address from `leases` (by network).
+/// `internal_ip`; a DHCP vNIC shows its lease address from `known` (by network). The
+/// MAC is the stored one, which the link carries: Docker 20.10 reports the endpoint
+/// MAC it generated, not the one the agent set in the container's namespace.
 pub(super) fn status_fields(
     name: &str,
     d: ContainerDetails,
-    leases: &BTreeMap<String, String>,
+    known: &BTreeMap<String, Known>,
 ) -> Map<String, Value> {
     let internal = runtime::internal_network(name);
     let mut networks = Map::new();
@@ -117,10 +127,12 @@ pub(super) fn status_fields(
             internal_ip = a.ip_address;
             continue;
         }
-        let ip = a.ip_address.or_else(|| leases.get(&net).cloned());
+        let k = known.get(&net).cloned().unwrap_or_default();
+        let ip = a.ip_address.or(k.ip);
+        let mac = k.mac.or(a.mac_address);
         networks.insert(
             net,
-            json!({"ip_address": ip, "mac_address": a.mac_address, "gateway": a.gateway}),
+            json!({"ip_address": ip, "mac_address": mac, "gateway": a.gateway}),
         );
     }
     let mut m = Map::new();
@@ -384,16 +396,24 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let leases = BTreeMap::from([(
+        let known = BTreeMap::from([(
             "macvlan_ens37_10.0.0.0_24".to_string(),
-            "10.0.0.77".to_string(),
+            Known {
+                ip: Some("10.0.0.77".to_string()),
+                mac: Some("0a:9b:ce:a2:8b:c6".to_string()),
+            },
         )]);
-        let m = status_fields("rt", d, &leases);
+        let m = status_fields("rt", d, &known);
         assert_eq!(m["internal_ip"], "172.30.0.2");
         assert_eq!(m["exit_code"], 137);
         assert!(m.get("uptime_seconds").is_none());
         let nets = m["networks"].as_object().unwrap();
         assert_eq!(nets.len(), 1);
         assert_eq!(nets["macvlan_ens37_10.0.0.0_24"]["ip_address"], "10.0.0.77");
+        // The stored MAC, not the engine's generated endpoint MAC.
+        assert_eq!(
+            nets["macvlan_ens37_10.0.0.0_24"]["mac_address"],
+            "0a:9b:ce:a2:8b:c6"
+        );
     }
 }

@@ -2,10 +2,14 @@
 //! stored MAC, keyed "runtime/vnic", started once its parent is up with IPv4, for a
 //! running or a stopped runtime alike (unless `--release-when-stopped`).
 //!
-//! All clients run on one thread in the host's network namespace (where the parents
-//! are): `netns::spawn_in(Netns::Host, ..)` gives it a current-thread runtime; under
-//! systemd that thread is already there, as a container (`pid: host`) it enters
-//! `/proc/1/ns/net`. Updates come back to the state task as `Msg::Dhcp`.
+//! All clients run on one thread in the namespace where the parents are, netmon's
+//! (the links it reports are the parents): `netns::spawn_in` gives that thread a
+//! current-thread runtime. The namespace is found through netmon's socket (the pid
+//! serving it, SO_PEERCRED), else it is pid 1's (`Netns::Host`). Under systemd the
+//! thread is already there; as a container (`pid: host`) it enters netmon's, as pid 1's
+//! cannot be opened without CAP_SYS_PTRACE. The thread starts with the first client
+//! (netmon has answered by then), and again after a failure. Updates come back to the
+//! state task as `Msg::Dhcp`.
 //!
 //! Leases are kept in [`LeaseStore`] (`dhcp_leases.json`): a restarted agent hands
 //! each client its last lease (INIT-REBOOT asks for the same address), and the plan
@@ -15,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use ipc::MacAddr;
@@ -55,9 +59,13 @@ pub(crate) struct NoLease {
 
 pub(super) struct DhcpManager {
     release_when_stopped: bool,
-    /// The host-namespace runtime the clients run on; `Err` when it could not start.
-    host: Result<tokio::runtime::Handle, String>,
-    _host_task: Option<NsTask<()>>,
+    /// netmon's socket: its server's namespace is the parents'.
+    netmon_socket: PathBuf,
+    /// The runtime in the parents' namespace the clients run on; started with the
+    /// first client.
+    host: Option<(tokio::runtime::Handle, NsTask<()>)>,
+    /// Why it could not start the last time (logged once per reason).
+    host_error: Option<String>,
     clients: BTreeMap<String, Running>,
     store: LeaseStore,
     waiting: BTreeMap<String, NoLease>,
@@ -76,22 +84,17 @@ pub(crate) fn key(runtime: &str, vnic: &str) -> String {
 impl DhcpManager {
     pub(super) fn new(
         state_dir: &Path,
+        netmon_socket: &Path,
         release_when_stopped: bool,
         retry_max: Duration,
         updates: mpsc::Sender<DhcpEvent>,
         shutdown: CancellationToken,
     ) -> DhcpManager {
-        let (host, task) = match host_runtime(shutdown.clone()) {
-            Ok((h, t)) => (Ok(h), Some(t)),
-            Err(e) => {
-                warn!(error = %e, "cannot run DHCP clients in the host's network namespace; DHCP vNICs stay pending");
-                (Err(e), None)
-            }
-        };
         DhcpManager {
             release_when_stopped,
-            host,
-            _host_task: task,
+            netmon_socket: netmon_socket.to_path_buf(),
+            host: None,
+            host_error: None,
             clients: BTreeMap::new(),
             store: LeaseStore::open(state_dir),
             waiting: BTreeMap::new(),
@@ -194,8 +197,8 @@ impl DhcpManager {
     }
 
     fn start(&mut self, k: &str, w: Wanted, runtimes: &Runtimes) {
-        let rt = match &self.host {
-            Ok(rt) => rt.clone(),
+        let rt = match self.host_handle() {
+            Ok(rt) => rt,
             Err(e) => {
                 let reason = format!("the DHCP client, which cannot run: {e}");
                 self.set_waiting(k, reason, None);
@@ -320,12 +323,67 @@ fn exists(runtimes: &Runtimes, k: &str) -> bool {
         .is_some_and(|vs| vs.iter().any(|v| v.name == vnic))
 }
 
-/// The thread in the host's namespace whose runtime runs every client.
+impl DhcpManager {
+    /// The runtime in the parents' namespace, started on first use (and again after a
+    /// failure, or if its thread ended).
+    fn host_handle(&mut self) -> Result<tokio::runtime::Handle, String> {
+        if let Some((h, t)) = &self.host
+            && !t.is_finished()
+        {
+            return Ok(h.clone());
+        }
+        self.host = None;
+        match parents_runtime(&self.netmon_socket, self.shutdown.clone()) {
+            Ok((h, t, ns)) => {
+                info!(namespace = %ns, "DHCP clients run in the parents' network namespace");
+                self.host_error = None;
+                self.host = Some((h.clone(), t));
+                Ok(h)
+            }
+            Err(e) => {
+                if self.host_error.as_deref() != Some(e.as_str()) {
+                    warn!(error = %e, "cannot run DHCP clients in the parents' network namespace; DHCP vNICs stay pending");
+                    self.host_error = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The thread whose runtime runs every client, in the namespace of netmon's socket
+/// server, else in pid 1's (`Netns::Host`); which one it entered.
+fn parents_runtime(
+    netmon_socket: &Path,
+    shutdown: CancellationToken,
+) -> Result<(tokio::runtime::Handle, NsTask<()>, Netns), String> {
+    let mut errors = Vec::new();
+    match Netns::of_socket_server(netmon_socket) {
+        Ok(ns) => match host_runtime(ns, shutdown.clone()) {
+            Ok((h, t)) => return Ok((h, t, ns)),
+            Err(e) => errors.push(e),
+        },
+        Err(e) => errors.push(format!("netmon at {}: {e}", netmon_socket.display())),
+    }
+    match host_runtime(Netns::Host, shutdown) {
+        Ok((h, t)) => {
+            info!(netmon = %errors.join("; "), "netmon's namespace is not reachable; DHCP clients use pid 1's");
+            Ok((h, t, Netns::Host))
+        }
+        Err(e) => {
+            errors.push(e);
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// A thread in `ns` whose current-thread runtime runs every client.
 fn host_runtime(
+    ns: Netns,
     shutdown: CancellationToken,
 ) -> Result<(tokio::runtime::Handle, NsTask<()>), String> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let task = crate::netns::spawn_in(Netns::Host, "dhcp-host", move || async move {
+    let task = crate::netns::spawn_in(ns, "dhcp-host", move || async move {
         let _ = tx.send(tokio::runtime::Handle::current());
         shutdown.cancelled().await;
     })

@@ -273,6 +273,7 @@ impl State {
         let c = &self.config;
         self.dhcp = Some(dhcp::DhcpManager::new(
             &c.state_dir,
+            &c.netmon_socket,
             c.dhcp.release_when_stopped,
             c.dhcp.retry_max,
             dtx,

@@ -6,7 +6,9 @@
 //! Deployment choice: the agent enters the namespace itself (`setns` on
 //! `/proc/<pid>/ns/net`). Under systemd it runs as root on the host; as a container it
 //! needs the host PID namespace (`pid: host`, so the engine's container PIDs are valid
-//! in `/proc`) plus CAP_SYS_ADMIN (setns) and CAP_NET_ADMIN (RTM_SETLINK). This was
+//! in `/proc`) plus CAP_SYS_ADMIN (setns) and CAP_NET_ADMIN (RTM_SETLINK); the host's
+//! own namespace it reaches through netmon's process, not pid 1's (see
+//! [`Netns::of_socket_server`]). This was
 //! chosen over a helper container per runtime because it costs no engine call and no
 //! image: the engine serialises calls (ARCHITECTURE.md, "Engine versions"), and a helper
 //! container would add a create/start/remove per MAC.
@@ -23,6 +25,8 @@ use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use ipc::MacAddr;
 use nix::sched::{CloneFlags, setns};
@@ -36,10 +40,12 @@ use rtnl::Rtnl;
 /// A network namespace to work in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Netns {
-    /// The host's: `/proc/1/ns/net` (right under systemd, and in a container started
-    /// with `pid: host`); not entered when it is the namespace the agent already runs in.
-    /// Where pid 1 cannot be inspected at all (a sandbox denying ptrace access to it,
-    /// so the agent is not on that host's side), the agent's own process namespace.
+    /// The host's: `/proc/1/ns/net` (right under systemd); not entered when it is the
+    /// namespace the agent already runs in. Where pid 1 cannot be inspected (a sandbox
+    /// denying ptrace access to it, or a container without CAP_SYS_PTRACE, see
+    /// [`Netns::of_socket_server`]), the agent's own process namespace: right for an
+    /// agent on the host, wrong in a container, whose DHCP clients therefore use
+    /// netmon's namespace instead.
     Host,
     /// A process's, e.g. a running container's: `/proc/<pid>/ns/net`.
     Pid(u32),
@@ -70,6 +76,30 @@ impl Netns {
             return Ok(None);
         }
         Ok(Some(file))
+    }
+}
+
+impl Netns {
+    /// The namespace of the process serving the Unix stream socket at `path` (its
+    /// SO_PEERCRED pid): for netmon's socket, the namespace whose links netmon reports,
+    /// which is where the parents are. The agent as a container reaches the host's
+    /// namespace this way: pid 1's cannot be opened from a container unless it has
+    /// CAP_SYS_PTRACE (the kernel lets a process open another's namespace only when it
+    /// holds every capability the other holds, or CAP_SYS_PTRACE), while netmon,
+    /// running with no capability on the host network, can be.
+    pub fn of_socket_server(path: &Path) -> std::io::Result<Netns> {
+        let stream = UnixStream::connect(path)?;
+        let cred =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(std::io::Error::from)?;
+        match u32::try_from(cred.pid()) {
+            Ok(pid) if pid > 0 => Ok(Netns::Pid(pid)),
+            _ => Err(std::io::Error::other(format!(
+                "the server of {} is not in this PID namespace (pid {})",
+                path.display(),
+                cred.pid()
+            ))),
+        }
     }
 }
 
