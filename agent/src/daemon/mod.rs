@@ -153,6 +153,8 @@ struct State {
     reattaching: std::collections::BTreeSet<String>,
     /// The DHCP clients; `None` with `--no-dhcp-client`.
     dhcp: Option<dhcp::DhcpManager>,
+    /// The internal pool and the subnets creates in flight hold in it.
+    internal: crate::runtime::InternalPool,
 }
 
 /// Retries after a run that did not converge: the first within a second, then
@@ -301,6 +303,7 @@ impl State {
         view.engine.host = docker_host.clone();
         view.store.path = store.path().display().to_string();
         State {
+            internal: crate::runtime::InternalPool::new(config.internal_pool),
             config,
             docker,
             docker_host,
