@@ -14,6 +14,9 @@
 //! Over 400 lines: set-up, the measured move, the floor, the CLI script, the RSS probe
 //! and the table live together so the bench stays one self-contained example.
 
+#[path = "shared/image.rs"]
+mod image;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +30,7 @@ use agent::vnics::{Vnic, VnicStore};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures::StreamExt;
+use image::{IMAGE, ensure_image, sh};
 use ipc::{Discovery, Event, EventKind, Interface, Ipv4Address, Status};
 use ipnetwork::Ipv4Network;
 
@@ -41,34 +45,6 @@ struct Args {
     /// Skip the docker-CLI script comparison.
     #[arg(long)]
     no_cli: bool,
-}
-
-const IMAGE: &str = "edgenet-agent-bench-busybox:1";
-
-fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output()?;
-    if !out.status.success() {
-        bail!(
-            "`{cmd}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ensure_image() -> Result<()> {
-    if sh(&format!("docker image inspect {IMAGE} >/dev/null 2>&1")).is_ok() {
-        return Ok(());
-    }
-    let dir = std::env::temp_dir().join(format!("agbench-img-{}", std::process::id()));
-    let r = dir.display();
-    sh(&format!(
-        "rm -rf {r} && mkdir -p {r}/bin {r}/proc {r}/sys {r}/dev {r}/etc {r}/tmp && cp /bin/busybox {r}/bin/ && \
-         for a in sh ip sleep; do ln -sf busybox {r}/bin/$a; done && \
-         tar -C {r} -c . | docker import -c 'CMD [\"/bin/sleep\",\"100000\"]' - {IMAGE} >/dev/null && rm -rf {r}"
-    ))
-    .context("build the busybox image (apt-get install busybox-static)")?;
-    Ok(())
 }
 
 /// Everything one size's run created, removed on drop.
