@@ -14,8 +14,8 @@
 //! Over 400 lines: set-up, the measured move, the floor, the CLI script, the RSS probe
 //! and the table live together so the bench stays one self-contained example.
 
-#[path = "shared/image.rs"]
-mod image;
+#[path = "shared/common.rs"]
+mod common;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -29,8 +29,8 @@ use agent::reconcile::{ReconcileOptions, reconcile};
 use agent::vnics::{Vnic, VnicStore};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use common::{IMAGE, each, ensure_image, sh};
 use futures::StreamExt;
-use image::{IMAGE, ensure_image, sh};
 use ipc::{Discovery, Event, EventKind, Interface, Ipv4Address, Status};
 use ipnetwork::Ipv4Network;
 
@@ -111,21 +111,6 @@ fn host(s: Ipv4Network) -> Ipv4Addr {
 
 fn gw(s: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(s.network()) + 1)
-}
-
-/// Runs `f` on every name, `parallelism` at once; the first error fails all.
-async fn each<'a, F, Fut>(names: &'a [String], parallelism: usize, f: F) -> Result<()>
-where
-    F: Fn(&'a String) -> Fut,
-    Fut: std::future::Future<Output = Result<(), agent::engine::EngineError>>,
-{
-    let r: Vec<Result<(), _>> = futures::stream::iter(names.iter())
-        .map(f)
-        .buffer_unordered(parallelism)
-        .collect()
-        .await;
-    r.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok(())
 }
 
 /// The parent veth (its peer in a namespace of its own), N running containers and

@@ -1,9 +1,10 @@
-//! The benchmarks' shell helper and their busybox runtime image (shared by the
-//! agent's examples through `#[path]`).
+//! What the agent's benchmarks share (through `#[path]`): the shell helper, the
+//! busybox runtime image, and running engine calls with a bound on those in flight.
 
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use futures::StreamExt;
 
 pub const IMAGE: &str = "edgenet-agent-bench-busybox:1";
 
@@ -31,5 +32,20 @@ pub fn ensure_image() -> Result<()> {
          tar -C {r} -c . | docker import -c 'CMD [\"/bin/sleep\",\"100000\"]' - {IMAGE} >/dev/null && rm -rf {r}"
     ))
     .context("build the busybox image (apt-get install busybox-static)")?;
+    Ok(())
+}
+
+/// `f` on every item, `parallelism` at once; the first error fails all.
+pub async fn each<'a, T, F, Fut>(items: &'a [T], parallelism: usize, f: F) -> Result<()>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), agent::engine::EngineError>>,
+{
+    let r: Vec<Result<(), _>> = futures::stream::iter(items.iter())
+        .map(f)
+        .buffer_unordered(parallelism)
+        .collect()
+        .await;
+    r.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(())
 }
