@@ -14,6 +14,9 @@
 //! Over 400 lines: set-up, the measured move, the floor, the CLI script, the RSS probe
 //! and the table live together so the bench stays one self-contained example.
 
+#[path = "shared/common.rs"]
+mod common;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +29,7 @@ use agent::reconcile::{ReconcileOptions, reconcile};
 use agent::vnics::{Vnic, VnicStore};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use common::{IMAGE, each, ensure_image, sh};
 use futures::StreamExt;
 use ipc::{Discovery, Event, EventKind, Interface, Ipv4Address, Status};
 use ipnetwork::Ipv4Network;
@@ -41,34 +45,6 @@ struct Args {
     /// Skip the docker-CLI script comparison.
     #[arg(long)]
     no_cli: bool,
-}
-
-const IMAGE: &str = "edgenet-agent-bench-busybox:1";
-
-fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output()?;
-    if !out.status.success() {
-        bail!(
-            "`{cmd}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ensure_image() -> Result<()> {
-    if sh(&format!("docker image inspect {IMAGE} >/dev/null 2>&1")).is_ok() {
-        return Ok(());
-    }
-    let dir = std::env::temp_dir().join(format!("agbench-img-{}", std::process::id()));
-    let r = dir.display();
-    sh(&format!(
-        "rm -rf {r} && mkdir -p {r}/bin {r}/proc {r}/sys {r}/dev {r}/etc {r}/tmp && cp /bin/busybox {r}/bin/ && \
-         for a in sh ip sleep; do ln -sf busybox {r}/bin/$a; done && \
-         tar -C {r} -c . | docker import -c 'CMD [\"/bin/sleep\",\"100000\"]' - {IMAGE} >/dev/null && rm -rf {r}"
-    ))
-    .context("build the busybox image (apt-get install busybox-static)")?;
-    Ok(())
 }
 
 /// Everything one size's run created, removed on drop.
@@ -135,21 +111,6 @@ fn host(s: Ipv4Network) -> Ipv4Addr {
 
 fn gw(s: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(s.network()) + 1)
-}
-
-/// Runs `f` on every name, `parallelism` at once; the first error fails all.
-async fn each<'a, F, Fut>(names: &'a [String], parallelism: usize, f: F) -> Result<()>
-where
-    F: Fn(&'a String) -> Fut,
-    Fut: std::future::Future<Output = Result<(), agent::engine::EngineError>>,
-{
-    let r: Vec<Result<(), _>> = futures::stream::iter(names.iter())
-        .map(f)
-        .buffer_unordered(parallelism)
-        .collect()
-        .await;
-    r.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok(())
 }
 
 /// The parent veth (its peer in a namespace of its own), N running containers and

@@ -8,7 +8,9 @@
 //! defaults, and not a range a LAN hands out; see the README), cut into /28s: room for
 //! the runtime, the agent's own container and the bridge's gateway, and 8,192 runtimes.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 use ipnetwork::Ipv4Network;
 
@@ -62,6 +64,50 @@ pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
 
+/// The subnets this agent's creates in flight have chosen but not yet made. Two
+/// creates listing the engine's networks at the same moment would otherwise choose
+/// the same first free /28: the engine refuses all but one ("Pool overlaps with
+/// other one on this address space", a 403 on 20.10), and a burst of creates (40
+/// at once) ran out of retries. Each create takes its subnet here instead, skipping
+/// what the others hold, and gives it back when its network exists (or failed).
+#[derive(Clone, Debug, Default)]
+pub struct Reserved(Arc<Mutex<BTreeSet<Ipv4Network>>>);
+
+/// One create's hold on a subnet, released on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    set: Reserved,
+    pub subnet: Ipv4Network,
+}
+
+impl Reserved {
+    /// The first /28 of `pool` overlapping none of `taken` nor any subnet held by
+    /// another create, held until the returned reservation drops.
+    pub fn take(&self, pool: Ipv4Network, taken: &[Ipv4Network]) -> Result<Reservation, PoolError> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut avoid = taken.to_vec();
+        avoid.extend(held.iter().copied());
+        let subnet = allocate(pool, &avoid)?;
+        held.insert(subnet);
+        Ok(Reservation {
+            set: self.clone(),
+            subnet,
+        })
+    }
+
+    /// Subnets held right now.
+    pub fn held(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut held = self.set.0.lock().unwrap_or_else(|e| e.into_inner());
+        held.remove(&self.subnet);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +152,33 @@ mod tests {
         );
         assert_eq!(parse_pool("198.18.3.7/15").unwrap(), n("198.18.0.0/15"));
         assert!(parse_pool("nope").is_err());
+    }
+
+    #[test]
+    fn creates_in_flight_get_different_subnets_until_they_give_them_back() {
+        let pool = n(DEFAULT_POOL);
+        let reserved = Reserved::default();
+        let taken = [n("198.18.0.0/28")];
+        let a = reserved.take(pool, &taken).unwrap();
+        let b = reserved.take(pool, &taken).unwrap();
+        assert_eq!(a.subnet, n("198.18.0.16/28"));
+        assert_eq!(b.subnet, n("198.18.0.32/28"));
+        assert_eq!(reserved.held(), 2);
+        drop(a);
+        assert_eq!(reserved.held(), 1);
+        let c = reserved.take(pool, &taken).unwrap();
+        assert_eq!(
+            c.subnet,
+            n("198.18.0.16/28"),
+            "a released subnet is free again"
+        );
+        let tiny = n("198.18.0.0/27");
+        assert_eq!(
+            reserved.take(tiny, &taken).unwrap_err(),
+            PoolError::Exhausted(tiny),
+            "held subnets count as taken"
+        );
+        drop((b, c));
+        assert_eq!(reserved.held(), 0);
     }
 }

@@ -413,6 +413,23 @@ async fn connect_self(docker: &dyn Engine, internal: &str) -> Result<(), EngineE
     }
 }
 
+/// Where internal networks come from: the configured range, and the subnets held
+/// by this agent's creates in flight (shared by all of them).
+#[derive(Clone, Debug)]
+pub struct InternalPool {
+    pub range: Ipv4Network,
+    pub reserved: internal_pool::Reserved,
+}
+
+impl InternalPool {
+    pub fn new(range: Ipv4Network) -> InternalPool {
+        InternalPool {
+            range,
+            reserved: Default::default(),
+        }
+    }
+}
+
 /// What one create made, by id, so a failure undoes exactly that and nothing else.
 #[derive(Default, Debug)]
 struct Made {
@@ -425,17 +442,18 @@ enum Internal {
     /// Ours and left over (e.g. from a runtime removed by hand): reused, and so not
     /// removed if this create fails.
     Reuse,
-    /// To be made on this subnet of the internal pool.
-    New(Ipv4Network),
+    /// To be made on this subnet of the internal pool, held from other creates.
+    New(internal_pool::Reservation),
 }
 
 /// Refuses a create whose names are taken, and finds its internal subnet: the first
-/// free one of `pool`, avoiding every subnet the engine's networks use.
+/// free one of `pool`, avoiding every subnet the engine's networks use and those
+/// other creates in flight hold.
 async fn prepare(
     docker: &dyn Engine,
     name: &str,
     internal: &str,
-    pool: Ipv4Network,
+    pool: &InternalPool,
 ) -> Result<Internal, RuntimeError> {
     let engine = |e: EngineError| RuntimeError::Engine(e.to_string());
     if let Some(c) = docker.container(name).await.map_err(engine)? {
@@ -452,7 +470,8 @@ async fn prepare(
                 .iter()
                 .flat_map(|n| n.pools.iter().map(|p| p.subnet))
                 .collect();
-            internal_pool::allocate(pool, &taken)
+            pool.reserved
+                .take(pool.range, &taken)
                 .map(Internal::New)
                 .map_err(|e| RuntimeError::Engine(e.to_string()))
         }
@@ -472,14 +491,14 @@ async fn prepare(
 pub async fn create_in_engine(
     docker: &dyn Engine,
     req: &CreateRequest,
-    pool: Ipv4Network,
+    pool: &InternalPool,
 ) -> Result<(), RuntimeError> {
     let internal = internal_network(&req.name);
     let how = prepare(docker, &req.name, &internal, pool).await?;
     let mut made = Made::default();
     let result = async {
-        if let Internal::New(subnet) = how {
-            made.network = Some(create_internal(docker, &internal, subnet, pool).await?);
+        if let Internal::New(held) = how {
+            made.network = Some(create_internal(docker, &internal, held, pool).await?);
         }
         let spec = ContainerSpec {
             name: req.name.clone(),
@@ -504,19 +523,20 @@ pub async fn create_in_engine(
     result.map_err(|e| RuntimeError::Engine(e.to_string()))
 }
 
-/// Creates the internal network on `subnet`. Another create (of this agent or of
-/// another engine client) may have taken that subnet since it was chosen: when the
-/// engine refuses, the next free one is tried (8 tries; the last refusal is
-/// returned).
+/// Creates the internal network on the held subnet. Another engine client (or one
+/// of our creates that finished between our listing and our choice) may have taken
+/// it since: when the engine refuses, the next free one is tried (8 tries; the last
+/// refusal is returned). The subnet stays held until the network exists.
 async fn create_internal(
     docker: &dyn Engine,
     name: &str,
-    mut subnet: Ipv4Network,
-    pool: Ipv4Network,
+    mut held: internal_pool::Reservation,
+    pool: &InternalPool,
 ) -> Result<String, EngineError> {
     let mut refused = Vec::new();
     let mut last = None;
     for _ in 0..8 {
+        let subnet = held.subnet;
         let err = match docker
             .create_internal_network(name, subnet, &managed_labels())
             .await
@@ -541,7 +561,9 @@ async fn create_internal(
         taken.extend(refused.iter().copied());
         debug!(%subnet, error = %err, "internal subnet refused; choosing another");
         last = Some(err);
-        subnet = internal_pool::allocate(pool, &taken)
+        held = pool
+            .reserved
+            .take(pool.range, &taken)
             .map_err(|e| EngineError::Conflict(e.to_string()))?;
     }
     Err(last.unwrap_or_else(|| {

@@ -202,9 +202,9 @@ impl State {
         info!(runtime = %req.name, vnics = vnics.len(), "runtime stored; creating it");
         let docker = self.docker.clone();
         let tx = self.tx.clone();
-        let pool = self.config.internal_pool;
+        let pool = self.internal.clone();
         tokio::spawn(async move {
-            let result = runtime::create_in_engine(docker.as_ref(), &req, pool)
+            let result = runtime::create_in_engine(docker.as_ref(), &req, &pool)
                 .await
                 .map_err(|e| e.to_string());
             let _ = tx

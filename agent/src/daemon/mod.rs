@@ -156,6 +156,8 @@ struct State {
     dhcp: Option<dhcp::DhcpManager>,
     /// Runtimes the engine stopped when it went down (engine_stops.rs).
     engine_stops: engine_stops::EngineStops,
+    /// The internal pool and the subnets creates in flight hold in it.
+    internal: crate::runtime::InternalPool,
 }
 
 /// Retries after a run that did not converge: the first within a second, then
@@ -305,6 +307,7 @@ impl State {
         view.engine.host = docker_host.clone();
         view.store.path = store.path().display().to_string();
         State {
+            internal: crate::runtime::InternalPool::new(config.internal_pool),
             config,
             docker,
             docker_host,
