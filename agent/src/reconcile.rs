@@ -63,6 +63,34 @@ impl ReconcileReport {
     pub fn failed(&self) -> bool {
         self.steps.iter().any(|s| !s.ok) || !self.unconverged.is_empty()
     }
+
+    /// Failed, and only by refusals a retry does not fix (`refusal.rs`): every failed
+    /// step is refused or skipped after a failure, and every step the verify still
+    /// finds to do is on a container (or, for network steps, a parent) with a refused
+    /// step. The daemon then tries again at the backoff's cap, not on its fast schedule.
+    pub fn only_refused(&self) -> bool {
+        let refused: Vec<&Step> = self
+            .steps
+            .iter()
+            .filter(|s| s.refusal.is_some())
+            .map(|s| &s.step)
+            .collect();
+        if refused.is_empty() {
+            return false;
+        }
+        let covered = |step: &Step| {
+            refused.iter().any(
+                |r| match (apply::container_of(r), apply::container_of(step)) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => r.parent() == step.parent(),
+                },
+            )
+        };
+        self.steps
+            .iter()
+            .all(|s| s.ok || s.refusal.is_some() || s.is_skipped())
+            && self.unconverged.iter().all(covered)
+    }
 }
 
 impl StepResult {
@@ -73,6 +101,7 @@ impl StepResult {
             ok: true,
             error: None,
             duration_ms: 0,
+            refusal: None,
         }
     }
 }
@@ -203,8 +232,13 @@ pub async fn reconcile(
         let (final_observed, macs) = if planned.steps.is_empty() {
             (observed, Vec::new())
         } else {
-            let (results, macs) =
-                apply::execute(docker, planned.steps.clone(), opts.parallelism).await;
+            let (results, macs) = apply::execute_known(
+                docker,
+                planned.steps.clone(),
+                opts.parallelism,
+                &observed.containers,
+            )
+            .await;
             report.steps = results;
             disconnected = own_disconnects(&report.steps, &observed);
             let known = known_containers(&observed, &planned.steps, &macs);

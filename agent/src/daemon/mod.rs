@@ -158,7 +158,7 @@ struct State {
 /// Retries after a run that did not converge: the first within a second, then
 /// doubling up to this cap, until a run converges.
 const RETRY_FIRST: Duration = Duration::from_millis(700);
-const RETRY_CAP: Duration = Duration::from_secs(30);
+const RETRY_CAP: Duration = crate::refusal::REFUSED_RETRY;
 
 /// How long shutdown waits for a reconcile in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -396,11 +396,12 @@ impl State {
         }
         if !dry_run {
             let failed = result.as_ref().map(ReconcileReport::failed).unwrap_or(true);
+            let refused = result.as_ref().is_ok_and(ReconcileReport::only_refused);
             let done = std::mem::take(&mut self.reattaching);
             if failed {
                 self.reattach.extend(done);
             }
-            self.schedule_retry(failed);
+            self.schedule_retry(failed, refused);
         }
         for w in waiters {
             self.answer(w, result.clone());
@@ -416,16 +417,24 @@ impl State {
 
     /// After a real run: converged resets the backoff; anything left wrong (a failed
     /// step, an unconverged verify, an engine error) tries again without waiting for
-    /// an event.
-    fn schedule_retry(&mut self, failed: bool) {
+    /// an event. A run left wrong only by refusals (`only_refused`) tries again at the
+    /// cap: the same request would be refused again until someone changes something,
+    /// and a change (an event) triggers a run anyway.
+    fn schedule_retry(&mut self, failed: bool, refused: bool) {
         if !failed {
             self.retry.reset();
             self.retry_at = None;
             self.view.reconcile.next_retry_ms = None;
             return;
         }
-        let delay = self.retry.next_delay();
-        info!(?delay, "the last reconcile left something wrong; retrying");
+        let delay = match refused {
+            true => RETRY_CAP,
+            false => self.retry.next_delay(),
+        };
+        info!(
+            ?delay,
+            refused, "the last reconcile left something wrong; retrying"
+        );
         self.retry_at = Some(tokio::time::Instant::now() + delay);
         self.view.reconcile.next_retry_ms = Some(delay.as_millis() as u64);
     }
