@@ -73,25 +73,54 @@ fn link_names(container: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn a_runtime_in_network_mode_none_is_failed_with_the_engines_words_until_recreated() {
+/// A LAN parent and a runtime's name; its container is the test's to make.
+struct Rig {
+    image: String,
+    dir: TempDir,
+    s1: String,
+    p: String,
+    rt: String,
+    _lan: HostLan,
+}
+
+fn rig() -> Rig {
     e2e::require_root();
     require_engine();
-    let image = test_image();
-    let dir = TempDir::new("agr");
     let (s1, _, _) = subnets();
     let p = unique("gr");
-    let _lan = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
-    let rt = unique("rt");
-    let _cleanup = DockerCleanup::runtimes(&[&rt], &[&p]);
+    let lan = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
+    Rig {
+        image: test_image(),
+        dir: TempDir::new("agr"),
+        s1,
+        p,
+        rt: unique("rt"),
+        _lan: lan,
+    }
+}
+
+impl Rig {
+    /// The store file with the vNIC `eth0` at `ip`, then netmon and the agent.
+    fn start(&self, ip: &str) -> (HostNetmon, AgentProc) {
+        write_store(&self.dir.join("state"), &self.rt, "eth0", &self.p, ip);
+        let netmon = HostNetmon::start(self.dir.path(), &[&self.p]);
+        let grace = ["--health-grace", "1s"];
+        let agent = AgentProc::start(self.dir.path(), &netmon.socket, &grace);
+        (netmon, agent)
+    }
+}
+
+#[test]
+fn a_runtime_in_network_mode_none_is_failed_with_the_engines_words_until_recreated() {
+    let r = rig();
+    let (image, s1, rt) = (&r.image, &r.s1, &r.rt);
+    let _cleanup = DockerCleanup::runtimes(&[rt], &[&r.p]);
     must(&format!(
         "docker run -d --name {rt} --network none {image} >/dev/null"
     ));
-    write_store(&dir.join("state"), &rt, "eth0", &p, &format!("{s1}.100"));
-    let netmon = HostNetmon::start(dir.path(), &[&p]);
-    let agent = AgentProc::start(dir.path(), &netmon.socket, &["--health-grace", "1s"]);
+    let (_netmon, agent) = r.start(&format!("{s1}.100"));
 
-    let (st, s) = wait_failed(&agent, &rt);
+    let (st, s) = wait_failed(&agent, rt);
     let reason = st["reason"].as_str().unwrap();
     assert!(
         reason.contains("(400)") && reason.contains("private (none) mode"),
@@ -110,7 +139,7 @@ fn a_runtime_in_network_mode_none_is_failed_with_the_engines_words_until_recreat
         .cloned()
         .unwrap_or_else(|| panic!("a refused step in the report: {s}"));
     assert!(connect["step"].to_string().contains("connect"), "{connect}");
-    health_names(&agent, &rt, "eth0", "private (none) mode");
+    health_names(&agent, rt, "eth0", "private (none) mode");
     let text = agent.must(&["status"]);
     assert!(text.contains("failed: "), "{text}");
     retries_at_the_cap(&agent);
@@ -123,9 +152,9 @@ fn a_runtime_in_network_mode_none_is_failed_with_the_engines_words_until_recreat
         "docker run -d --name {rt} --network {rt}_internal {image} >/dev/null"
     ));
     wait_for(Duration::from_secs(20), "attached once recreated", || {
-        (agent.status()["runtimes"][&rt][0]["state"]["state"] == "attached").then_some(())
+        (agent.status()["runtimes"][rt][0]["state"]["state"] == "attached").then_some(())
     });
-    let inside = link_names(&rt);
+    let inside = link_names(rt);
     assert!(
         inside
             .iter()
@@ -136,16 +165,10 @@ fn a_runtime_in_network_mode_none_is_failed_with_the_engines_words_until_recreat
 
 #[test]
 fn a_vnic_name_held_by_a_foreign_networks_link_is_failed_until_freed() {
-    e2e::require_root();
-    require_engine();
-    let image = test_image();
-    let dir = TempDir::new("agr");
-    let (s1, _, _) = subnets();
-    let p = unique("gr");
-    let _lan = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
-    let rt = unique("rt");
+    let r = rig();
+    let (image, s1, rt) = (&r.image, &r.s1, &r.rt);
     let theirs = unique("nt");
-    let mut cleanup = DockerCleanup::runtimes(&[&rt], &[&p]);
+    let mut cleanup = DockerCleanup::runtimes(&[rt], &[&r.p]);
     cleanup.networks.push(theirs.clone());
     // Not the engine's default bridge (absent on some hosts, this one included): a
     // bridge network of someone else's, which gives the container its eth0.
@@ -153,11 +176,9 @@ fn a_vnic_name_held_by_a_foreign_networks_link_is_failed_until_freed() {
     must(&format!(
         "docker run -d --name {rt} --network {theirs} {image} >/dev/null"
     ));
-    write_store(&dir.join("state"), &rt, "eth0", &p, &format!("{s1}.101"));
-    let netmon = HostNetmon::start(dir.path(), &[&p]);
-    let agent = AgentProc::start(dir.path(), &netmon.socket, &["--health-grace", "1s"]);
+    let (_netmon, agent) = r.start(&format!("{s1}.101"));
 
-    let (st, _) = wait_failed(&agent, &rt);
+    let (st, _) = wait_failed(&agent, rt);
     let reason = st["reason"].as_str().unwrap();
     assert!(
         reason.contains("eth0") && reason.contains(&format!("network {theirs}")),
@@ -169,9 +190,9 @@ fn a_vnic_name_held_by_a_foreign_networks_link_is_failed_until_freed() {
             && what.contains(&format!("docker network disconnect {theirs} {rt}")),
         "{st}"
     );
-    health_names(&agent, &rt, "eth0", &theirs);
+    health_names(&agent, rt, "eth0", &theirs);
     // Their link keeps its name; the vNIC's link is there under the engine's name.
-    let inside = link_names(&rt);
+    let inside = link_names(rt);
     assert!(
         inside
             .iter()
@@ -189,8 +210,8 @@ fn a_vnic_name_held_by_a_foreign_networks_link_is_failed_until_freed() {
     // The operator frees the name: its disconnect event makes a run, which names it.
     must(&format!("docker network disconnect {theirs} {rt}"));
     wait_for(Duration::from_secs(20), "attached and named", || {
-        let ok = agent.status()["runtimes"][&rt][0]["state"]["state"] == "attached"
-            && link_names(&rt)
+        let ok = agent.status()["runtimes"][rt][0]["state"]["state"] == "attached"
+            && link_names(rt)
                 .iter()
                 .any(|(n, ips)| n == "eth0" && ips.contains(&format!("{s1}.101")));
         ok.then_some(())
