@@ -316,7 +316,14 @@ async fn run_chains(cx: Ctx<'_>, chains: Vec<Vec<Step>>) -> Vec<(StepResult, Opt
                     out.push(skipped(step, "an earlier step for this container failed"));
                     continue;
                 }
-                let r = run_one(cx, step).await;
+                let r = match step {
+                    Step::Name { .. } => {
+                        let _permit = cx.permits.acquire().await.ok();
+                        let known = container_of(&step).and_then(|c| cx.known.get(c));
+                        names::name_in_chain(cx.docker, step, &mut out, known).await
+                    }
+                    step => run_one(cx, step).await,
+                };
                 failed = !r.0.ok;
                 out.push(r);
             }
@@ -329,7 +336,8 @@ async fn run_chains(cx: Ctx<'_>, chains: Vec<Vec<Step>>) -> Vec<(StepResult, Opt
 }
 
 /// One parent: disconnects, then network removals, then the creation, then per
-/// container its connect followed at once by its MAC check. Chaining the MAC check to
+/// container its connect followed at once by its MAC check (and its naming, when all
+/// the container's steps are on this parent). Chaining the MAC check and the naming to
 /// the container's own connect (rather than waiting for every connect) hides the
 /// namespace work behind the engine's serialised connects of the other containers.
 async fn run_parent(cx: Ctx<'_>, steps: Vec<Step>) -> Vec<(StepResult, Option<MacOutcome>)> {
@@ -344,7 +352,8 @@ async fn run_parent(cx: Ctx<'_>, steps: Vec<Step>) -> Vec<(StepResult, Option<Ma
         take(Phase::CreateNetwork),
     );
     let mut attach: BTreeMap<String, Vec<Step>> = BTreeMap::new();
-    for s in take(Phase::Connect).into_iter().chain(take(Phase::SetMac)) {
+    let attaching = take(Phase::Connect).into_iter().chain(take(Phase::SetMac));
+    for s in attaching.chain(take(Phase::Name)) {
         let c = container_of(&s).unwrap_or_default().to_string();
         attach.entry(c).or_default().push(s);
     }
@@ -393,9 +402,20 @@ pub async fn execute_known(
     known: &Known,
 ) -> (Vec<StepResult>, Vec<MacOutcome>) {
     let order: Vec<Step> = steps.clone();
-    let (naming, steps): (Vec<Step>, Vec<Step>) = steps
+    let (naming, mut steps): (Vec<Step>, Vec<Step>) = steps
         .into_iter()
         .partition(|s| matches!(s, Step::Name { .. }));
+    // A container all of whose steps are on one parent is named in its own chain
+    // there, right after its MAC check; the others once every parent is done.
+    let mut parents: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for s in naming.iter().chain(steps.iter()) {
+        if let Some(c) = container_of(s) {
+            parents.entry(c).or_default().insert(s.parent());
+        }
+    }
+    let one_parent = |s: &Step| container_of(s).is_some_and(|c| parents[c].len() == 1);
+    let (chained, naming): (Vec<Step>, Vec<Step>) = naming.iter().cloned().partition(one_parent);
+    steps.extend(chained);
     let mut by_parent: BTreeMap<String, Vec<Step>> = BTreeMap::new();
     for s in steps {
         by_parent.entry(s.parent().to_string()).or_default().push(s);

@@ -111,7 +111,10 @@ impl fmt::Display for StepResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.error, self.ok) {
             (None, true) => write!(f, "{} ... ok {} ms", self.step, self.duration_ms),
-            (Some(e), _) => write!(f, "{} ... FAILED: {e}", self.step),
+            (Some(e), _) => match &self.refusal {
+                Some(r) => write!(f, "{} ... REFUSED: {e} ({})", self.step, r.what_to_do),
+                None => write!(f, "{} ... FAILED: {e}", self.step),
+            },
             (None, false) => write!(f, "{} ... FAILED", self.step),
         }
     }
@@ -187,6 +190,9 @@ pub struct Outcome {
     /// of every network it removed: the engine's events for them are echoes, not a
     /// runtime knocked off its LAN.
     pub disconnected: Vec<(String, String)>,
+    /// The engine's ids of the runtimes' containers as this run found them (engine
+    /// events name containers by id).
+    pub container_ids: BTreeSet<String>,
 }
 
 /// observe -> plan -> apply -> verify. Nothing here writes the store.
@@ -205,6 +211,8 @@ pub async fn reconcile(
     // attached. A container about to be reconnected gets its one check after the
     // connect, so a move costs one namespace read per container, not two.
     let mut observed = docker.observe_engine(&names).await?;
+    let observed_ids: BTreeSet<String> =
+        observed.containers.values().map(|c| c.id.clone()).collect();
     let inspect = staying_attached(desired, cache, &observed, opts.leases.as_ref());
     docker.read_links_of(&mut observed, &inspect).await;
     let planned = plan::plan_with(
@@ -260,7 +268,9 @@ pub async fn reconcile(
         dry_run = opts.dry_run,
         "reconcile done"
     );
+    let container_ids = observed_ids;
     Ok(Outcome {
+        container_ids,
         report,
         records,
         disconnected,

@@ -143,6 +143,12 @@ fn a_runtime_in_network_mode_none_is_failed_with_the_engines_words_until_recreat
     let text = agent.must(&["status"]);
     assert!(text.contains("failed: "), "{text}");
     retries_at_the_cap(&agent);
+    let out = agent.cli(&["reconcile"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("REFUSED: ") && text.contains("(none) mode"),
+        "{text}"
+    );
 
     // The fix the agent suggests: the container again, on a bridge network. Its start
     // event makes a run: attached without waiting for the cap.

@@ -99,6 +99,13 @@ async fn links_are_named_given_back_before_a_disconnect_and_forgotten_ones_delet
         "{:?}",
         fake.calls()
     );
+    // Named in the container's own chain from its MAC check's read: one engine read.
+    let reads = fake
+        .calls()
+        .iter()
+        .filter(|r| r.call == Call::Container)
+        .count();
+    assert_eq!(reads, 1, "{:?}", fake.calls());
 
     // The agent's disconnect: the link gets eth1 back first, so the engine removes it.
     fake.clear_calls();

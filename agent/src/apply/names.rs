@@ -257,6 +257,48 @@ fn name_taken(info: &ContainerInfo, links: &[NsLink], to: &str, holder: &str) ->
     }
 }
 
+/// A `Name` step at the end of its container's chain (connect, MAC check) on its one
+/// parent: named from the MAC check's read when the chain made one, from the plan's
+/// read (`known`) when the chain connected nothing, else read again; the MAC check's
+/// outcome gets the links as they are after.
+pub(super) async fn name_in_chain(
+    docker: &dyn Engine,
+    step: Step,
+    before: &mut [(StepResult, Option<MacOutcome>)],
+    known: Option<&ContainerInfo>,
+) -> (StepResult, Option<MacOutcome>) {
+    let t = Instant::now();
+    let Step::Name { container, .. } = &step else {
+        return skipped(step, "not a naming step");
+    };
+    let connected = before
+        .iter()
+        .any(|(r, _)| matches!(r.step, Step::Connect { .. }));
+    let mut checked = before.iter_mut().find_map(|(_, m)| m.as_mut());
+    let read = match (&checked, connected) {
+        (Some(m), _) => Some(&m.info),
+        (None, false) => known,
+        (None, true) => None,
+    };
+    let r = name_container(docker, container, &[&step], read.cloned().as_ref()).await;
+    if let (Ok(links), Some(m)) = (&r, checked.as_mut()) {
+        m.info.ns_links = links.clone();
+    }
+    if let Err(e) = &r {
+        tracing::warn!(%container, error = %e.message, permanent = e.refusal.is_some(), "naming links failed");
+    }
+    let duration_ms = t.elapsed().as_millis() as u64;
+    let error = r.err();
+    let result = StepResult {
+        step,
+        ok: error.is_none(),
+        error: error.as_ref().map(|e| e.message.clone()),
+        duration_ms,
+        refusal: error.and_then(|e| e.refusal),
+    };
+    (result, None)
+}
+
 /// One container's naming pass: its `Name` steps' results, and its links after.
 pub(super) type Named = (Vec<StepResult>, Option<(String, Vec<crate::netns::NsLink>)>);
 

@@ -116,10 +116,10 @@ impl State {
             // not ours, say), the operator's disconnect may be its fix: try again now.
             EngineEvent::Attachment {
                 network,
+                container,
                 connected: false,
-                ..
-            } if self.refused() => {
-                info!(%network, "a container left a network while a refusal is on record; trying again");
+            } if self.refused() && self.runtime_ids.contains(&container) => {
+                info!(%network, %container, "a runtime left a network while a refusal is on record; trying again");
                 self.trigger(None);
             }
             EngineEvent::Attachment { .. } => {}

@@ -146,6 +146,8 @@ struct State {
     /// The ifindex each vNIC parent had when last seen: a new one means the link was
     /// re-created and its runtimes need a reattach.
     parent_index: BTreeMap<String, u32>,
+    /// The runtimes' container ids, as the last run found them.
+    runtime_ids: std::collections::BTreeSet<String>,
     /// Disconnect events that may be echoes of our own runs' disconnects.
     echoes: echoes::Echoes,
     /// Parents to reattach on the next run, and those the run in progress reattaches.
@@ -317,6 +319,7 @@ impl State {
             states: BTreeMap::new(),
             parent_index: BTreeMap::new(),
             echoes: echoes::Echoes::default(),
+            runtime_ids: Default::default(),
             reattach: Default::default(),
             reattaching: Default::default(),
             dhcp: None,
@@ -370,6 +373,9 @@ impl State {
     /// waiters, and start the run owed after it, if any.
     fn run_done(&mut self, dry_run: bool, result: Result<Outcome, String>) {
         let waiters = self.runs.finished();
+        if let Ok(o) = &result {
+            self.runtime_ids = o.container_ids.clone();
+        }
         let own = result
             .as_ref()
             .map(|o| o.disconnected.clone())
