@@ -52,6 +52,8 @@ struct Scene {
     parent: String,
     netns: String,
     containers: Vec<String>,
+    /// The bridge network the containers start on (a runtime's first network).
+    bridge: String,
     state: PathBuf,
 }
 
@@ -63,6 +65,10 @@ impl Drop for Scene {
                 self.containers.join(" ")
             ));
         }
+        let _ = sh(&format!(
+            "docker network rm {} >/dev/null 2>&1",
+            self.bridge
+        ));
         let _ = sh(&format!(
             "for n in $(docker network ls -q --filter driver=macvlan); do \
              [ \"$(docker network inspect -f '{{{{index .Options \"parent\"}}}}' $n)\" = {} ] && docker network rm $n; \
@@ -122,6 +128,7 @@ async fn set_up(docker: &Docker, n: usize, id: &str) -> Result<(Scene, VnicStore
         parent: parent.clone(),
         netns: format!("agbench{id}"),
         containers: Vec::new(),
+        bridge: format!("agbench-{id}-br"),
         state: state.clone(),
     };
     sh(&format!(
@@ -129,13 +136,21 @@ async fn set_up(docker: &Docker, n: usize, id: &str) -> Result<(Scene, VnicStore
          ip link set {parent}p netns {ns} && ip -n {ns} link set {parent}p up && ip link set {parent} up",
         ns = scene.netns
     ))?;
+    // A bridge of the bench's own, not the engine's default one (a host may run the
+    // engine without docker0).
+    sh(&format!(
+        "docker network create {} >/dev/null",
+        scene.bridge
+    ))?;
     let names: Vec<String> = (0..n).map(|i| format!("agbench-{id}-{i}")).collect();
     scene.containers = names.clone();
+    let bridge = &scene.bridge;
     let created: Vec<Result<()>> = futures::stream::iter(names.iter())
         .map(|name| async move {
             let spec = ContainerSpec {
                 name: name.clone(),
                 image: IMAGE.into(),
+                network: Some(bridge.clone()),
                 labels: managed_labels(),
                 ..Default::default()
             };
@@ -246,11 +261,13 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
     let c = &moved.engine_calls;
     let per = |x: u64| x as f64 / n as f64;
     let per_container = format!(
-        "disconnect {:.1}, connect {:.1}, MAC check {:.1}, MAC set {:.1}",
+        "disconnect {:.1}, connect {:.1}, engine reads {:.1}, namespace reads {:.1}, MAC set {:.1}, renames {:.1}",
         per(c.disconnect),
         per(c.connect),
+        per(c.reads),
         per(c.mac_checks),
-        per(c.mac_sets)
+        per(c.mac_sets),
+        per(c.renames)
     );
     let second = run(docker, &mut store, &cache, &opts).await?;
 

@@ -19,6 +19,7 @@ use ipc::MacAddr;
 use crate::engine::{ContainerInfo, Engine, EngineError};
 use crate::netns;
 use crate::plan::{Phase, Step};
+use crate::refusal::{Refusal, StepError};
 use crate::vnics::MacMethod;
 
 /// The outcome of one step.
@@ -28,7 +29,24 @@ pub struct StepResult {
     pub ok: bool,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// Set when the failure is one a retry does not fix (`refusal.rs`): the vNIC is
+    /// `failed` with it, and the run is tried again only every `REFUSED_RETRY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
 }
+
+impl StepResult {
+    /// Skipped because an earlier step it depends on failed.
+    pub fn is_skipped(&self) -> bool {
+        !self.ok
+            && self
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(SKIPPED))
+    }
+}
+
+const SKIPPED: &str = "skipped: ";
 
 /// How a vNIC's MAC was found or put in place.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,12 +153,16 @@ pub async fn ensure_mac(
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(step = %step))]
-async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, String> {
+async fn run(
+    docker: &dyn Engine,
+    step: &Step,
+    known: Option<&ContainerInfo>,
+) -> Result<Option<MacOutcome>, StepError> {
     let r = match step {
         Step::Disconnect {
             container, network, ..
         } => {
-            names::restore_engine_name(docker, container, network).await?;
+            names::restore_engine_name(docker, container, network, known).await?;
             docker.disconnect(container, network).await
         }
         Step::RemoveNetwork { network, .. } => docker.remove_network(network).await,
@@ -176,10 +198,13 @@ async fn run(docker: &dyn Engine, step: &Step) -> Result<Option<MacOutcome>, Str
                         info,
                     })
                 })
-                .map_err(|e| e.to_string());
+                .map_err(|e| match &e {
+                    MacError::Engine(engine) => StepError::engine(step, engine),
+                    _ => StepError::transient(e.to_string()),
+                });
         }
     };
-    r.map(|()| None).map_err(|e| e.to_string())
+    r.map(|()| None).map_err(|e| StepError::engine(step, &e))
 }
 
 /// Connects; a connect refused because a link the engine forgot still holds the MAC
@@ -210,7 +235,7 @@ async fn connect(
 }
 
 /// The container a step acts on, if any.
-fn container_of(step: &Step) -> Option<&str> {
+pub fn container_of(step: &Step) -> Option<&str> {
     match step {
         Step::Disconnect { container, .. }
         | Step::Connect { container, .. }
@@ -225,22 +250,32 @@ fn skipped(step: Step, why: &str) -> (StepResult, Option<MacOutcome>) {
         StepResult {
             step,
             ok: false,
-            error: Some(format!("skipped: {why}")),
+            error: Some(format!("{SKIPPED}{why}")),
             duration_ms: 0,
+            refusal: None,
         },
         None,
     )
 }
 
-async fn run_one(
-    docker: &dyn Engine,
-    permits: &Semaphore,
-    step: Step,
-) -> (StepResult, Option<MacOutcome>) {
+/// The containers as the plan's observation read them, by name.
+pub type Known = BTreeMap<String, ContainerInfo>;
+
+/// What every step of one `execute` shares.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    docker: &'a dyn Engine,
+    permits: &'a Semaphore,
+    parallelism: usize,
+    known: &'a Known,
+}
+
+async fn run_one(cx: Ctx<'_>, step: Step) -> (StepResult, Option<MacOutcome>) {
     // The semaphore is never closed, so acquire cannot fail; run anyway if it did.
-    let _permit = permits.acquire().await.ok();
+    let _permit = cx.permits.acquire().await.ok();
     let t = Instant::now();
-    let r = run(docker, &step).await;
+    let known = container_of(&step).and_then(|c| cx.known.get(c));
+    let r = run(cx.docker, &step, known).await;
     let duration_ms = t.elapsed().as_millis() as u64;
     match r {
         Ok(mac) => {
@@ -250,16 +285,19 @@ async fn run_one(
                 ok: true,
                 error: None,
                 duration_ms,
+                refusal: None,
             };
             (ok, mac)
         }
         Err(e) => {
-            tracing::warn!(step = %step, error = %e, "step failed");
+            let permanent = e.refusal.is_some();
+            tracing::warn!(step = %step, error = %e.message, permanent, "step failed");
             let failed = StepResult {
                 step,
                 ok: false,
-                error: Some(e),
+                error: Some(e.message),
                 duration_ms,
+                refusal: e.refusal,
             };
             (failed, None)
         }
@@ -268,12 +306,7 @@ async fn run_one(
 
 /// Runs the chains in parallel (bounded); the steps of one chain in order, the rest
 /// of a chain skipped after a failure.
-async fn run_chains(
-    docker: &dyn Engine,
-    permits: &Semaphore,
-    parallelism: usize,
-    chains: Vec<Vec<Step>>,
-) -> Vec<(StepResult, Option<MacOutcome>)> {
+async fn run_chains(cx: Ctx<'_>, chains: Vec<Vec<Step>>) -> Vec<(StepResult, Option<MacOutcome>)> {
     let per_chain: Vec<Vec<(StepResult, Option<MacOutcome>)>> = futures::stream::iter(chains)
         .map(|chain| async move {
             let mut out = Vec::with_capacity(chain.len());
@@ -283,28 +316,31 @@ async fn run_chains(
                     out.push(skipped(step, "an earlier step for this container failed"));
                     continue;
                 }
-                let r = run_one(docker, permits, step).await;
+                let r = match step {
+                    Step::Name { .. } => {
+                        let _permit = cx.permits.acquire().await.ok();
+                        let known = container_of(&step).and_then(|c| cx.known.get(c));
+                        names::name_in_chain(cx.docker, step, &mut out, known).await
+                    }
+                    step => run_one(cx, step).await,
+                };
                 failed = !r.0.ok;
                 out.push(r);
             }
             out
         })
-        .buffer_unordered(parallelism.max(1))
+        .buffer_unordered(cx.parallelism.max(1))
         .collect()
         .await;
     per_chain.into_iter().flatten().collect()
 }
 
 /// One parent: disconnects, then network removals, then the creation, then per
-/// container its connect followed at once by its MAC check. Chaining the MAC check to
+/// container its connect followed at once by its MAC check (and its naming, when all
+/// the container's steps are on this parent). Chaining the MAC check and the naming to
 /// the container's own connect (rather than waiting for every connect) hides the
 /// namespace work behind the engine's serialised connects of the other containers.
-async fn run_parent(
-    docker: &dyn Engine,
-    steps: Vec<Step>,
-    permits: &Semaphore,
-    parallelism: usize,
-) -> Vec<(StepResult, Option<MacOutcome>)> {
+async fn run_parent(cx: Ctx<'_>, steps: Vec<Step>) -> Vec<(StepResult, Option<MacOutcome>)> {
     let mut phases: BTreeMap<Phase, Vec<Step>> = BTreeMap::new();
     for s in steps {
         phases.entry(s.phase()).or_default().push(s);
@@ -316,20 +352,21 @@ async fn run_parent(
         take(Phase::CreateNetwork),
     );
     let mut attach: BTreeMap<String, Vec<Step>> = BTreeMap::new();
-    for s in take(Phase::Connect).into_iter().chain(take(Phase::SetMac)) {
+    let attaching = take(Phase::Connect).into_iter().chain(take(Phase::SetMac));
+    for s in attaching.chain(take(Phase::Name)) {
         let c = container_of(&s).unwrap_or_default().to_string();
         attach.entry(c).or_default().push(s);
     }
 
     let single = |v: Vec<Step>| v.into_iter().map(|s| vec![s]).collect::<Vec<_>>();
-    let mut out = run_chains(docker, permits, parallelism, single(disconnects)).await;
+    let mut out = run_chains(cx, single(disconnects)).await;
     let mut network_failed: Option<String> = None;
     for (stage, steps) in [("remove", removes), ("create", creates)] {
         if let Some(why) = &network_failed {
             out.extend(steps.into_iter().map(|s| skipped(s, why)));
             continue;
         }
-        let results = run_chains(docker, permits, parallelism, single(steps)).await;
+        let results = run_chains(cx, single(steps)).await;
         if let Some((r, _)) = results.iter().find(|(r, _)| !r.ok) {
             network_failed = Some(match &r.step {
                 Step::RemoveNetwork { network, .. } => format!("removing {network} failed"),
@@ -341,8 +378,7 @@ async fn run_parent(
     }
     match &network_failed {
         Some(why) => out.extend(attach.into_values().flatten().map(|s| skipped(s, why))),
-        None => out
-            .extend(run_chains(docker, permits, parallelism, attach.into_values().collect()).await),
+        None => out.extend(run_chains(cx, attach.into_values().collect()).await),
     }
     out
 }
@@ -353,21 +389,46 @@ pub async fn execute(
     steps: Vec<Step>,
     parallelism: usize,
 ) -> (Vec<StepResult>, Vec<MacOutcome>) {
+    execute_known(docker, steps, parallelism, &Known::new()).await
+}
+
+/// [`execute`], with the containers as the plan read them: a disconnect gives the
+/// link its engine name back from the container's pid and endpoints found there
+/// (one namespace read, no engine read); a container not in `known` is read.
+pub async fn execute_known(
+    docker: &dyn Engine,
+    steps: Vec<Step>,
+    parallelism: usize,
+    known: &Known,
+) -> (Vec<StepResult>, Vec<MacOutcome>) {
     let order: Vec<Step> = steps.clone();
-    let (naming, steps): (Vec<Step>, Vec<Step>) = steps
+    let (naming, mut steps): (Vec<Step>, Vec<Step>) = steps
         .into_iter()
         .partition(|s| matches!(s, Step::Name { .. }));
+    // A container all of whose steps are on one parent is named in its own chain
+    // there, right after its MAC check; the others once every parent is done.
+    let mut parents: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for s in naming.iter().chain(steps.iter()) {
+        if let Some(c) = container_of(s) {
+            parents.entry(c).or_default().insert(s.parent());
+        }
+    }
+    let one_parent = |s: &Step| container_of(s).is_some_and(|c| parents[c].len() == 1);
+    let (chained, naming): (Vec<Step>, Vec<Step>) = naming.iter().cloned().partition(one_parent);
+    steps.extend(chained);
     let mut by_parent: BTreeMap<String, Vec<Step>> = BTreeMap::new();
     for s in steps {
         by_parent.entry(s.parent().to_string()).or_default().push(s);
     }
     let permits = Arc::new(Semaphore::new(parallelism.max(1)));
-    let per_parent = futures::future::join_all(
-        by_parent
-            .into_values()
-            .map(|steps| run_parent(docker, steps, &permits, parallelism)),
-    )
-    .await;
+    let cx = Ctx {
+        docker,
+        permits: &permits,
+        parallelism,
+        known,
+    };
+    let per_parent =
+        futures::future::join_all(by_parent.into_values().map(|steps| run_parent(cx, steps))).await;
     let mut done: Vec<(StepResult, Option<MacOutcome>)> =
         per_parent.into_iter().flatten().collect();
     let named = names::name_all(docker, &permits, parallelism, naming, &done).await;

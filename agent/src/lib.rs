@@ -15,6 +15,7 @@ pub mod netmon_link;
 pub mod netns;
 pub mod plan;
 pub mod reconcile;
+pub mod refusal;
 pub mod runtime;
 pub mod status;
 pub mod vnic_state;

@@ -63,6 +63,34 @@ impl ReconcileReport {
     pub fn failed(&self) -> bool {
         self.steps.iter().any(|s| !s.ok) || !self.unconverged.is_empty()
     }
+
+    /// Failed, and only by refusals a retry does not fix (`refusal.rs`): every failed
+    /// step is refused or skipped after a failure, and every step the verify still
+    /// finds to do is on a container (or, for network steps, a parent) with a refused
+    /// step. The daemon then tries again at the backoff's cap, not on its fast schedule.
+    pub fn only_refused(&self) -> bool {
+        let refused: Vec<&Step> = self
+            .steps
+            .iter()
+            .filter(|s| s.refusal.is_some())
+            .map(|s| &s.step)
+            .collect();
+        if refused.is_empty() {
+            return false;
+        }
+        let covered = |step: &Step| {
+            refused.iter().any(
+                |r| match (apply::container_of(r), apply::container_of(step)) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => r.parent() == step.parent(),
+                },
+            )
+        };
+        self.steps
+            .iter()
+            .all(|s| s.ok || s.refusal.is_some() || s.is_skipped())
+            && self.unconverged.iter().all(covered)
+    }
 }
 
 impl StepResult {
@@ -73,6 +101,7 @@ impl StepResult {
             ok: true,
             error: None,
             duration_ms: 0,
+            refusal: None,
         }
     }
 }
@@ -82,7 +111,10 @@ impl fmt::Display for StepResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.error, self.ok) {
             (None, true) => write!(f, "{} ... ok {} ms", self.step, self.duration_ms),
-            (Some(e), _) => write!(f, "{} ... FAILED: {e}", self.step),
+            (Some(e), _) => match &self.refusal {
+                Some(r) => write!(f, "{} ... REFUSED: {e} ({})", self.step, r.what_to_do),
+                None => write!(f, "{} ... FAILED: {e}", self.step),
+            },
             (None, false) => write!(f, "{} ... FAILED", self.step),
         }
     }
@@ -160,6 +192,9 @@ pub struct Outcome {
     pub disconnected: Vec<(String, String)>,
     /// The runtimes whose containers the run (a real one) found running at its end.
     pub running: BTreeSet<String>,
+    /// The engine's ids of the runtimes' containers as this run found them (engine
+    /// events name containers by id).
+    pub container_ids: BTreeSet<String>,
 }
 
 /// observe -> plan -> apply -> verify. Nothing here writes the store.
@@ -178,6 +213,8 @@ pub async fn reconcile(
     // attached. A container about to be reconnected gets its one check after the
     // connect, so a move costs one namespace read per container, not two.
     let mut observed = docker.observe_engine(&names).await?;
+    let observed_ids: BTreeSet<String> =
+        observed.containers.values().map(|c| c.id.clone()).collect();
     let inspect = staying_attached(desired, cache, &observed, opts.leases.as_ref());
     docker.read_links_of(&mut observed, &inspect).await;
     let planned = plan::plan_with(
@@ -206,8 +243,13 @@ pub async fn reconcile(
         let (final_observed, macs) = if planned.steps.is_empty() {
             (observed, Vec::new())
         } else {
-            let (results, macs) =
-                apply::execute(docker, planned.steps.clone(), opts.parallelism).await;
+            let (results, macs) = apply::execute_known(
+                docker,
+                planned.steps.clone(),
+                opts.parallelism,
+                &observed.containers,
+            )
+            .await;
             report.steps = results;
             disconnected = own_disconnects(&report.steps, &observed);
             let known = known_containers(&observed, &planned.steps, &macs);
@@ -235,7 +277,9 @@ pub async fn reconcile(
         dry_run = opts.dry_run,
         "reconcile done"
     );
+    let container_ids = observed_ids;
     Ok(Outcome {
+        container_ids,
         report,
         records,
         disconnected,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::InterfaceCache;
 use crate::plan::{Note, Step};
 use crate::reconcile::ReconcileReport;
+use crate::refusal::Refusal;
 use crate::vnics::Vnic;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -92,6 +93,12 @@ pub fn vnic_state(runtime: &str, v: &Vnic, f: &Facts<'_>) -> VnicState {
     let Some(last) = f.last else {
         return pending("the first reconcile".into());
     };
+    if let Some(r) = refusal(runtime, v, last) {
+        return VnicState::Failed {
+            reason: r.reason.clone(),
+            what_to_do: r.what_to_do.clone(),
+        };
+    }
     if let Some(e) = step_error(runtime, v, last) {
         let next = f
             .next_retry
@@ -134,9 +141,9 @@ fn permanent(runtime: &str, v: &Vnic, last: Option<&ReconcileReport>) -> Option<
     })
 }
 
-/// The error of a failed step, or a step still to do, that concerns this vNIC.
-fn step_error(runtime: &str, v: &Vnic, last: &ReconcileReport) -> Option<String> {
-    let concerns = |s: &Step| match s {
+/// Whether a step acts on this vNIC (or on its parent's network).
+fn concerns(runtime: &str, v: &Vnic, s: &Step) -> bool {
+    match s {
         Step::Connect {
             container, vnic, ..
         }
@@ -152,7 +159,20 @@ fn step_error(runtime: &str, v: &Vnic, last: &ReconcileReport) -> Option<String>
         Step::RemoveNetwork { parent, .. } | Step::CreateNetwork { parent, .. } => {
             *parent == v.parent_interface
         }
-    };
+    }
+}
+
+/// The refusal of a step of the last run that concerns this vNIC: it is `failed`.
+fn refusal<'a>(runtime: &str, v: &Vnic, last: &'a ReconcileReport) -> Option<&'a Refusal> {
+    last.steps
+        .iter()
+        .filter(|s| concerns(runtime, v, &s.step))
+        .find_map(|s| s.refusal.as_ref())
+}
+
+/// The error of a failed step, or a step still to do, that concerns this vNIC.
+fn step_error(runtime: &str, v: &Vnic, last: &ReconcileReport) -> Option<String> {
+    let concerns = |s: &Step| concerns(runtime, v, s);
     last.steps
         .iter()
         .find(|s| !s.ok && concerns(&s.step))
@@ -276,11 +296,32 @@ mod tests {
                 ok: false,
                 error: Some("engine refused the request (500): boom".into()),
                 duration_ms: 1,
+                refusal: None,
             }],
             Vec::new(),
         );
         let w = p(state(&v, &up, Some(&failed), true));
         assert!(w.contains("boom") && w.contains("next try in 4 s"), "{w}");
+        // The same step refused for good: failed, with the engine's words.
+        let mut refused = failed.clone();
+        refused.steps[0].refusal = Some(Refusal {
+            reason: "engine refused the request (400): private (none) mode".into(),
+            what_to_do: "create it again on a bridge network".into(),
+        });
+        let s = state(&v, &up, Some(&refused), true);
+        assert!(
+            matches!(&s, VnicState::Failed { reason, what_to_do }
+                if reason.contains("(none) mode") && what_to_do.contains("bridge")),
+            "{s:?}"
+        );
+        let other = Vnic::dhcp("eth9", "eth2", None);
+        assert!(
+            !matches!(
+                state(&other, &up, Some(&refused), true),
+                VnicState::Failed { .. }
+            ),
+            "a refusal concerns only its own vNIC"
+        );
         let mut fresh = v.clone();
         fresh.docker_network_name = None;
         assert!(p(state(&fresh, &up, Some(&ok), true)).contains("first attachment"));

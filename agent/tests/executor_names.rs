@@ -4,6 +4,8 @@
 //! disconnect, a link left behind by a hand disconnect deleted on the reconnect. The
 //! real engine and kernel run the same in `e2e_agent_names.rs`.
 
+use std::collections::BTreeMap;
+
 use agent::apply;
 use agent::engine::{Call, Engine, FakeEngine, NetworkInfo, Pool, managed_labels};
 use agent::plan::{INTERNAL_IFNAME, Step};
@@ -97,6 +99,13 @@ async fn links_are_named_given_back_before_a_disconnect_and_forgotten_ones_delet
         "{:?}",
         fake.calls()
     );
+    // Named in the container's own chain from its MAC check's read: one engine read.
+    let reads = fake
+        .calls()
+        .iter()
+        .filter(|r| r.call == Call::Container)
+        .count();
+    assert_eq!(reads, 1, "{:?}", fake.calls());
 
     // The agent's disconnect: the link gets eth1 back first, so the engine removes it.
     fake.clear_calls();
@@ -105,10 +114,24 @@ async fn links_are_named_given_back_before_a_disconnect_and_forgotten_ones_delet
         container: "c1".into(),
         network: "lan1".into(),
     }];
-    let (results, _) = apply::execute(&fake, leave, 4).await;
+    let (results, _) = apply::execute(&fake, leave.clone(), 4).await;
     assert!(results.iter().all(|r| r.ok), "{results:#?}");
     let calls: Vec<Call> = fake.calls().iter().map(|r| r.call).collect();
     assert_eq!(calls, vec![Call::Container, Call::Rename, Call::Disconnect]);
+    assert_eq!(names(&fake).len(), 1, "only int0 left: {:?}", names(&fake));
+
+    // With the container as the plan's observation read it (pid and endpoints, no
+    // links): one namespace read instead of the engine read, and the same result.
+    let (results, _) = apply::execute(&fake, attach_steps("lan1"), 4).await;
+    assert!(results.iter().all(|r| r.ok), "{results:#?}");
+    let mut seen = fake.peek("c1").unwrap();
+    seen.ns_links.clear();
+    let known = BTreeMap::from([("c1".to_string(), seen)]);
+    fake.clear_calls();
+    let (results, _) = apply::execute_known(&fake, leave, 4, &known).await;
+    assert!(results.iter().all(|r| r.ok), "{results:#?}");
+    let calls: Vec<Call> = fake.calls().iter().map(|r| r.call).collect();
+    assert_eq!(calls, vec![Call::ReadLinks, Call::Rename, Call::Disconnect]);
     assert_eq!(names(&fake).len(), 1, "only int0 left: {:?}", names(&fake));
 
     // A hand disconnect of the renamed link leaves it inside; the reconnect deletes it.

@@ -14,8 +14,9 @@ use tokio::sync::Semaphore;
 use super::{MacOutcome, StepResult, skipped};
 
 use crate::engine::{ContainerInfo, Endpoint, Engine};
-use crate::netns::{NameWant, NsLink, endpoint_of, engine_name};
+use crate::netns::{NameWant, NetnsError, NsLink, endpoint_of, engine_name};
 use crate::plan::{INTERNAL_IFNAME, Step};
+use crate::refusal::StepError;
 use crate::runtime::internal_network;
 
 fn endpoint_on<'a>(info: &'a ContainerInfo, network: &str) -> Option<&'a Endpoint> {
@@ -78,12 +79,27 @@ pub(super) async fn drop_orphans(
 }
 
 /// Before the engine disconnects `container` from `network`: the link on it gets back
-/// the name the engine gave it, so the engine finds and removes it.
+/// the name the engine gave it, so the engine finds and removes it. `known` is the
+/// container as the plan read it: its pid and endpoint locate the link with one
+/// namespace read and no engine read; without it (or when the link is not found that
+/// way) the container is read.
 pub(super) async fn restore_engine_name(
     docker: &dyn Engine,
     container: &str,
     network: &str,
+    known: Option<&ContainerInfo>,
 ) -> Result<(), String> {
+    if let Some(info) = known.filter(|i| i.ns_error.is_none())
+        && let (Some(pid), Some(ep)) = (info.pid, endpoint_on(info, network))
+    {
+        let links = match info.ns_links.is_empty() {
+            true => docker.links_inside(pid).await.ok(),
+            false => Some(info.ns_links.clone()),
+        };
+        if let Some(link) = links.as_deref().and_then(|l| link_of(info, l, ep)) {
+            return give_back(docker, container, pid, link).await;
+        }
+    }
     let Some(info) = docker
         .container(container)
         .await
@@ -94,10 +110,19 @@ pub(super) async fn restore_engine_name(
     let (Some(pid), None) = (info.pid, &info.ns_error) else {
         return Ok(());
     };
-    let Some(link) = endpoint_on(&info, network).and_then(|ep| link_of(&info, &info.ns_links, ep))
-    else {
-        return Ok(());
-    };
+    match endpoint_on(&info, network).and_then(|ep| link_of(&info, &info.ns_links, ep)) {
+        Some(link) => give_back(docker, container, pid, link).await,
+        None => Ok(()),
+    }
+}
+
+/// Renames `link` (inside `pid`) back to the engine's name in its alias, if it has one.
+async fn give_back(
+    docker: &dyn Engine,
+    container: &str,
+    pid: u32,
+    link: &NsLink,
+) -> Result<(), String> {
     let Some(engine) = engine_name(link).filter(|e| *e != link.name) else {
         return Ok(());
     };
@@ -125,12 +150,13 @@ pub(super) async fn name_container(
     container: &str,
     steps: &[&Step],
     known: Option<&ContainerInfo>,
-) -> Result<Vec<NsLink>, String> {
+) -> Result<Vec<NsLink>, StepError> {
     if let Some(info) = known {
         match name_from(docker, container, steps, info.clone()).await {
             Ok(links) => return Ok(links),
+            Err(e) if e.refusal.is_some() => return Err(e),
             Err(e) => {
-                tracing::debug!(container, error = %e, "naming from the MAC check's read failed; reading again")
+                tracing::debug!(container, error = %e.message, "naming from the MAC check's read failed; reading again")
             }
         }
     }
@@ -147,12 +173,12 @@ async fn name_from(
     container: &str,
     steps: &[&Step],
     info: ContainerInfo,
-) -> Result<Vec<NsLink>, String> {
+) -> Result<Vec<NsLink>, StepError> {
     let Some(pid) = info.pid else {
-        return Err(format!("container {container} is not running"));
+        return Err(format!("container {container} is not running").into());
     };
     if let Some(reason) = &info.ns_error {
-        return Err(format!("cannot read {container}'s namespace: {reason}"));
+        return Err(format!("cannot read {container}'s namespace: {reason}").into());
     }
     let (_, links) = drop_orphans(docker, &info).await?;
     let mut wants: Vec<NameWant> = Vec::new();
@@ -189,18 +215,88 @@ async fn name_from(
     if named(&links) {
         return Ok(links);
     }
-    let after = docker
-        .name_inside(pid, wants.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let after = match docker.name_inside(pid, wants.clone()).await {
+        Ok(after) => after,
+        Err(NetnsError::NameTaken { to, holder, .. }) => {
+            return Err(name_taken(&info, &links, &to, &holder));
+        }
+        Err(e) => return Err(e.to_string().into()),
+    };
     if !named(&after) {
         return Err(format!(
             "renamed links inside {container}, but they do not read back as {wants:?}"
-        ));
+        )
+        .into());
     }
     let names: Vec<(u32, &str)> = wants.iter().map(|w| (w.index, w.name.as_str())).collect();
     tracing::info!(container, ?names, "links named inside the container");
     Ok(after)
+}
+
+/// `to` is held inside the container by `holder`, a link the agent never renamed.
+/// A refusal when that link is on a network the agent does not manage (or on none):
+/// only the operator can free the name, and the agent never renames what is not its
+/// own. On the internal bridge or a network named as the agent names its own
+/// (`macvlan_...`) it is the engine's link of another vNIC awaiting its own name: a
+/// later pass frees the name.
+fn name_taken(info: &ContainerInfo, links: &[NsLink], to: &str, holder: &str) -> StepError {
+    let held = links.iter().find(|l| l.name == holder);
+    let network = held.and_then(|l| {
+        info.endpoints
+            .iter()
+            .find(|e| e.ipv4.is_some_and(|ip| l.ipv4.contains(&ip)))
+            .map(|e| e.network_name.as_str())
+    });
+    let ours = |n: &str| n == internal_network(&info.name) || n.starts_with("macvlan_");
+    match network {
+        Some(n) if ours(n) => StepError::transient(format!(
+            "cannot name a link {to} inside {}: {holder} of {n} holds that name for now",
+            info.name
+        )),
+        _ => StepError::name_held(&info.name, to, holder, network),
+    }
+}
+
+/// A `Name` step at the end of its container's chain (connect, MAC check) on its one
+/// parent: named from the MAC check's read when the chain made one, from the plan's
+/// read (`known`) when the chain connected nothing, else read again; the MAC check's
+/// outcome gets the links as they are after.
+pub(super) async fn name_in_chain(
+    docker: &dyn Engine,
+    step: Step,
+    before: &mut [(StepResult, Option<MacOutcome>)],
+    known: Option<&ContainerInfo>,
+) -> (StepResult, Option<MacOutcome>) {
+    let t = Instant::now();
+    let Step::Name { container, .. } = &step else {
+        return skipped(step, "not a naming step");
+    };
+    let connected = before
+        .iter()
+        .any(|(r, _)| matches!(r.step, Step::Connect { .. }));
+    let mut checked = before.iter_mut().find_map(|(_, m)| m.as_mut());
+    let read = match (&checked, connected) {
+        (Some(m), _) => Some(&m.info),
+        (None, false) => known,
+        (None, true) => None,
+    };
+    let r = name_container(docker, container, &[&step], read.cloned().as_ref()).await;
+    if let (Ok(links), Some(m)) = (&r, checked.as_mut()) {
+        m.info.ns_links = links.clone();
+    }
+    if let Err(e) = &r {
+        tracing::warn!(%container, error = %e.message, permanent = e.refusal.is_some(), "naming links failed");
+    }
+    let duration_ms = t.elapsed().as_millis() as u64;
+    let error = r.err();
+    let result = StepResult {
+        step,
+        ok: error.is_none(),
+        error: error.as_ref().map(|e| e.message.clone()),
+        duration_ms,
+        refusal: error.and_then(|e| e.refusal),
+    };
+    (result, None)
 }
 
 /// One container's naming pass: its `Name` steps' results, and its links after.
@@ -261,14 +357,15 @@ pub(super) async fn name_all(
             let r = name_container(docker, &c, &steps, known).await;
             let duration_ms = t.elapsed().as_millis() as u64;
             if let Err(e) = &r {
-                tracing::warn!(container = %c, error = %e, "naming links failed");
+                tracing::warn!(container = %c, error = %e.message, permanent = e.refusal.is_some(), "naming links failed");
             }
             let error = r.as_ref().err().cloned();
             out.extend(run.into_iter().map(|step| StepResult {
                 step,
                 ok: error.is_none(),
-                error: error.clone(),
+                error: error.as_ref().map(|e| e.message.clone()),
                 duration_ms,
+                refusal: error.as_ref().and_then(|e| e.refusal.clone()),
             }));
             (out, r.ok().map(|links| (c, links)))
         })

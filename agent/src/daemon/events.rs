@@ -122,6 +122,16 @@ impl State {
                 container,
                 connected: false,
             } if self.carries_vnics(&network) => self.on_disconnect(network, container),
+            // While a refusal is on record (a vNIC name held by the link of a network
+            // not ours, say), the operator's disconnect may be its fix: try again now.
+            EngineEvent::Attachment {
+                network,
+                container,
+                connected: false,
+            } if self.refused() && self.runtime_ids.contains(&container) => {
+                info!(%network, %container, "a runtime left a network while a refusal is on record; trying again");
+                self.trigger(None);
+            }
             EngineEvent::Attachment { .. } => {}
             EngineEvent::NetworkGone { name, id } => {
                 // Only a network some vNIC sits on matters; reacting to every network
@@ -214,6 +224,15 @@ impl State {
         }
         info!(%network, %container, "a container was disconnected from a network carrying vNICs");
         self.trigger(None);
+    }
+
+    /// Whether the last run was refused a step (`refusal.rs`).
+    fn refused(&self) -> bool {
+        self.view
+            .reconcile
+            .last
+            .as_ref()
+            .is_some_and(|r| r.steps.iter().any(|s| s.refusal.is_some()))
     }
 
     /// Whether some vNIC was last attached to this network.

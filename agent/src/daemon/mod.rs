@@ -147,6 +147,8 @@ struct State {
     /// The ifindex each vNIC parent had when last seen: a new one means the link was
     /// re-created and its runtimes need a reattach.
     parent_index: BTreeMap<String, u32>,
+    /// The runtimes' container ids, as the last run found them.
+    runtime_ids: std::collections::BTreeSet<String>,
     /// Disconnect events that may be echoes of our own runs' disconnects.
     echoes: echoes::Echoes,
     /// Parents to reattach on the next run, and those the run in progress reattaches.
@@ -163,7 +165,7 @@ struct State {
 /// Retries after a run that did not converge: the first within a second, then
 /// doubling up to this cap, until a run converges.
 const RETRY_FIRST: Duration = Duration::from_millis(700);
-const RETRY_CAP: Duration = Duration::from_secs(30);
+const RETRY_CAP: Duration = crate::refusal::REFUSED_RETRY;
 
 /// How long shutdown waits for a reconcile in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -324,6 +326,7 @@ impl State {
             states: BTreeMap::new(),
             parent_index: BTreeMap::new(),
             echoes: echoes::Echoes::default(),
+            runtime_ids: Default::default(),
             reattach: Default::default(),
             reattaching: Default::default(),
             dhcp: None,
@@ -378,6 +381,9 @@ impl State {
     /// waiters, and start the run owed after it, if any.
     fn run_done(&mut self, dry_run: bool, result: Result<Outcome, String>) {
         let waiters = self.runs.finished();
+        if let Ok(o) = &result {
+            self.runtime_ids = o.container_ids.clone();
+        }
         let own = result
             .as_ref()
             .map(|o| o.disconnected.clone())
@@ -405,11 +411,12 @@ impl State {
         }
         if !dry_run {
             let failed = result.as_ref().map(ReconcileReport::failed).unwrap_or(true);
+            let refused = result.as_ref().is_ok_and(ReconcileReport::only_refused);
             let done = std::mem::take(&mut self.reattaching);
             if failed {
                 self.reattach.extend(done);
             }
-            self.schedule_retry(failed);
+            self.schedule_retry(failed, refused);
         }
         for w in waiters {
             self.answer(w, result.clone());
@@ -425,16 +432,24 @@ impl State {
 
     /// After a real run: converged resets the backoff; anything left wrong (a failed
     /// step, an unconverged verify, an engine error) tries again without waiting for
-    /// an event.
-    fn schedule_retry(&mut self, failed: bool) {
+    /// an event. A run left wrong only by refusals (`only_refused`) tries again at the
+    /// cap: the same request would be refused again until someone changes something,
+    /// and a change (an event) triggers a run anyway.
+    fn schedule_retry(&mut self, failed: bool, refused: bool) {
         if !failed {
             self.retry.reset();
             self.retry_at = None;
             self.view.reconcile.next_retry_ms = None;
             return;
         }
-        let delay = self.retry.next_delay();
-        info!(?delay, "the last reconcile left something wrong; retrying");
+        let delay = match refused {
+            true => RETRY_CAP,
+            false => self.retry.next_delay(),
+        };
+        info!(
+            ?delay,
+            refused, "the last reconcile left something wrong; retrying"
+        );
         self.retry_at = Some(tokio::time::Instant::now() + delay);
         self.view.reconcile.next_retry_ms = Some(delay.as_millis() as u64);
     }

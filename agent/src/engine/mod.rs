@@ -235,4 +235,27 @@ impl EngineError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, EngineError::Unreachable { .. })
     }
+
+    /// Whether the engine refused for good: the same request will be refused again
+    /// until someone changes something (the one place engine errors are classified).
+    ///
+    /// Transient: the engine unreachable or timing out, a reply we could not read, a
+    /// 5xx, a 404 (an object being re-created, or removed by a run that re-creates
+    /// it), a 409, a 408 or 429, and a 403, which is how 20.10 answers the conflicts
+    /// the next run resolves ("has active endpoints", "endpoint ... already exists",
+    /// "Address already in use", "Pool overlaps"). Permanent: every other 4xx (400
+    /// "... private (none) mode", "user specified IP address is supported only ...",
+    /// 401), a permission denied on the socket, and a bad engine address.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            EngineError::Unreachable { .. }
+            | EngineError::NotFound(_)
+            | EngineError::Conflict(_)
+            | EngineError::Protocol(_) => false,
+            EngineError::Permission(_) | EngineError::BadHost(_) => true,
+            EngineError::Api { status, .. } => {
+                (400..500).contains(status) && !matches!(status, 403 | 404 | 408 | 409 | 429)
+            }
+        }
+    }
 }

@@ -116,6 +116,10 @@ pub trait Engine: Send + Sync {
         wants: Vec<crate::netns::NameWant>,
     ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;
 
+    /// The links inside `pid`'s namespace (one namespace read, counted as a MAC check:
+    /// no engine call).
+    fn links_inside(&self, pid: u32) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;
+
     /// Deletes a link (by ifindex) inside `pid`'s namespace; the links after.
     fn delete_inside(&self, pid: u32, index: u32)
     -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;

@@ -129,6 +129,10 @@ impl Engine for Docker {
         self.count_rename();
         netns::name_links(Netns::Pid(pid), wants).boxed()
     }
+    fn links_inside(&self, pid: u32) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        self.count_mac_check();
+        netns::read_links(Netns::Pid(pid)).boxed()
+    }
     fn delete_inside(
         &self,
         pid: u32,

@@ -274,6 +274,29 @@ impl Engine for FakeEngine {
         pid: u32,
         wants: Vec<crate::netns::NameWant>,
     ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        // As the kernel pass does: a wanted name held by a link that is neither being
+        // renamed nor ours (no alias of ours) refuses the whole pass.
+        let ns = Netns::Pid(pid);
+        let held = self.peek_pid(pid).and_then(|links| {
+            wants.iter().find_map(|w| {
+                let holder = links.iter().find(|h| {
+                    h.name == w.name
+                        && h.index != w.index
+                        && !wants.iter().any(|x| x.index == h.index)
+                        && crate::netns::engine_name(h).is_none()
+                })?;
+                let link = links.iter().find(|l| l.index == w.index)?;
+                Some(NetnsError::NameTaken {
+                    ns,
+                    link: link.name.clone(),
+                    to: w.name.clone(),
+                    holder: holder.name.clone(),
+                })
+            })
+        });
+        if let Some(e) = held {
+            return futures::future::ready(Err(e)).boxed();
+        }
         let r = self.links_in(pid, |links| {
             for w in wants {
                 if let Some(l) = links.iter_mut().find(|l| l.index == w.index)
@@ -290,6 +313,14 @@ impl Engine for FakeEngine {
         futures::future::ready(r).boxed()
     }
 
+    fn links_inside(&self, pid: u32) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
+        let r = self.inside(pid, Call::ReadLinks, "", |counts, _| {
+            counts.mac_checks += 1;
+            Ok(())
+        });
+        futures::future::ready(r).boxed()
+    }
+
     fn delete_inside(
         &self,
         pid: u32,
@@ -301,6 +332,13 @@ impl Engine for FakeEngine {
 }
 
 impl FakeEngine {
+    /// The links inside the container running as `pid`, without recording a call.
+    fn peek_pid(&self, pid: u32) -> Option<Vec<NsLink>> {
+        let s = self.lock();
+        let c = s.containers.values().find(|c| c.pid == Some(pid))?;
+        Some(c.ns_links.clone())
+    }
+
     /// A rename or deletion inside the container running as `pid`.
     fn links_in(
         &self,
