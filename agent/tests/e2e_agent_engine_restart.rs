@@ -162,11 +162,12 @@ impl Rig {
         );
     }
 
-    fn container_state(&self, rt: &str) -> String {
+    /// The container of `rt` is exited (not started by anyone).
+    fn stopped(&self, rt: &str, why: &str) {
         let s = self
             .engine
             .must(&["inspect", "-f", "{{.State.Status}}", rt]);
-        s.trim().to_string()
+        assert_eq!(s.trim(), "exited", "{rt}: {why}");
     }
 }
 
@@ -204,15 +205,10 @@ fn the_vnic_keeps_its_name_and_mac_across_an_engine_restart() {
     // Back, with the same arguments: nothing but the agent starts the runtime.
     r.engine.restart();
     r.back(&rt, &mac, "after the engine restart");
-    assert_eq!(
-        r.container_state(&held),
-        "exited",
-        "{held}, stopped by hand, stays stopped"
-    );
-    assert_eq!(
-        r.container_state(&stopped),
-        "exited",
-        "{stopped}, stopped by `agent runtime stop`, stays stopped"
+    r.stopped(&held, "stopped by hand, it stays stopped");
+    r.stopped(
+        &stopped,
+        "stopped by `agent runtime stop`, it stays stopped",
     );
 
     // The engine works on the links of the new sandbox: a move removes the old one.
@@ -242,7 +238,7 @@ fn a_host_reboot_brings_the_runtimes_that_ran_back_and_not_those_stopped_on_purp
     let held = unique("rt");
     r.runtime(&held);
     r.agent.must(&["runtime", "stop", &held]);
-    assert_eq!(r.container_state(&held), "exited");
+    r.stopped(&held, "agent runtime stop");
 
     let file = r.agent.state_dir.join("runtimes_running.json");
     wait_for(
@@ -259,18 +255,10 @@ fn a_host_reboot_brings_the_runtimes_that_ran_back_and_not_those_stopped_on_purp
     println!("engine stopped in {took:?}");
     r.netmon.restart();
     r.engine.restart();
-    assert_eq!(
-        r.container_state(&rt),
-        "exited",
-        "the engine does not start it"
-    );
+    r.stopped(&rt, "the engine does not start it");
     r.agent.spawn();
     r.back(&rt, &mac, "after the reboot");
-    assert_eq!(
-        r.container_state(&held),
-        "exited",
-        "{held}, stopped by `agent runtime stop`, stays stopped"
-    );
+    r.stopped(&held, "stopped by `agent runtime stop`, it stays stopped");
 }
 
 /// The rig's guard: a private engine that crashed (SIGKILL) with a running container on
