@@ -7,16 +7,17 @@
 //! the engine is started again and, with no other trigger, the agent starts the runtime
 //! the engine stopped and attaches it with the same name and MAC (`status` attached,
 //! `health` 0). A runtime stopped by hand well before stays stopped, and so does one
-//! stopped by `agent runtime stop` just before. A LAN move after
-//! the restart still removes the old link. And a host reboot (agent, engine and netmon
-//! stopped, then started): the agent starts from its state file what ran, not what
-//! `agent runtime stop` stopped.
+//! stopped by `agent runtime stop` just before. A LAN move after the restart still
+//! removes the old link. And a host reboot (agent, engine and netmon stopped, then
+//! started): the agent starts from its state file what ran, not what `agent runtime
+//! stop` stopped, and the DHCP lease is kept (the client on, dnsmasq on the LAN).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent::plan::INTERNAL_IFNAME;
 use e2e::agent::{AgentProc, HostLan, HostNetmon, links_inside, stored_mac, subnets, wait_inside};
+use e2e::dhcp::DhcpLan;
 use e2e::private_engine::PrivateEngine;
 use e2e::{TempDir, unique, wait_for};
 use serde_json::Value;
@@ -89,12 +90,19 @@ fn truth_while_down(agent: &AgentProc, rt: &str) {
     assert!(text.contains("pending"), "{text}");
 }
 
-/// A private engine, a host LAN `p` on `s1`, netmon and the agent on that engine.
-/// Fields drop in order: the agent before the engine.
+/// The runtimes' LAN: a plain one (the agent's DHCP client off, the engine's IPAM
+/// address), or one with dnsmasq across the parent veth (the client on).
+enum Lan {
+    Plain(HostLan),
+    Dhcp(DhcpLan),
+}
+
+/// A private engine, a LAN whose parent `p` is on `s1`, netmon and the agent on that
+/// engine. Fields drop in order: the agent before the engine.
 struct Rig {
     agent: AgentProc,
     netmon: HostNetmon,
-    lan: HostLan,
+    lan: Lan,
     _dir: TempDir,
     engine: PrivateEngine,
     image: String,
@@ -104,22 +112,33 @@ struct Rig {
 }
 
 impl Rig {
-    fn start() -> Rig {
+    fn start(dhcp: bool) -> Rig {
         let engine = PrivateEngine::start();
         let image = engine.import_test_image();
         let dir = TempDir::new("age");
         let (s1, s2, _) = subnets();
-        let p = unique("ge");
-        let lan = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
+        let (p, lan) = if dhcp {
+            let o: Vec<u8> = s1.split('.').map(|x| x.parse().unwrap()).collect();
+            let mut l = DhcpLan::new(o[1], o[2]);
+            e2e::must(&format!("ip addr add {s1}.2/24 dev {}", l.parent));
+            l.start();
+            (l.parent.clone(), Lan::Dhcp(l))
+        } else {
+            let p = unique("ge");
+            let l = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
+            (p, Lan::Plain(l))
+        };
+        let client = if dhcp { "false" } else { "true" };
         let netmon = HostNetmon::start(dir.path(), &[&p]);
         // Internal subnets of its own: the private engine cannot see the shared
         // engine's networks, and two host bridges on one subnet would break each
         // other's routes.
         let pool = format!("198.19.{}.0/24", 128 + std::process::id() % 127);
-        let agent = AgentProc::start(
+        let agent = AgentProc::start_with_env(
             dir.path(),
             &netmon.socket,
             &["--docker-host", &engine.host, "--internal-pool", &pool],
+            &[("AGENT_NO_DHCP_CLIENT", client)],
         );
         agent.wait_linked(&[&p]);
         Rig {
@@ -162,6 +181,33 @@ impl Rig {
         );
     }
 
+    /// The address dnsmasq leased for `mac`, once `rt`'s eth0 holds it.
+    fn leased(&self, rt: &str, mac: &str, what: &str) -> String {
+        let Lan::Dhcp(l) = &self.lan else {
+            unreachable!("a DHCP LAN")
+        };
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{what}: {rt}'s eth0 with dnsmasq's lease for {mac}"),
+            || {
+                let (ip, _) = l.lease_of(mac)?;
+                let inside = links_inside(&self.engine.host, rt);
+                let on = inside
+                    .iter()
+                    .any(|x| x.name == "eth0" && x.ipv4.contains(&ip));
+                on.then_some(ip)
+            },
+        )
+    }
+
+    /// How many DHCPDISCOVERs dnsmasq logged for `mac`.
+    fn discovers(&self, mac: &str) -> usize {
+        let Lan::Dhcp(l) = &self.lan else {
+            unreachable!("a DHCP LAN")
+        };
+        l.log_lines("DHCPDISCOVER", mac).len()
+    }
+
     /// The container of `rt` is exited (not started by anyone).
     fn stopped(&self, rt: &str, why: &str) {
         let s = self
@@ -173,7 +219,7 @@ impl Rig {
 
 #[test]
 fn the_vnic_keeps_its_name_and_mac_across_an_engine_restart() {
-    let mut r = Rig::start();
+    let mut r = Rig::start(false);
     let rt = unique("rt");
     let mac = r.runtime(&rt);
     let policy = r
@@ -213,8 +259,10 @@ fn the_vnic_keeps_its_name_and_mac_across_an_engine_restart() {
 
     // The engine works on the links of the new sandbox: a move removes the old one.
     let (s1, s2) = (r.s1.clone(), r.s2.clone());
-    r.lan
-        .readdress(&format!("{s1}.2/24"), &format!("{s2}.2/24"));
+    let Lan::Plain(lan) = &r.lan else {
+        unreachable!("a plain LAN")
+    };
+    lan.readdress(&format!("{s1}.2/24"), &format!("{s2}.2/24"));
     wait_named(
         &r.engine,
         &rt,
@@ -229,12 +277,15 @@ fn the_vnic_keeps_its_name_and_mac_across_an_engine_restart() {
 /// engine (stopping the runtimes), then both start again, netmon too. The agent's
 /// memory of what ran is in its state directory (`runtimes_running.json`), so it
 /// starts the runtime the engine stopped, with its vNIC's name and MAC; one stopped
-/// by `agent runtime stop` just before the reboot stays stopped.
+/// by `agent runtime stop` just before the reboot stays stopped. The LAN's dnsmasq
+/// (another host) keeps running, and the runtime keeps its leased address, asked for
+/// by INIT-REBOOT.
 #[test]
 fn a_host_reboot_brings_the_runtimes_that_ran_back_and_not_those_stopped_on_purpose() {
-    let mut r = Rig::start();
+    let mut r = Rig::start(true);
     let rt = unique("rt");
     let mac = r.runtime(&rt);
+    let ip = r.leased(&rt, &mac, "after create");
     let held = unique("rt");
     r.runtime(&held);
     r.agent.must(&["runtime", "stop", &held]);
@@ -250,6 +301,7 @@ fn a_host_reboot_brings_the_runtimes_that_ran_back_and_not_those_stopped_on_purp
             (names == [rt.clone()]).then_some(())
         },
     );
+    let discovers = r.discovers(&mac);
     r.agent.stop();
     let took = r.engine.stop();
     println!("engine stopped in {took:?}");
@@ -258,6 +310,16 @@ fn a_host_reboot_brings_the_runtimes_that_ran_back_and_not_those_stopped_on_purp
     r.stopped(&rt, "the engine does not start it");
     r.agent.spawn();
     r.back(&rt, &mac, "after the reboot");
+    assert_eq!(
+        r.leased(&rt, &mac, "after the reboot"),
+        ip,
+        "the leased address is kept"
+    );
+    assert_eq!(
+        r.discovers(&mac),
+        discovers,
+        "asked again by INIT-REBOOT, no DISCOVER"
+    );
     r.stopped(&held, "stopped by `agent runtime stop`, it stays stopped");
 }
 
