@@ -6,14 +6,18 @@
 //! and `status` says the engine is unreachable and the vNIC pending, `health` fails;
 //! the engine is started again and, with no other trigger, the agent starts the runtime
 //! the engine stopped and attaches it with the same name and MAC (`status` attached,
-//! `health` 0). A runtime stopped by hand well before stays stopped. A LAN move after
-//! the restart still removes the old link.
+//! `health` 0). A runtime stopped by hand well before stays stopped, and so does one
+//! stopped by `agent runtime stop` just before. A LAN move after the restart still
+//! removes the old link. And a host reboot (agent, engine and netmon stopped, then
+//! started): the agent starts from its state file what ran, not what `agent runtime
+//! stop` stopped, and the DHCP lease is kept (the client on, dnsmasq on the LAN).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent::plan::INTERNAL_IFNAME;
 use e2e::agent::{AgentProc, HostLan, HostNetmon, links_inside, stored_mac, subnets, wait_inside};
+use e2e::dhcp::DhcpLan;
 use e2e::private_engine::PrivateEngine;
 use e2e::{TempDir, unique, wait_for};
 use serde_json::Value;
@@ -86,78 +90,237 @@ fn truth_while_down(agent: &AgentProc, rt: &str) {
     assert!(text.contains("pending"), "{text}");
 }
 
+/// The runtimes' LAN: a plain one (the agent's DHCP client off, the engine's IPAM
+/// address), or one with dnsmasq across the parent veth (the client on).
+enum Lan {
+    Plain(HostLan),
+    Dhcp(DhcpLan),
+}
+
+/// A private engine, a LAN whose parent `p` is on `s1`, netmon and the agent on that
+/// engine. Fields drop in order: the agent before the engine.
+struct Rig {
+    agent: AgentProc,
+    netmon: HostNetmon,
+    lan: Lan,
+    _dir: TempDir,
+    engine: PrivateEngine,
+    image: String,
+    p: String,
+    s1: String,
+    s2: String,
+}
+
+impl Rig {
+    fn start(dhcp: bool) -> Rig {
+        let engine = PrivateEngine::start();
+        let image = engine.import_test_image();
+        let dir = TempDir::new("age");
+        let (s1, s2, _) = subnets();
+        let (p, lan) = if dhcp {
+            let o: Vec<u8> = s1.split('.').map(|x| x.parse().unwrap()).collect();
+            let mut l = DhcpLan::new(o[1], o[2]);
+            e2e::must(&format!("ip addr add {s1}.2/24 dev {}", l.parent));
+            l.start();
+            (l.parent.clone(), Lan::Dhcp(l))
+        } else {
+            let p = unique("ge");
+            let l = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
+            (p, Lan::Plain(l))
+        };
+        let client = if dhcp { "false" } else { "true" };
+        let netmon = HostNetmon::start(dir.path(), &[&p]);
+        // Internal subnets of its own: the private engine cannot see the shared
+        // engine's networks, and two host bridges on one subnet would break each
+        // other's routes.
+        let pool = format!("198.19.{}.0/24", 128 + std::process::id() % 127);
+        let agent = AgentProc::start_with_env(
+            dir.path(),
+            &netmon.socket,
+            &["--docker-host", &engine.host, "--internal-pool", &pool],
+            &[("AGENT_NO_DHCP_CLIENT", client)],
+        );
+        agent.wait_linked(&[&p]);
+        Rig {
+            agent,
+            netmon,
+            lan,
+            _dir: dir,
+            engine,
+            image,
+            p,
+            s1,
+            s2,
+        }
+    }
+
+    /// A DHCP-mode runtime on the LAN, attached as eth0: its stored MAC.
+    fn runtime(&self, rt: &str) -> String {
+        self.agent.create_dhcp(rt, &self.image, "eth0", &self.p);
+        let mac = stored_mac(&self.agent, rt, &self.p);
+        wait_named(&self.engine, rt, &self.s1, &mac, "after create");
+        wait_attached(&self.agent, rt, "after create");
+        mac
+    }
+
+    /// Attached again as eth0 with `mac`, health 0, the stored MAC kept.
+    fn back(&self, rt: &str, mac: &str, what: &str) {
+        wait_named(&self.engine, rt, &self.s1, mac, what);
+        wait_attached(&self.agent, rt, what);
+        let h = self.agent.cli(&["health"]);
+        assert_eq!(
+            h.status.code(),
+            Some(0),
+            "health {what}: {}",
+            String::from_utf8_lossy(&h.stderr)
+        );
+        assert_eq!(
+            stored_mac(&self.agent, rt, &self.p),
+            mac,
+            "the stored MAC is kept"
+        );
+    }
+
+    /// The address dnsmasq leased for `mac`, once `rt`'s eth0 holds it.
+    fn leased(&self, rt: &str, mac: &str, what: &str) -> String {
+        let Lan::Dhcp(l) = &self.lan else {
+            unreachable!("a DHCP LAN")
+        };
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{what}: {rt}'s eth0 with dnsmasq's lease for {mac}"),
+            || {
+                let (ip, _) = l.lease_of(mac)?;
+                let inside = links_inside(&self.engine.host, rt);
+                let on = inside
+                    .iter()
+                    .any(|x| x.name == "eth0" && x.ipv4.contains(&ip));
+                on.then_some(ip)
+            },
+        )
+    }
+
+    /// How many DHCPDISCOVERs dnsmasq logged for `mac`.
+    fn discovers(&self, mac: &str) -> usize {
+        let Lan::Dhcp(l) = &self.lan else {
+            unreachable!("a DHCP LAN")
+        };
+        l.log_lines("DHCPDISCOVER", mac).len()
+    }
+
+    /// The container of `rt` is exited (not started by anyone).
+    fn stopped(&self, rt: &str, why: &str) {
+        let s = self
+            .engine
+            .must(&["inspect", "-f", "{{.State.Status}}", rt]);
+        assert_eq!(s.trim(), "exited", "{rt}: {why}");
+    }
+}
+
 #[test]
 fn the_vnic_keeps_its_name_and_mac_across_an_engine_restart() {
-    let mut engine = PrivateEngine::start();
-    let image = engine.import_test_image();
-    let dir = TempDir::new("age");
-    let (s1, s2, _) = subnets();
-    let p = unique("ge");
-    let lan = HostLan::new(&p, &format!("{s1}.2/24"), &format!("{s1}.1/24"));
+    let mut r = Rig::start(false);
     let rt = unique("rt");
-    let netmon = HostNetmon::start(dir.path(), &[&p]);
-    // Internal subnets of its own: the private engine cannot see the shared engine's
-    // networks, and two host bridges on one subnet would break each other's routes.
-    let pool = format!("198.19.{}.0/24", 128 + std::process::id() % 127);
-    let agent = AgentProc::start(
-        dir.path(),
-        &netmon.socket,
-        &["--docker-host", &engine.host, "--internal-pool", &pool],
-    );
-    agent.wait_linked(&[&p]);
-
-    agent.create_dhcp(&rt, &image, "eth0", &p);
-    let mac = stored_mac(&agent, &rt, &p);
-    wait_named(&engine, &rt, &s1, &mac, "after create");
-    wait_attached(&agent, &rt, "after create");
-    let policy = engine.must(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &rt]);
+    let mac = r.runtime(&rt);
+    let policy = r
+        .engine
+        .must(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &rt]);
     assert!(
         ["", "no"].contains(&policy.trim()),
         "runtimes are created with restart policy no (the agent starts them itself): {policy}"
     );
-    assert_eq!(agent.cli(&["health"]).status.code(), Some(0));
+    assert_eq!(r.agent.cli(&["health"]).status.code(), Some(0));
     // Another runtime, stopped by hand well before the engine stops: it stays stopped.
     let held = unique("rt");
-    agent.create_dhcp(&held, &image, "eth0", &p);
-    engine.must(&["stop", "-t", "1", &held]);
+    r.agent.create_dhcp(&held, &r.image, "eth0", &r.p);
+    r.engine.must(&["stop", "-t", "1", &held]);
     let stopped_by_hand = Instant::now();
 
     // The engine goes away: the truth while it is down.
+    // And one stopped by `agent runtime stop` just before the engine stops: its die
+    // falls in the engine's shutdown window, yet it stays stopped.
+    let stopped = unique("rt");
+    r.agent.create_dhcp(&stopped, &r.image, "eth0", &r.p);
     let since_hand_stop = stopped_by_hand.elapsed();
     std::thread::sleep(Duration::from_secs(15).saturating_sub(since_hand_stop));
-    let took = engine.stop();
+    r.agent.must(&["runtime", "stop", &stopped]);
+    let took = r.engine.stop();
     println!("engine stopped in {took:?}");
-    truth_while_down(&agent, &rt);
+    truth_while_down(&r.agent, &rt);
 
     // Back, with the same arguments: nothing but the agent starts the runtime.
-    engine.restart();
-    wait_named(&engine, &rt, &s1, &mac, "after the engine restart");
-    wait_attached(&agent, &rt, "after the engine restart");
-    let h = agent.cli(&["health"]);
-    assert_eq!(
-        h.status.code(),
-        Some(0),
-        "health after the engine restart: {}",
-        String::from_utf8_lossy(&h.stderr)
-    );
-    assert_eq!(stored_mac(&agent, &rt, &p), mac, "the stored MAC is kept");
-    let held_state = engine.must(&["inspect", "-f", "{{.State.Status}}", &held]);
-    assert_eq!(
-        held_state.trim(),
-        "exited",
-        "{held}, stopped by hand, stays stopped"
+    r.engine.restart();
+    r.back(&rt, &mac, "after the engine restart");
+    r.stopped(&held, "stopped by hand, it stays stopped");
+    r.stopped(
+        &stopped,
+        "stopped by `agent runtime stop`, it stays stopped",
     );
 
     // The engine works on the links of the new sandbox: a move removes the old one.
+    let (s1, s2) = (r.s1.clone(), r.s2.clone());
+    let Lan::Plain(lan) = &r.lan else {
+        unreachable!("a plain LAN")
+    };
     lan.readdress(&format!("{s1}.2/24"), &format!("{s2}.2/24"));
     wait_named(
-        &engine,
+        &r.engine,
         &rt,
         &s2,
         &mac,
         "after a move following the restart",
     );
-    wait_attached(&agent, &rt, "after the move");
+    wait_attached(&r.agent, &rt, "after the move");
+}
+
+/// A host reboot: the agent stops (systemd stops it before the engine), then the
+/// engine (stopping the runtimes), then both start again, netmon too. The agent's
+/// memory of what ran is in its state directory (`runtimes_running.json`), so it
+/// starts the runtime the engine stopped, with its vNIC's name and MAC; one stopped
+/// by `agent runtime stop` just before the reboot stays stopped. The LAN's dnsmasq
+/// (another host) keeps running, and the runtime keeps its leased address, asked for
+/// by INIT-REBOOT.
+#[test]
+fn a_host_reboot_brings_the_runtimes_that_ran_back_and_not_those_stopped_on_purpose() {
+    let mut r = Rig::start(true);
+    let rt = unique("rt");
+    let mac = r.runtime(&rt);
+    let ip = r.leased(&rt, &mac, "after create");
+    let held = unique("rt");
+    r.runtime(&held);
+    r.agent.must(&["runtime", "stop", &held]);
+    r.stopped(&held, "agent runtime stop");
+
+    let file = r.agent.state_dir.join("runtimes_running.json");
+    wait_for(
+        Duration::from_secs(10),
+        "the file without the stopped runtime",
+        || {
+            let text = std::fs::read_to_string(&file).ok()?;
+            let names: Vec<String> = serde_json::from_str(&text).ok()?;
+            (names == [rt.clone()]).then_some(())
+        },
+    );
+    let discovers = r.discovers(&mac);
+    r.agent.stop();
+    let took = r.engine.stop();
+    println!("engine stopped in {took:?}");
+    r.netmon.restart();
+    r.engine.restart();
+    r.stopped(&rt, "the engine does not start it");
+    r.agent.spawn();
+    r.back(&rt, &mac, "after the reboot");
+    assert_eq!(
+        r.leased(&rt, &mac, "after the reboot"),
+        ip,
+        "the leased address is kept"
+    );
+    assert_eq!(
+        r.discovers(&mac),
+        discovers,
+        "asked again by INIT-REBOOT, no DISCOVER"
+    );
+    r.stopped(&held, "stopped by `agent runtime stop`, it stays stopped");
 }
 
 /// The rig's guard: a private engine that crashed (SIGKILL) with a running container on

@@ -171,6 +171,17 @@ impl AgentProc {
         self.child = ChildGuard(Some(child));
     }
 
+    /// SIGTERM (as systemd stops it), then wait for the process to be gone.
+    pub fn stop(&mut self) {
+        self.child.signal(nix::sys::signal::Signal::SIGTERM);
+        let st = self.child.wait_timeout(Duration::from_secs(15));
+        assert!(
+            st.is_some(),
+            "the agent did not stop within 15 s of SIGTERM"
+        );
+        self.child = ChildGuard(None);
+    }
+
     /// SIGKILL (no clean-up at all), then wait for the process to be gone.
     pub fn kill9(&mut self) {
         self.child.signal(nix::sys::signal::Signal::SIGKILL);

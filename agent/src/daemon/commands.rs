@@ -238,6 +238,7 @@ impl State {
         if let Err(e) = self.store.update(|rt| rt.shift_remove(&name)) {
             return r.err(format!("store: {e}"));
         }
+        self.engine_stops.gone(&name);
         if let Some(d) = self.dhcp.as_mut() {
             d.delete_runtime(&name);
         }
@@ -275,11 +276,14 @@ impl State {
             };
             match result {
                 Err(e) => r.err(format!("{name}: {e}")),
-                Ok(()) if action == "stop" => r.ok(&Lifecycle {
-                    runtime: name,
-                    action: action.into(),
-                    report: None,
-                }),
+                Ok(()) if action == "stop" => {
+                    let _ = tx.send(Msg::StoppedOnPurpose(name.clone())).await;
+                    r.ok(&Lifecycle {
+                        runtime: name,
+                        action: action.into(),
+                        report: None,
+                    })
+                }
                 // Started: answer once its vNICs are verified, so the caller sees the
                 // MAC back in place.
                 Ok(()) => {

@@ -8,8 +8,14 @@
 //! closing it, exactly as for a `docker stop`, so a die counts as the engine's when it
 //! came within [`SHUTDOWN_WINDOW`] of the stream's end (the engine waits up to each
 //! container's stop timeout, 10 s by default, then kills it). A runtime stopped by
-//! hand (or by `agent runtime stop`) longer ago than that stays stopped. Pure, so it
-//! is unit-tested.
+//! hand longer ago than that stays stopped, and one stopped by `agent runtime stop`
+//! (or the cloud's `stop_device`) stays stopped whenever it was. Pure, so it is
+//! unit-tested.
+//!
+//! What is owed a start survives the agent: [`EngineStops::remembered`] (what was
+//! running or owed) is kept in `runtimes_running.json` (running_file.rs) and handed
+//! back at start as owed, so a host reboot or an agent restart during an engine
+//! outage starts what the engine stopped too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -25,11 +31,27 @@ pub(super) struct EngineStops {
     died: BTreeMap<String, Instant>,
     /// To start once the engine is back.
     owed: BTreeSet<String>,
+    /// Stopped by the agent's own stop command: its die is not the engine's.
+    held: BTreeSet<String>,
     /// The engine was up when last heard of.
     up: bool,
 }
 
 impl EngineStops {
+    /// Starts from what an earlier agent remembered: owed a start when the engine
+    /// first answers, if found stopped then.
+    pub(super) fn from_remembered(names: BTreeSet<String>) -> EngineStops {
+        EngineStops {
+            owed: names,
+            ..Default::default()
+        }
+    }
+
+    /// What the next agent must start if it finds it stopped: what runs or is owed.
+    pub(super) fn remembered(&self) -> BTreeSet<String> {
+        self.running.union(&self.owed).cloned().collect()
+    }
+
     /// A real run's finding: these runtimes are running (a run adds what it sees;
     /// only events say one stopped).
     pub(super) fn observed(&mut self, running: &BTreeSet<String>) {
@@ -44,6 +66,7 @@ impl EngineStops {
     pub(super) fn started(&mut self, name: &str) {
         self.died.remove(name);
         self.owed.remove(name);
+        self.held.remove(name);
         self.running.insert(name.to_string());
     }
 
@@ -58,12 +81,24 @@ impl EngineStops {
         self.running.remove(name);
         self.died.remove(name);
         self.owed.remove(name);
+        self.held.remove(name);
     }
 
-    /// The engine answers again (or for the first time).
+    /// Stopped on purpose by the agent's stop command: stays stopped, even if the
+    /// engine goes down right after (its die event may come before or after this).
+    pub(super) fn stopped_on_purpose(&mut self, name: &str) {
+        self.gone(name);
+        self.held.insert(name.to_string());
+    }
+
+    /// The engine answers again (or for the first time): what is owed a start. It
+    /// counts as running until a die says otherwise, so it stays remembered while
+    /// its start is under way (or if that start fails, for the next return).
     pub(super) fn engine_up(&mut self) -> BTreeSet<String> {
         self.up = true;
-        std::mem::take(&mut self.owed)
+        let owed = std::mem::take(&mut self.owed);
+        self.running.extend(owed.iter().cloned());
+        owed
     }
 
     /// The engine's event stream ended (or it does not answer) at `at`: what was
@@ -75,11 +110,14 @@ impl EngineStops {
         let shutdown = self
             .died
             .iter()
-            .filter(|(_, t)| at.saturating_duration_since(**t) <= SHUTDOWN_WINDOW)
+            .filter(|(n, t)| {
+                at.saturating_duration_since(**t) <= SHUTDOWN_WINDOW && !self.held.contains(*n)
+            })
             .map(|(n, _)| n.clone());
         self.owed.extend(shutdown);
         self.owed.append(&mut self.running);
         self.died.clear();
+        self.held.clear();
     }
 }
 
@@ -134,5 +172,39 @@ mod tests {
         s.observed(&set(&["a"]));
         s.engine_down(t0 + SHUTDOWN_WINDOW + Duration::from_secs(1));
         assert!(s.engine_up().is_empty());
+    }
+
+    #[test]
+    fn what_an_earlier_agent_remembered_is_owed_at_the_first_connect_and_stays_remembered() {
+        let mut s = EngineStops::from_remembered(set(&["a", "b"]));
+        assert_eq!(s.remembered(), set(&["a", "b"]));
+        // The engine is still down when the agent starts: nothing is lost.
+        s.engine_down(Instant::now());
+        assert_eq!(s.engine_up(), set(&["a", "b"]));
+        // While their starts are under way they count as running.
+        assert_eq!(s.remembered(), set(&["a", "b"]));
+        s.died("b", Instant::now());
+        assert_eq!(s.remembered(), set(&["a"]));
+    }
+
+    #[test]
+    fn a_runtime_stopped_by_the_agent_stays_stopped_even_if_the_engine_stops_right_after() {
+        let mut s = EngineStops::default();
+        s.engine_up();
+        s.observed(&set(&["a", "b", "c"]));
+        let t0 = Instant::now();
+        // `a`'s die event before the stop command's answer, `b`'s after it.
+        s.died("a", t0);
+        s.stopped_on_purpose("a");
+        s.stopped_on_purpose("b");
+        s.died("b", t0);
+        assert_eq!(s.remembered(), set(&["c"]));
+        s.died("c", t0 + Duration::from_secs(1));
+        s.engine_down(t0 + Duration::from_secs(2));
+        assert_eq!(s.engine_up(), set(&["c"]));
+        // Started again later, `a` is owed a start at the next engine stop.
+        s.started("a");
+        s.engine_down(Instant::now());
+        assert_eq!(s.engine_up(), set(&["a", "c"]));
     }
 }

@@ -46,6 +46,7 @@ impl State {
                 reply,
             } => self.created(name, result, reply),
             Msg::Cloud(ask) => self.on_cloud(ask),
+            Msg::StoppedOnPurpose(name) => self.engine_stops.stopped_on_purpose(&name),
         }
     }
 

@@ -37,6 +37,7 @@ mod echoes;
 mod engine_stops;
 mod engine_watch;
 mod events;
+mod running_file;
 mod runs;
 
 pub use cloud::CloudOptions;
@@ -123,6 +124,8 @@ enum Msg {
     },
     /// A question of the cloud link's backend (daemon/cloud.rs).
     Cloud(cloud::CloudAsk),
+    /// `runtime_stop` (or the cloud's `stop_device`) stopped this runtime.
+    StoppedOnPurpose(String),
 }
 
 struct State {
@@ -156,10 +159,12 @@ struct State {
     reattaching: std::collections::BTreeSet<String>,
     /// The DHCP clients; `None` with `--no-dhcp-client`.
     dhcp: Option<dhcp::DhcpManager>,
-    /// Runtimes the engine stopped when it went down (engine_stops.rs).
+    /// Runtimes the engine stopped when it went down (engine_stops.rs), and their
+    /// file across agent restarts (running_file.rs).
     engine_stops: engine_stops::EngineStops,
     /// The internal pool and the subnets creates in flight hold in it.
     internal: crate::runtime::InternalPool,
+    running_file: running_file::RunningFile,
 }
 
 /// Retries after a run that did not converge: the first within a second, then
@@ -248,12 +253,14 @@ pub async fn run_with(
                 state.on_msg(msg);
                 state.sync_dhcp();
                 state.refresh_states();
+                state.keep_running_file();
             }
             Some(link) = cloud_changed(&mut cloud_status) => state.view.cloud = Some(link),
             Some(call) = call_rx.recv() => {
                 state.on_call(call);
                 state.sync_dhcp();
                 state.refresh_states();
+                state.keep_running_file();
             }
             _ = timer.tick() => {
                 debug!("periodic reconcile");
@@ -308,6 +315,7 @@ impl State {
         view.netmon.socket = config.netmon_socket.display().to_string();
         view.engine.host = docker_host.clone();
         view.store.path = store.path().display().to_string();
+        let (running_file, remembered) = running_file::RunningFile::open(&config.state_dir);
         State {
             internal: crate::runtime::InternalPool::new(config.internal_pool),
             config,
@@ -330,8 +338,16 @@ impl State {
             reattach: Default::default(),
             reattaching: Default::default(),
             dhcp: None,
-            engine_stops: Default::default(),
+            engine_stops: engine_stops::EngineStops::from_remembered(remembered),
+            running_file,
         }
+    }
+
+    /// Keeps what is owed a start (managed runtimes only) in its file, on change.
+    fn keep_running_file(&mut self) {
+        let mut set = self.engine_stops.remembered();
+        set.retain(|n| self.store.runtimes().contains_key(n));
+        self.running_file.save(set);
     }
 
     /// Asks for a reconcile; `waiter` gets the report of a run that starts after now.

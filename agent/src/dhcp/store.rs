@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::lease::LeaseRecord;
 
@@ -112,26 +111,7 @@ impl LeaseStore {
             .map_err(|(what, path, source)| LeaseStoreError::Io { what, path, source })
     }
 
-    /// Links the file to a fresh `.corrupt-<secs>[.n]` name (a link never replaces),
-    /// then removes the original name.
     fn move_aside(&self) -> Option<PathBuf> {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        for n in 0..1000u32 {
-            let dest = self.dir.join(format!("{LEASE_FILE}.corrupt-{t}.{n}"));
-            match fs::hard_link(self.path(), &dest) {
-                Ok(()) => {
-                    return fs::remove_file(self.path()).ok().map(|_| dest);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot move the unreadable lease store aside");
-                    return None;
-                }
-            }
-        }
-        None
+        crate::atomic_file::move_aside(&self.dir, LEASE_FILE)
     }
 }
