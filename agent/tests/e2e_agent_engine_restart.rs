@@ -327,6 +327,10 @@ fn a_host_reboot_brings_the_runtimes_that_ran_back_and_not_those_stopped_on_purp
 /// a bridge network leaves no process, mount, cgroup, bridge or directory behind.
 #[test]
 fn a_killed_private_engine_leaves_nothing_behind() {
+    // The shared engine's default bridge is not the private engine's to touch (a
+    // dockerd with `--bridge=none` deletes it).
+    let docker0 = || std::fs::read_to_string("/sys/class/net/docker0/ifindex").ok();
+    let docker0_before = docker0();
     let mut engine = PrivateEngine::start();
     let image = engine.import_test_image();
     let net = unique("pen");
@@ -365,6 +369,7 @@ fn a_killed_private_engine_leaves_nothing_behind() {
         "containerd and the shim outlive a SIGKILL of dockerd"
     );
     drop(engine);
+    assert_eq!(docker0(), docker0_before, "the host's docker0 was touched");
     assert_eq!(leftover("ps -eo args"), 0, "processes from {needle}");
     assert_eq!(
         leftover("cat /proc/self/mountinfo"),

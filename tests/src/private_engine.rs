@@ -5,10 +5,14 @@
 //! Its own `dockerd` with its own `--data-root`, `--exec-root` (so the containerd it
 //! starts has its socket, state and shims' addresses there), `--pidfile`, socket,
 //! `--cgroup-parent`, and an empty `--config-file` (the host's daemon.json names the
-//! shared engine's data-root). `--bridge=none`, `--iptables=false`,
-//! `--ip6tables=false`, `--ip-masq=false`, `--ip-forward=false`: it makes no `docker0`
-//! and touches no firewall rule or sysctl of the host's. User-defined bridge networks
-//! (a runtime's `NAME_internal`) still work: each is a host bridge `br-<id>`.
+//! shared engine's data-root). Its default bridge is a host bridge of its own
+//! (`--bridge=<name>`, made here with a /24 of 198.19.0.0/17), never `--bridge=none`:
+//! a dockerd started with `--bridge=none` deletes the host's `docker0`, the shared
+//! engine's default bridge (seen here: every `docker run` on the shared engine then
+//! fails with "could not find bridge docker0"). `--iptables=false`, `--ip6tables=false`,
+//! `--ip-masq=false`, `--ip-forward=false`: it touches no firewall rule or sysctl of the
+//! host's. User-defined bridge networks (a runtime's `NAME_internal`) are each a host
+//! bridge `br-<id>`.
 //!
 //! Dropping it removes everything it made: its containers and networks (through it,
 //! while it answers), then the daemon (SIGTERM, SIGKILL after a while), any process
@@ -46,6 +50,8 @@ pub struct PrivateEngine {
     /// (removed on drop when the engine could not remove them itself; a daemon that
     /// dies by itself leaves those it made since the last note).
     bridges: BTreeSet<String>,
+    /// Its default bridge (`--bridge`), a host bridge made for it.
+    default_bridge: String,
 }
 
 impl PrivateEngine {
@@ -62,15 +68,26 @@ impl PrivateEngine {
         std::fs::write(dir.join("daemon.json"), "{}\n").expect("write daemon.json");
         let cgroup = dir.file_name().unwrap().to_string_lossy().into_owned();
         let socket = dir.join("docker.sock");
+        let default_bridge = unique("peb");
+        // 198.19.0.0-198.19.126.255: below the pools the tests give the agent on a
+        // private engine (198.19.128.0/17) and the tests' own 198.19.127.0/24, far above
+        // what the shared engine's agents allocate (198.18.0.0 upwards).
+        let subnet = format!("198.19.{}.1/24", std::process::id() % 127);
         let mut e = PrivateEngine {
             host: format!("unix://{}", socket.display()),
             socket,
             cgroup,
             args: Vec::new(),
             child: ChildGuard(None),
-            bridges: BTreeSet::new(),
+            bridges: BTreeSet::from([default_bridge.clone()]),
+            default_bridge,
             dir,
         };
+        // Made after `e`, whose drop removes it when anything below fails.
+        crate::must(&format!(
+            "ip link add {b} type bridge && ip addr add {subnet} dev {b} && ip link set {b} up",
+            b = e.default_bridge
+        ));
         let mut errors = Vec::new();
         for driver in ["overlay2", "vfs"] {
             e.args = e.arguments(dockerd, driver);
@@ -98,7 +115,7 @@ impl PrivateEngine {
             format!("--host={}", self.host),
             format!("--cgroup-parent=/{}", self.cgroup),
             format!("--storage-driver={driver}"),
-            "--bridge=none".into(),
+            format!("--bridge={}", self.default_bridge),
             "--iptables=false".into(),
             "--ip6tables=false".into(),
             "--ip-masq=false".into(),
