@@ -510,7 +510,11 @@ pub fn subnets() -> (String, String, String) {
 
 /// The stored MAC of a runtime's vNIC on `parent`, from `agent runtime list --json`.
 pub fn stored_mac(agent: &AgentProc, runtime: &str, parent: &str) -> String {
-    let list = agent.json(&["runtime", "list"]);
+    mac_in_list(&agent.json(&["runtime", "list"]), runtime, parent)
+}
+
+/// The MAC of `runtime`'s vNIC on `parent` in the output of `agent runtime list --json`.
+pub fn mac_in_list(list: &Value, runtime: &str, parent: &str) -> String {
     list[runtime]
         .as_array()
         .and_then(|v| v.iter().find(|n| n["parent"] == parent))

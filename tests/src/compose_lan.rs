@@ -122,12 +122,7 @@ pub fn wait_agent_knows(compose: &Compose, parent: &str, limit: Duration) {
 pub fn stored_mac(compose: &Compose, runtime: &str, parent: &str) -> String {
     let list: Value = serde_json::from_str(&exec_agent(compose, &["runtime", "list", "--json"]))
         .expect("runtime list --json");
-    list[runtime]
-        .as_array()
-        .and_then(|v| v.iter().find(|n| n["parent"] == parent))
-        .and_then(|n| n["mac"].as_str())
-        .unwrap_or_else(|| panic!("no stored vNIC for {runtime} on {parent}: {list}"))
-        .to_string()
+    crate::agent::mac_in_list(&list, runtime, parent)
 }
 
 /// An override file: the project's default network on `prefix.0/24` with the host's
