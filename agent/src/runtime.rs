@@ -523,10 +523,16 @@ pub async fn create_in_engine(
     result.map_err(|e| RuntimeError::Engine(e.to_string()))
 }
 
+/// Enough for several agents or other clients creating networks on one engine at once
+/// (seen in the test suite: 8 ran out while other agents' creates went on); each try
+/// is one refused create and one network listing.
+const INTERNAL_TRIES: usize = 32;
+
 /// Creates the internal network on the held subnet. Another engine client (or one
 /// of our creates that finished between our listing and our choice) may have taken
-/// it since: when the engine refuses, the next free one is tried (8 tries; the last
-/// refusal is returned). The subnet stays held until the network exists.
+/// it since: when the engine refuses, the next free one is tried (up to
+/// [`INTERNAL_TRIES`]; the last refusal is returned). The subnet stays held until the
+/// network exists.
 async fn create_internal(
     docker: &dyn Engine,
     name: &str,
@@ -535,7 +541,7 @@ async fn create_internal(
 ) -> Result<String, EngineError> {
     let mut refused = Vec::new();
     let mut last = None;
-    for _ in 0..8 {
+    for _ in 0..INTERNAL_TRIES {
         let subnet = held.subnet;
         let err = match docker
             .create_internal_network(name, subnet, &managed_labels())
