@@ -22,9 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent::cache::InterfaceCache;
-use agent::engine::{ContainerSpec, Docker, NetworkSpec, Pool, managed_labels};
-use agent::plan::network_name;
+use agent::cache::{InterfaceCache, Lan};
+use agent::engine::{CallCounts, ContainerSpec, Docker, Engine, managed_labels};
+use agent::netns::{NameWant, engine_name};
+use agent::plan::{network_name, target_spec};
 use agent::reconcile::{ReconcileOptions, reconcile};
 use agent::vnics::{Vnic, VnicStore};
 use anyhow::{Context, Result, bail};
@@ -42,9 +43,18 @@ struct Args {
     sizes: Vec<usize>,
     #[arg(long, default_value_t = 16)]
     parallelism: usize,
+    /// Rounds per size, each an agent move then a floor move (1 to 20): on a shared
+    /// machine the engine's speed drifts between runs, so the ratio is taken over
+    /// rounds that alternate.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
+    rounds: u8,
     /// Skip the docker-CLI script comparison.
     #[arg(long)]
     no_cli: bool,
+    /// Log the agent's steps on stderr at this level (e.g. info: each step with its
+    /// duration and a timestamp, to see where a move waits). Off by default.
+    #[arg(long)]
+    log_level: Option<String>,
 }
 
 /// Everything one size's run created, removed on drop.
@@ -103,12 +113,21 @@ fn net(a: u8, b: u8) -> Ipv4Network {
 
 struct Row {
     n: usize,
-    agent: Duration,
+    /// Each round's (agent, floor).
+    rounds: Vec<(Duration, Duration)>,
+    /// The first move's calls per container.
     per_container: String,
     networks_created: u64,
     second_changing: u64,
-    floor: Duration,
     cli: Option<Duration>,
+}
+
+impl Row {
+    fn total(&self) -> (Duration, Duration) {
+        let agent = self.rounds.iter().map(|r| r.0).sum();
+        let floor = self.rounds.iter().map(|r| r.1).sum();
+        (agent, floor)
+    }
 }
 
 fn host(s: Ipv4Network) -> Ipv4Addr {
@@ -173,36 +192,65 @@ async fn set_up(docker: &Docker, n: usize, id: &str) -> Result<(Scene, VnicStore
     Ok((scene, store))
 }
 
-/// The floor: the same engine calls as the move straight to the API, `parallelism`
-/// in flight, no MAC work; leaves the containers on the network it returns.
+/// The floor: a move's engine calls straight to the API, `parallelism` in flight, no
+/// MAC or naming work: from `old` to the network the agent would make for `to` (its
+/// name, labels and pools), so the agent's next move starts from it as from its own.
 async fn floor_run(
     docker: &Docker,
     scene: &Scene,
-    id: &str,
     old: &str,
-    s3: Ipv4Network,
+    to: Ipv4Network,
     parallelism: usize,
 ) -> Result<(Duration, String)> {
     let names = &scene.containers;
+    let lan = Lan {
+        subnet: to,
+        host: host(to),
+        gateway: Some(gw(to)),
+    };
+    let spec = target_spec(&scene.parent, &lan, &[]);
     let t = Instant::now();
     each(names, parallelism, |c| docker.disconnect(c, old)).await?;
+    let disconnected = t.elapsed();
     docker.remove_network(old).await?;
-    let new = format!("agbench-floor-{id}");
-    docker
-        .create_network(&NetworkSpec {
-            name: new.clone(),
-            parent: scene.parent.clone(),
-            pools: vec![Pool {
-                subnet: s3,
-                gateway: Some(gw(s3)),
-            }],
-            aux: vec![("host".into(), host(s3))],
-            labels: managed_labels(),
-            ip_range: None,
-        })
-        .await?;
-    each(names, parallelism, |c| docker.connect(c, &new, None, None)).await?;
-    Ok((t.elapsed(), new))
+    docker.create_network(&spec).await?;
+    let created = t.elapsed();
+    each(names, parallelism, |c| {
+        docker.connect(c, &spec.name, None, None)
+    })
+    .await?;
+    tracing::info!(
+        disconnects_ms = disconnected.as_millis() as u64,
+        network_ms = (created - disconnected).as_millis() as u64,
+        connects_ms = (t.elapsed() - created).as_millis() as u64,
+        "floor done"
+    );
+    Ok((t.elapsed(), spec.name))
+}
+
+/// Gives every container's renamed links their engine names back (not timed), so the
+/// floor's disconnects find and delete the links as the agent's do (docs/NAMES.md).
+async fn give_back_names(docker: &Docker, names: &[String]) -> Result<()> {
+    for c in names {
+        let info = docker.container(c).await?.context("a bench container is gone")?;
+        let pid = info.pid.context("a bench container is not running")?;
+        let wants: Vec<NameWant> = info
+            .ns_links
+            .iter()
+            .filter_map(|l| {
+                let engine = engine_name(l).filter(|e| *e != l.name)?;
+                Some(NameWant {
+                    index: l.index,
+                    name: engine.to_string(),
+                    endpoint: String::new(),
+                })
+            })
+            .collect();
+        if !wants.is_empty() {
+            docker.name_inside(pid, wants).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The docker CLI, one container at a time: `from` -> a new network on `s4`.
@@ -222,67 +270,95 @@ fn cli_run(scene: &Scene, id: &str, from: &str, s4: Ipv4Network) -> Result<(Dura
     Ok((t.elapsed(), to))
 }
 
-async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> Result<Row> {
+/// Moves the parent's host address from `from` to `to` and tells the cache.
+fn move_parent(
+    cache: &mut InterfaceCache,
+    parent: &str,
+    from: Ipv4Network,
+    to: Ipv4Network,
+) -> Result<()> {
+    sh(&format!(
+        "ip addr add {}/24 dev {parent} && ip addr del {}/24 dev {parent}",
+        host(to),
+        host(from)
+    ))?;
+    cache.apply(&discovery(parent, host(to), gw(to)));
+    Ok(())
+}
+
+async fn run_size(docker: &Docker, n: usize, args: &Args) -> Result<Row> {
     let id = format!("{}{}", std::process::id() % 10000, n);
+    let rounds = usize::from(args.rounds);
     let (scene, mut store) = set_up(docker, n, &id).await?;
     let parent = scene.parent.clone();
     let a = fastrand::u8(100..=150);
-    let b = fastrand::u8(0..=250);
-    let (s1, s2, s3, s4) = (net(a, b), net(a, b + 1), net(a, b + 2), net(a, b + 3));
+    let b = fastrand::u8(0..=200);
+    // Rounds are at most 20 (clap checks): b + 2 * 20 + 2 stays below 256.
+    let subnet = |k: usize| net(a, b + k as u8);
     let opts = ReconcileOptions {
         dry_run: false,
-        parallelism,
+        parallelism: args.parallelism,
         reattach: Default::default(),
         leases: Default::default(),
     };
 
-    // Initial attach on s1 (not measured).
+    // Initial attach on the first subnet (not measured).
     let mut cache = InterfaceCache::default();
-    sh(&format!("ip addr add {}/24 dev {parent}", host(s1)))?;
-    cache.apply(&discovery(&parent, host(s1), gw(s1)));
+    let mut on = subnet(0);
+    sh(&format!("ip addr add {}/24 dev {parent}", host(on)))?;
+    cache.apply(&discovery(&parent, host(on), gw(on)));
     let r = run(docker, &mut store, &cache, &opts).await?;
     if r.failed() {
         bail!("initial attach failed: {}", serde_json::to_string(&r)?);
     }
 
-    // The measured move: s1 -> s2. reconcile() returns after verifying every MAC.
-    sh(&format!(
-        "ip addr add {}/24 dev {parent} && ip addr del {}/24 dev {parent}",
-        host(s2),
-        host(s1)
-    ))?;
-    cache.apply(&discovery(&parent, host(s2), gw(s2)));
-    let t = Instant::now();
-    let moved = run(docker, &mut store, &cache, &opts).await?;
-    let agent = t.elapsed();
-    if moved.failed() {
-        bail!("the move failed: {}", serde_json::to_string(&moved)?);
-    }
-    let c = &moved.engine_calls;
-    let per = |x: u64| x as f64 / n as f64;
-    let per_container = format!(
-        "disconnect {:.1}, connect {:.1}, engine reads {:.1}, namespace reads {:.1}, MAC set {:.1}, renames {:.1}",
-        per(c.disconnect),
-        per(c.connect),
-        per(c.reads),
-        per(c.mac_checks),
-        per(c.mac_sets),
-        per(c.renames)
-    );
-    let second = run(docker, &mut store, &cache, &opts).await?;
-
-    let old = network_name(&parent, s2);
-    let (floor, mut last) = floor_run(docker, &scene, &id, &old, s3, parallelism).await?;
-    let cli = if cli {
-        let (took, to) = cli_run(&scene, &id, &last, s4)?;
-        last = to;
-        Some(took)
-    } else {
-        None
+    // Each round: the agent's move (the parent's address to a new /24; reconcile()
+    // returns after verifying every MAC and name), a second reconcile (its changing
+    // calls counted), then the floor moves the containers on to the next /24.
+    let mut row = Row {
+        n,
+        rounds: Vec::new(),
+        per_container: String::new(),
+        networks_created: 0,
+        second_changing: 0,
+        cli: None,
     };
+    let mut last = String::new();
+    for r in 0..rounds {
+        let to = subnet(2 * r + 1);
+        move_parent(&mut cache, &parent, on, to)?;
+        on = to;
+        let (t, cpu) = (Instant::now(), Cpu::now());
+        let moved = run(docker, &mut store, &cache, &opts).await?;
+        let agent = t.elapsed();
+        cpu.log("agent move");
+        if moved.failed() {
+            bail!("the move failed: {}", serde_json::to_string(&moved)?);
+        }
+        let c = &moved.engine_calls;
+        if r == 0 {
+            row.per_container = per_container(c, n);
+        }
+        row.networks_created += c.network_create;
+        let second = run(docker, &mut store, &cache, &opts).await?;
+        row.second_changing += second.engine_calls.changing();
+        give_back_names(docker, &scene.containers).await?;
+        let old = network_name(&parent, to);
+        let cpu = Cpu::now();
+        let (floor, network) =
+            floor_run(docker, &scene, &old, subnet(2 * r + 2), args.parallelism).await?;
+        cpu.log("floor move");
+        last = network;
+        row.rounds.push((agent, floor));
+    }
+    if !args.no_cli {
+        let (took, to) = cli_run(&scene, &id, &last, subnet(2 * rounds + 1))?;
+        last = to;
+        row.cli = Some(took);
+    }
     // Detach before removing the containers: on 20.10, `rm -f` of many attached
     // containers can leave stale endpoints that keep the network from being removed.
-    each(&scene.containers, parallelism, |c| {
+    each(&scene.containers, args.parallelism, |c| {
         docker.disconnect(c, &last)
     })
     .await?;
@@ -294,15 +370,66 @@ async fn run_size(docker: &Docker, n: usize, parallelism: usize, cli: bool) -> R
     }
     drop(store);
     drop(scene);
-    Ok(Row {
-        n,
-        agent,
-        per_container,
-        networks_created: c.network_create,
-        second_changing: second.engine_calls.changing(),
-        floor,
-        cli,
-    })
+    Ok(row)
+}
+
+/// CPU seconds used so far by this process and by the engine (dockerd), for the log.
+struct Cpu {
+    bench: f64,
+    engine: f64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let engine = sh("pidof dockerd")
+            .ok()
+            .and_then(|p| p.split_whitespace().next().map(str::to_string))
+            .map(|pid| cpu_secs(&format!("/proc/{pid}/stat")))
+            .unwrap_or(0.0);
+        Cpu {
+            bench: cpu_secs("/proc/self/stat"),
+            engine,
+        }
+    }
+
+    fn log(&self, what: &str) {
+        let now = Cpu::now();
+        tracing::info!(
+            bench_cpu_s = format!("{:.2}", now.bench - self.bench),
+            engine_cpu_s = format!("{:.2}", now.engine - self.engine),
+            "{what}: CPU used"
+        );
+    }
+}
+
+/// utime + stime of a process's `stat` file, in seconds (0 when unreadable).
+fn cpu_secs(stat: &str) -> f64 {
+    let Ok(text) = std::fs::read_to_string(stat) else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    f.iter().sum::<f64>() / ticks.max(1.0)
+}
+
+fn per_container(c: &CallCounts, n: usize) -> String {
+    let per = |x: u64| x as f64 / n as f64;
+    format!(
+        "disconnect {:.1}, connect {:.1}, engine reads {:.1}, namespace reads {:.1}, MAC set {:.1}, renames {:.1}",
+        per(c.disconnect),
+        per(c.connect),
+        per(c.reads),
+        per(c.mac_checks),
+        per(c.mac_sets),
+        per(c.renames)
+    )
 }
 
 /// RSS of the real `agent run` holding `n` runtimes, after its first reconcile.
@@ -350,6 +477,9 @@ fn secs(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(level) = &args.log_level {
+        ipc::logging::init(ipc::logging::LogFormat::Text, level)?;
+    }
     if unsafe { libc::geteuid() } != 0 {
         bail!("agent-bench needs root (a veth parent in the host namespace)");
     }
@@ -366,20 +496,28 @@ async fn main() -> Result<()> {
         args.parallelism
     );
     println!(
-        "| N | agent: move + verify | floor (API, {p} in flight) | agent / floor | docker CLI script | calls per container | networks created | 2nd reconcile changing calls |",
+        "| N | agent: move + verify ({r} rounds) | floor (API, {p} in flight) | agent / floor | each round | docker CLI script | calls per container (first move) | networks created | 2nd reconcile changing calls |",
+        r = args.rounds,
         p = args.parallelism
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut ok = true;
     for &n in &args.sizes {
-        let row = run_size(&docker, n, args.parallelism, !args.no_cli).await?;
-        ok &= row.second_changing == 0 && row.networks_created == 1;
+        let row = run_size(&docker, n, &args).await?;
+        ok &= row.second_changing == 0 && row.networks_created == u64::from(args.rounds);
+        let (agent, floor) = row.total();
+        let each_round: Vec<String> = row
+            .rounds
+            .iter()
+            .map(|(a, f)| format!("{:.2}x", a.as_secs_f64() / f.as_secs_f64().max(1e-6)))
+            .collect();
         println!(
-            "| {} | {} | {} | {:.2}x | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2}x | {} | {} | {} | {} | {} |",
             row.n,
-            secs(row.agent),
-            secs(row.floor),
-            row.agent.as_secs_f64() / row.floor.as_secs_f64().max(1e-6),
+            secs(agent),
+            secs(floor),
+            agent.as_secs_f64() / floor.as_secs_f64().max(1e-6),
+            each_round.join(", "),
             row.cli.map(secs).unwrap_or_else(|| "-".into()),
             row.per_container,
             row.networks_created,

@@ -92,16 +92,19 @@ pub enum MacError {
 
 /// Verifies the MAC of the container's link on `network` and sets it through the
 /// namespace where it is wrong.
+/// `permits` bounds the engine calls in flight: held for the engine's read only.
 pub async fn ensure_mac(
     engine: &dyn Engine,
+    permits: &Semaphore,
     container: &str,
     network: &str,
     mac: MacAddr,
 ) -> Result<(MacMethod, ContainerInfo), MacError> {
-    let info = engine
-        .container(container)
-        .await?
-        .ok_or_else(|| MacError::NoContainer(container.to_string()))?;
+    let t0 = Instant::now();
+    let permit = permits.acquire().await.ok();
+    let info = engine.container(container).await?;
+    drop(permit);
+    let info = info.ok_or_else(|| MacError::NoContainer(container.to_string()))?;
     let pid = info
         .pid
         .ok_or_else(|| MacError::NotRunning(container.to_string()))?;
@@ -134,7 +137,9 @@ pub async fn ensure_mac(
         return Ok((MacMethod::Engine, info));
     }
     let link = link.clone();
+    let t1 = Instant::now();
     let links = engine.set_mac_inside(pid, &link.name, mac).await?;
+    tracing::info!(read_ms = (t1 - t0).as_millis() as u64, set_ms = t1.elapsed().as_millis() as u64, "TIMING mac");
     let got = links
         .iter()
         .find(|l| l.name == link.name)
@@ -152,28 +157,43 @@ pub async fn ensure_mac(
     Ok((MacMethod::Netns, info))
 }
 
+/// Runs one step. The engine permit is held for the step's engine calls only: work
+/// inside a namespace (the kernel's, not the engine's) runs beside them.
 #[tracing::instrument(level = "debug", skip_all, fields(step = %step))]
 async fn run(
-    docker: &dyn Engine,
+    cx: Ctx<'_>,
     step: &Step,
     known: Option<&ContainerInfo>,
 ) -> Result<Option<MacOutcome>, StepError> {
+    let docker = cx.docker;
+    // The semaphore is never closed, so acquire cannot fail; run anyway if it did.
+    let permit = || async { cx.permits.acquire().await.ok() };
     let r = match step {
         Step::Disconnect {
             container, network, ..
         } => {
             names::restore_engine_name(docker, container, network, known).await?;
+            let _permit = permit().await;
             docker.disconnect(container, network).await
         }
-        Step::RemoveNetwork { network, .. } => docker.remove_network(network).await,
-        Step::CreateNetwork { spec, .. } => docker.create_network(spec).await.map(|_| ()),
+        Step::RemoveNetwork { network, .. } => {
+            let _permit = permit().await;
+            docker.remove_network(network).await
+        }
+        Step::CreateNetwork { spec, .. } => {
+            let _permit = permit().await;
+            docker.create_network(spec).await.map(|_| ())
+        }
         Step::Connect {
             container,
             network,
             ipv4,
             mac,
             ..
-        } => connect(docker, container, network, *ipv4, *mac).await,
+        } => {
+            let _permit = permit().await;
+            connect(docker, container, network, *ipv4, *mac).await
+        }
         // Run by `name_all` after every parent; here only if a caller chained one.
         Step::Name { container, .. } => {
             return names::name_container(docker, container, &[step], None)
@@ -187,7 +207,7 @@ async fn run(
             mac,
             ..
         } => {
-            return ensure_mac(docker, container, network, *mac)
+            return ensure_mac(docker, cx.permits, container, network, *mac)
                 .await
                 .map(|(method, info)| {
                     Some(MacOutcome {
@@ -271,11 +291,9 @@ struct Ctx<'a> {
 }
 
 async fn run_one(cx: Ctx<'_>, step: Step) -> (StepResult, Option<MacOutcome>) {
-    // The semaphore is never closed, so acquire cannot fail; run anyway if it did.
-    let _permit = cx.permits.acquire().await.ok();
     let t = Instant::now();
     let known = container_of(&step).and_then(|c| cx.known.get(c));
-    let r = run(cx.docker, &step, known).await;
+    let r = run(cx, &step, known).await;
     let duration_ms = t.elapsed().as_millis() as u64;
     match r {
         Ok(mac) => {
@@ -304,6 +322,10 @@ async fn run_one(cx: Ctx<'_>, step: Step) -> (StepResult, Option<MacOutcome>) {
     }
 }
 
+/// Chains in progress per engine permit: while some chains work inside namespaces
+/// (no engine call), the others keep the engine's permits busy.
+const CHAINS_PER_PERMIT: usize = 2;
+
 /// Runs the chains in parallel (bounded); the steps of one chain in order, the rest
 /// of a chain skipped after a failure.
 async fn run_chains(cx: Ctx<'_>, chains: Vec<Vec<Step>>) -> Vec<(StepResult, Option<MacOutcome>)> {
@@ -318,7 +340,6 @@ async fn run_chains(cx: Ctx<'_>, chains: Vec<Vec<Step>>) -> Vec<(StepResult, Opt
                 }
                 let r = match step {
                     Step::Name { .. } => {
-                        let _permit = cx.permits.acquire().await.ok();
                         let known = container_of(&step).and_then(|c| cx.known.get(c));
                         names::name_in_chain(cx.docker, step, &mut out, known).await
                     }
@@ -329,7 +350,7 @@ async fn run_chains(cx: Ctx<'_>, chains: Vec<Vec<Step>>) -> Vec<(StepResult, Opt
             }
             out
         })
-        .buffer_unordered(cx.parallelism.max(1))
+        .buffer_unordered(CHAINS_PER_PERMIT * cx.parallelism.max(1))
         .collect()
         .await;
     per_chain.into_iter().flatten().collect()

@@ -93,7 +93,12 @@ pub(super) async fn restore_engine_name(
         && let (Some(pid), Some(ep)) = (info.pid, endpoint_on(info, network))
     {
         let links = match info.ns_links.is_empty() {
-            true => docker.links_inside(pid).await.ok(),
+            true => {
+                let t0 = Instant::now();
+                let l = docker.links_inside(pid).await.ok();
+                tracing::info!(ms = t0.elapsed().as_millis() as u64, "TIMING restore read");
+                l
+            }
             false => Some(info.ns_links.clone()),
         };
         if let Some(link) = links.as_deref().and_then(|l| link_of(info, l, ep)) {
@@ -215,7 +220,10 @@ async fn name_from(
     if named(&links) {
         return Ok(links);
     }
-    let after = match docker.name_inside(pid, wants.clone()).await {
+    let t0 = Instant::now();
+    let after = docker.name_inside(pid, wants.clone()).await;
+    tracing::info!(ms = t0.elapsed().as_millis() as u64, "TIMING name");
+    let after = match after {
         Ok(after) => after,
         Err(NetnsError::NameTaken { to, holder, .. }) => {
             return Err(name_taken(&info, &links, &to, &holder));

@@ -98,6 +98,15 @@ pub async fn name_links(ns: Netns, wants: Vec<NameWant>) -> Result<Vec<NsLink>, 
                     .map_err(|e| nl(ns, &format!("set the alias of {}", link.name), e))?;
             }
         }
+        // Straight to the wanted names when none is held by any link (a move: the old
+        // link is gone); through temporary names when some are (a swap, a holder of ours).
+        let held = |name: &str| links.iter().any(|l| l.name == name);
+        if aside.is_empty() && !changing.iter().any(|(_, w)| held(&w.name)) {
+            for (link, w) in &changing {
+                rename(&mut rtnl, ns, link, &w.name)?;
+            }
+            return rtnl.links().map_err(|e| nl(ns, "list links", e));
+        }
         for link in changing.iter().map(|(l, _)| *l).chain(aside) {
             rename(&mut rtnl, ns, link, &temp_name(link.index))?;
         }
