@@ -232,7 +232,10 @@ async fn floor_run(
 /// floor's disconnects find and delete the links as the agent's do (docs/NAMES.md).
 async fn give_back_names(docker: &Docker, names: &[String]) -> Result<()> {
     for c in names {
-        let info = docker.container(c).await?.context("a bench container is gone")?;
+        let info = docker
+            .container(c)
+            .await?
+            .context("a bench container is gone")?;
         let pid = info.pid.context("a bench container is not running")?;
         let wants: Vec<NameWant> = info
             .ns_links
@@ -243,6 +246,7 @@ async fn give_back_names(docker: &Docker, names: &[String]) -> Result<()> {
                     index: l.index,
                     name: engine.to_string(),
                     endpoint: String::new(),
+                    mac: None,
                 })
             })
             .collect();

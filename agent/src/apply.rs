@@ -93,14 +93,16 @@ pub enum MacError {
 /// Verifies the MAC of the container's link on `network` and sets it through the
 /// namespace where it is wrong.
 /// `permits` bounds the engine calls in flight: held for the engine's read only.
+/// `name`: the vNIC's name, when its container's naming follows in the same chain: a
+/// link whose MAC is set then gets that name in the same change if no link holds it.
 pub async fn ensure_mac(
     engine: &dyn Engine,
     permits: &Semaphore,
     container: &str,
     network: &str,
     mac: MacAddr,
+    name: Option<&str>,
 ) -> Result<(MacMethod, ContainerInfo), MacError> {
-    let t0 = Instant::now();
     let permit = permits.acquire().await.ok();
     let info = engine.container(container).await?;
     drop(permit);
@@ -120,11 +122,12 @@ pub async fn ensure_mac(
     if dropped > 0 {
         info.ns_links = links;
     }
-    let ip = info
+    let endpoint = info
         .endpoints
         .iter()
-        .find(|e| e.network_name == network || e.network_id == network)
-        .and_then(|e| e.ipv4)
+        .find(|e| e.network_name == network || e.network_id == network);
+    let (ip, endpoint_id) = endpoint
+        .and_then(|e| Some((e.ipv4?, e.endpoint_id.clone())))
         .ok_or_else(|| MacError::NoEndpoint {
             container: container.to_string(),
             network: network.to_string(),
@@ -137,12 +140,22 @@ pub async fn ensure_mac(
         return Ok((MacMethod::Engine, info));
     }
     let link = link.clone();
-    let t1 = Instant::now();
-    let links = engine.set_mac_inside(pid, &link.name, mac).await?;
-    tracing::info!(read_ms = (t1 - t0).as_millis() as u64, set_ms = t1.elapsed().as_millis() as u64, "TIMING mac");
+    let free = |n: &&str| !info.ns_links.iter().any(|l| l.name == *n);
+    let links = match name.filter(|n| *n != link.name).filter(free) {
+        Some(name) => {
+            let want = netns::NameWant {
+                index: link.index,
+                name: name.to_string(),
+                endpoint: endpoint_id,
+                mac: Some(mac),
+            };
+            engine.name_inside(pid, vec![want]).await?
+        }
+        None => engine.set_mac_inside(pid, &link.name, mac).await?,
+    };
     let got = links
         .iter()
-        .find(|l| l.name == link.name)
+        .find(|l| l.index == link.index)
         .and_then(|l| l.mac);
     if got != Some(mac) {
         return Err(MacError::NotApplied {
@@ -164,6 +177,7 @@ async fn run(
     cx: Ctx<'_>,
     step: &Step,
     known: Option<&ContainerInfo>,
+    named_after: bool,
 ) -> Result<Option<MacOutcome>, StepError> {
     let docker = cx.docker;
     // The semaphore is never closed, so acquire cannot fail; run anyway if it did.
@@ -207,7 +221,8 @@ async fn run(
             mac,
             ..
         } => {
-            return ensure_mac(docker, cx.permits, container, network, *mac)
+            let name = named_after.then_some(vnic.as_str());
+            return ensure_mac(docker, cx.permits, container, network, *mac, name)
                 .await
                 .map(|(method, info)| {
                     Some(MacOutcome {
@@ -290,10 +305,11 @@ struct Ctx<'a> {
     known: &'a Known,
 }
 
-async fn run_one(cx: Ctx<'_>, step: Step) -> (StepResult, Option<MacOutcome>) {
+/// Runs one step; `named_after`: the step's chain ends with its container's naming.
+async fn run_one(cx: Ctx<'_>, step: Step, named_after: bool) -> (StepResult, Option<MacOutcome>) {
     let t = Instant::now();
     let known = container_of(&step).and_then(|c| cx.known.get(c));
-    let r = run(cx, &step, known).await;
+    let r = run(cx, &step, known, named_after).await;
     let duration_ms = t.elapsed().as_millis() as u64;
     match r {
         Ok(mac) => {
@@ -333,6 +349,7 @@ async fn run_chains(cx: Ctx<'_>, chains: Vec<Vec<Step>>) -> Vec<(StepResult, Opt
         .map(|chain| async move {
             let mut out = Vec::with_capacity(chain.len());
             let mut failed = false;
+            let named_after = chain.iter().any(|s| matches!(s, Step::Name { .. }));
             for step in chain {
                 if failed {
                     out.push(skipped(step, "an earlier step for this container failed"));
@@ -343,7 +360,7 @@ async fn run_chains(cx: Ctx<'_>, chains: Vec<Vec<Step>>) -> Vec<(StepResult, Opt
                         let known = container_of(&step).and_then(|c| cx.known.get(c));
                         names::name_in_chain(cx.docker, step, &mut out, known).await
                     }
-                    step => run_one(cx, step).await,
+                    step => run_one(cx, step, named_after).await,
                 };
                 failed = !r.0.ok;
                 out.push(r);

@@ -236,6 +236,7 @@ fn want(index: u32, name: &str, endpoint: &str) -> netns::NameWant {
         index,
         name: name.to_string(),
         endpoint: endpoint.to_string(),
+        mac: None,
     }
 }
 
@@ -290,6 +291,38 @@ async fn name_links_swaps_names_live_keeps_the_engine_name_in_the_alias_and_the_
     let a2 = back.iter().find(|l| l.index == a.index).unwrap();
     assert_eq!(a2.name, a.name);
     assert_eq!(netns::engine_name(a2), Some(a.name.as_str()));
+}
+
+#[tokio::test]
+async fn a_free_name_and_a_mac_are_given_in_one_change_with_the_alias() {
+    let rig = Rig::new();
+    let links = netns::read_links(rig.target()).await.unwrap();
+    let a = links.iter().find(|l| l.name == rig.a).unwrap().clone();
+    let mac: ipc::MacAddr = "02:ed:9e:00:00:31".parse().unwrap();
+    let mut w = want(a.index, "vnic0", "ep-a");
+    w.mac = Some(mac);
+    let r = netns::name_links(rig.target(), vec![w.clone()]).await;
+    if kernel_version() < (6, 2) {
+        assert!(matches!(r, Err(NetnsError::RenameUp { .. })), "{r:?}");
+        return;
+    }
+    let after = r.expect("name and MAC");
+    let l = after.iter().find(|l| l.index == a.index).unwrap();
+    assert_eq!((l.name.as_str(), l.mac), ("vnic0", Some(mac)));
+    assert_eq!(netns::engine_name(l), Some(a.name.as_str()));
+    assert_eq!(netns::endpoint_of(l), Some("ep-a"));
+    assert_eq!(l.ipv4, a.ipv4, "addresses kept");
+    // What the kernel says, not only the reply: name, MAC, alias, still up.
+    let j = rig.link_json("vnic0");
+    assert_eq!(j["ifindex"].as_u64(), Some(a.index as u64));
+    assert_eq!(j["address"].as_str(), Some("02:ed:9e:00:00:31"));
+    assert!(is_up(&j), "changed while up, stays up");
+    // Asked again: nothing to change, the alias still names the first engine name.
+    let again = netns::name_links(rig.target(), vec![w])
+        .await
+        .expect("again");
+    let l = again.iter().find(|l| l.index == a.index).unwrap();
+    assert_eq!(netns::engine_name(l), Some(a.name.as_str()));
 }
 
 #[tokio::test]

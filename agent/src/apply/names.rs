@@ -93,12 +93,7 @@ pub(super) async fn restore_engine_name(
         && let (Some(pid), Some(ep)) = (info.pid, endpoint_on(info, network))
     {
         let links = match info.ns_links.is_empty() {
-            true => {
-                let t0 = Instant::now();
-                let l = docker.links_inside(pid).await.ok();
-                tracing::info!(ms = t0.elapsed().as_millis() as u64, "TIMING restore read");
-                l
-            }
+            true => docker.links_inside(pid).await.ok(),
             false => Some(info.ns_links.clone()),
         };
         if let Some(link) = links.as_deref().and_then(|l| link_of(info, l, ep)) {
@@ -139,6 +134,7 @@ async fn give_back(
                 index: link.index,
                 name: engine.to_string(),
                 endpoint: String::new(),
+                mac: None,
             }],
         )
         .await
@@ -191,6 +187,7 @@ async fn name_from(
         index: l.index,
         name: name.to_string(),
         endpoint: ep.endpoint_id.clone(),
+        mac: None,
     };
     if let Some(ep) = endpoint_on(&info, &internal_network(container))
         && let Some(l) = link_of(&info, &links, ep)
@@ -220,10 +217,7 @@ async fn name_from(
     if named(&links) {
         return Ok(links);
     }
-    let t0 = Instant::now();
-    let after = docker.name_inside(pid, wants.clone()).await;
-    tracing::info!(ms = t0.elapsed().as_millis() as u64, "TIMING name");
-    let after = match after {
+    let after = match docker.name_inside(pid, wants.clone()).await {
         Ok(after) => after,
         Err(NetnsError::NameTaken { to, holder, .. }) => {
             return Err(name_taken(&info, &links, &to, &holder));

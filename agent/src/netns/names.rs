@@ -7,6 +7,8 @@
 
 use std::collections::BTreeSet;
 
+use ipc::MacAddr;
+
 use super::rtnl::Rtnl;
 use super::{Netns, NetnsError, NsLink, check_name, run};
 
@@ -35,12 +37,15 @@ pub fn endpoint_of(link: &NsLink) -> Option<&str> {
 }
 
 /// One link to name: by ifindex, its new name, and the endpoint it is the link of
-/// (kept in the alias with the engine's name the first time the link is renamed).
+/// (kept in the alias with the engine's name the first time the link is renamed);
+/// `mac`, when set, is given to the link in the same change (a vNIC's stored MAC
+/// right after its connect: one kernel change instead of two).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NameWant {
     pub index: u32,
     pub name: String,
     pub endpoint: String,
+    pub mac: Option<MacAddr>,
 }
 
 fn temp_name(index: u32) -> String {
@@ -67,7 +72,7 @@ pub async fn name_links(ns: Netns, wants: Vec<NameWant>) -> Result<Vec<NsLink>, 
                 ns,
                 name: format!("ifindex {}", w.index),
             })?;
-            if link.name != w.name {
+            if link.name != w.name || w.mac.is_some_and(|m| link.mac != Some(m)) {
                 changing.push((link, w));
             }
         }
@@ -91,27 +96,34 @@ pub async fn name_links(ns: Netns, wants: Vec<NameWant>) -> Result<Vec<NsLink>, 
             }
             aside.push(holder);
         }
+        // The engine's name and the endpoint, kept the first time a link is renamed.
+        let alias = |link: &NsLink, w: &NameWant| {
+            let first = link.name != w.name
+                && engine_name(link).is_none()
+                && !link.name.starts_with(TEMP_PREFIX);
+            first.then(|| format!("{ALIAS_PREFIX}{}:{}", link.name, w.endpoint))
+        };
+        // Straight to the wanted names, each link in one change, when none is held by
+        // any link (a move: the old link is gone); through temporary names when some
+        // are (a swap, a holder of ours).
+        let held = |w: &NameWant| links.iter().any(|l| l.name == w.name && l.index != w.index);
+        if aside.is_empty() && !changing.iter().any(|(_, w)| held(w)) {
+            for (link, w) in &changing {
+                change(&mut rtnl, ns, link, w, alias(link, w).as_deref())?;
+            }
+            return rtnl.links().map_err(|e| nl(ns, "list links", e));
+        }
         for (link, w) in &changing {
-            if engine_name(link).is_none() && !link.name.starts_with(TEMP_PREFIX) {
-                let alias = format!("{ALIAS_PREFIX}{}:{}", link.name, w.endpoint);
+            if let Some(alias) = alias(link, w) {
                 rtnl.set_alias(link.index, &alias)
                     .map_err(|e| nl(ns, &format!("set the alias of {}", link.name), e))?;
             }
-        }
-        // Straight to the wanted names when none is held by any link (a move: the old
-        // link is gone); through temporary names when some are (a swap, a holder of ours).
-        let held = |name: &str| links.iter().any(|l| l.name == name);
-        if aside.is_empty() && !changing.iter().any(|(_, w)| held(&w.name)) {
-            for (link, w) in &changing {
-                rename(&mut rtnl, ns, link, &w.name)?;
-            }
-            return rtnl.links().map_err(|e| nl(ns, "list links", e));
         }
         for link in changing.iter().map(|(l, _)| *l).chain(aside) {
             rename(&mut rtnl, ns, link, &temp_name(link.index))?;
         }
         for (link, w) in &changing {
-            rename(&mut rtnl, ns, link, &w.name)?;
+            change(&mut rtnl, ns, link, w, None)?;
         }
         rtnl.links().map_err(|e| nl(ns, "list links", e))
     })
@@ -119,10 +131,29 @@ pub async fn name_links(ns: Netns, wants: Vec<NameWant>) -> Result<Vec<NsLink>, 
 }
 
 fn rename(rtnl: &mut Rtnl, ns: Netns, link: &NsLink, to: &str) -> Result<(), NetnsError> {
-    if link.name == to {
+    let want = NameWant {
+        index: link.index,
+        name: to.to_string(),
+        endpoint: String::new(),
+        mac: None,
+    };
+    change(rtnl, ns, link, &want, None)
+}
+
+/// Gives `link` the wanted name (when it has another) and MAC, and `alias`, in one change.
+fn change(
+    rtnl: &mut Rtnl,
+    ns: Netns,
+    link: &NsLink,
+    w: &NameWant,
+    alias: Option<&str>,
+) -> Result<(), NetnsError> {
+    let to = w.name.as_str();
+    let name = (link.name != to).then_some(to);
+    if name.is_none() && w.mac.is_none() && alias.is_none() {
         return Ok(());
     }
-    match rtnl.rename(link.index, to) {
+    match rtnl.change(link.index, name, w.mac, alias) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(NetnsError::RenameUp {
             ns,

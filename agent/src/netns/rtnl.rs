@@ -127,22 +127,38 @@ impl Rtnl {
     }
 
     pub(super) fn set_mac(&mut self, index: u32, mac: MacAddr) -> io::Result<()> {
-        self.set_link(index, |m| {
-            m.attributes
-                .push(LinkAttribute::Address(mac.octets().to_vec()))
-        })
+        self.change(index, None, Some(mac), None)
     }
 
     pub(super) fn rename(&mut self, index: u32, name: &str) -> io::Result<()> {
-        self.set_link(index, |m| {
-            m.attributes.push(LinkAttribute::IfName(name.to_string()))
-        })
+        self.change(index, Some(name), None, None)
     }
 
     /// Sets the link's alias (IFLA_IFALIAS, free text kept by the kernel on the link).
     pub(super) fn set_alias(&mut self, index: u32, alias: &str) -> io::Result<()> {
+        self.change(index, None, None, Some(alias))
+    }
+
+    /// Sets any of the link's name, MAC and alias in one RTM_SETLINK: one change
+    /// under the kernel's lock, which the engine's own link work also waits for.
+    pub(super) fn change(
+        &mut self,
+        index: u32,
+        name: Option<&str>,
+        mac: Option<MacAddr>,
+        alias: Option<&str>,
+    ) -> io::Result<()> {
         self.set_link(index, |m| {
-            m.attributes.push(LinkAttribute::IfAlias(alias.to_string()))
+            if let Some(name) = name {
+                m.attributes.push(LinkAttribute::IfName(name.to_string()));
+            }
+            if let Some(mac) = mac {
+                m.attributes
+                    .push(LinkAttribute::Address(mac.octets().to_vec()));
+            }
+            if let Some(alias) = alias {
+                m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+            }
         })
     }
 

@@ -80,14 +80,11 @@ impl Docker {
 
     /// One container, with its namespace links when running.
     pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        let t0 = std::time::Instant::now();
         let c = self.client().await?;
         let Some(mut info) = self.inspect_container(&c, name).await? else {
             return Ok(None);
         };
-        let t1 = std::time::Instant::now();
         self.read_links(&mut info).await;
-        tracing::info!(inspect_ms = (t1 - t0).as_millis() as u64, ns_ms = t1.elapsed().as_millis() as u64, "TIMING container");
         Ok(Some(info))
     }
 

@@ -127,6 +127,9 @@ impl Engine for Docker {
         wants: Vec<crate::netns::NameWant>,
     ) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {
         self.count_rename();
+        if wants.iter().any(|w| w.mac.is_some()) {
+            self.count_mac_set();
+        }
         netns::name_links(Netns::Pid(pid), wants).boxed()
     }
     fn links_inside(&self, pid: u32) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>> {

@@ -299,9 +299,13 @@ impl Engine for FakeEngine {
         }
         let r = self.links_in(pid, |links| {
             for w in wants {
-                if let Some(l) = links.iter_mut().find(|l| l.index == w.index)
-                    && l.name != w.name
-                {
+                let Some(l) = links.iter_mut().find(|l| l.index == w.index) else {
+                    continue;
+                };
+                if let Some(mac) = w.mac {
+                    l.mac = Some(mac);
+                }
+                if l.name != w.name {
                     if crate::netns::engine_name(l).is_none() {
                         let prefix = crate::netns::ALIAS_PREFIX;
                         l.alias = Some(format!("{prefix}{}:{}", l.name, w.endpoint));
