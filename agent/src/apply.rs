@@ -92,10 +92,21 @@ pub enum MacError {
 
 /// Verifies the MAC of the container's link on `network` and sets it through the
 /// namespace where it is wrong.
-/// `permits` bounds the engine calls in flight: held for the engine's read only.
-/// `name`: the vNIC's name, when its container's naming follows in the same chain: a
-/// link whose MAC is set then gets that name in the same change if no link holds it.
 pub async fn ensure_mac(
+    engine: &dyn Engine,
+    container: &str,
+    network: &str,
+    mac: MacAddr,
+) -> Result<(MacMethod, ContainerInfo), MacError> {
+    let permits = Semaphore::new(1);
+    ensure_mac_with(engine, &permits, container, network, mac, None).await
+}
+
+/// [`ensure_mac`] in a run: `permits` bounds the engine calls in flight (held for the
+/// engine's read only); `name` is the vNIC's name when its container's naming follows
+/// in the same chain: a link whose MAC is set then gets that name in the same change
+/// if no link holds it.
+async fn ensure_mac_with(
     engine: &dyn Engine,
     permits: &Semaphore,
     container: &str,
@@ -222,7 +233,7 @@ async fn run(
             ..
         } => {
             let name = named_after.then_some(vnic.as_str());
-            return ensure_mac(docker, cx.permits, container, network, *mac, name)
+            return ensure_mac_with(docker, cx.permits, container, network, *mac, name)
                 .await
                 .map(|(method, info)| {
                     Some(MacOutcome {

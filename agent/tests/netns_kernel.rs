@@ -326,6 +326,59 @@ async fn a_free_name_and_a_mac_are_given_in_one_change_with_the_alias() {
 }
 
 #[tokio::test]
+async fn give_back_name_finds_the_link_by_its_alias_or_address_and_renames_it_back() {
+    use netns::GaveBack;
+    let rig = Rig::new();
+    if kernel_version() < (6, 2) {
+        return; // live renames (the swap test checks the refusal)
+    }
+    let links = netns::read_links(rig.target()).await.unwrap();
+    let a = links.iter().find(|l| l.name == rig.a).unwrap().clone();
+    let ip = "10.9.0.2".parse().unwrap();
+    // Never renamed: found by its address, nothing to give back.
+    let r = netns::give_back_name(rig.target(), "ep-a".into(), Some(ip)).await;
+    assert_eq!(r.unwrap(), GaveBack::Unchanged);
+    // Renamed with no endpoint known: found by its address.
+    netns::name_links(rig.target(), vec![want(a.index, "vnic0", "")])
+        .await
+        .expect("rename");
+    let r = netns::give_back_name(rig.target(), "ep-a".into(), Some(ip)).await;
+    assert_eq!(
+        r.unwrap(),
+        GaveBack::Renamed("vnic0".into(), a.name.clone())
+    );
+    assert_eq!(
+        rig.link_json(&a.name)["ifindex"].as_u64(),
+        Some(a.index as u64)
+    );
+    // Without the address nor an alias naming the endpoint: not found.
+    netns::name_links(rig.target(), vec![want(a.index, "vnic0", "")])
+        .await
+        .expect("rename again");
+    let r = netns::give_back_name(rig.target(), "ep-a".into(), None).await;
+    assert_eq!(r.unwrap(), GaveBack::NotFound);
+    // An alias naming another endpoint is a link the engine forgot: not this one.
+    let alias = format!("{}{}:ep-a", netns::ALIAS_PREFIX, a.name);
+    rig.ns.must_ip(&format!("link set dev vnic0 alias {alias}"));
+    let r = netns::give_back_name(rig.target(), "ep-other".into(), Some(ip)).await;
+    assert_eq!(r.unwrap(), GaveBack::NotFound);
+    // By the endpoint in its alias.
+    let r = netns::give_back_name(rig.target(), "ep-a".into(), None).await;
+    assert_eq!(
+        r.unwrap(),
+        GaveBack::Renamed("vnic0".into(), a.name.clone())
+    );
+    // Neither alias nor address.
+    let r = netns::give_back_name(
+        rig.target(),
+        "ep-x".into(),
+        Some("10.9.9.9".parse().unwrap()),
+    )
+    .await;
+    assert_eq!(r.unwrap(), GaveBack::NotFound);
+}
+
+#[tokio::test]
 async fn a_name_held_by_a_link_not_renamed_by_us_is_refused_and_nothing_moves() {
     let rig = Rig::new();
     let links = netns::read_links(rig.target()).await.unwrap();

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use super::{MacOutcome, StepResult, skipped};
 
 use crate::engine::{ContainerInfo, Endpoint, Engine};
-use crate::netns::{NameWant, NetnsError, NsLink, endpoint_of, engine_name};
+use crate::netns::{GaveBack, NameWant, NetnsError, NsLink, endpoint_of, engine_name};
 use crate::plan::{INTERNAL_IFNAME, Step};
 use crate::refusal::StepError;
 use crate::runtime::internal_network;
@@ -92,12 +92,26 @@ pub(super) async fn restore_engine_name(
     if let Some(info) = known.filter(|i| i.ns_error.is_none())
         && let (Some(pid), Some(ep)) = (info.pid, endpoint_on(info, network))
     {
-        let links = match info.ns_links.is_empty() {
-            true => docker.links_inside(pid).await.ok(),
-            false => Some(info.ns_links.clone()),
-        };
-        if let Some(link) = links.as_deref().and_then(|l| link_of(info, l, ep)) {
-            return give_back(docker, container, pid, link).await;
+        if !info.ns_links.is_empty() {
+            if let Some(link) = link_of(info, &info.ns_links, ep) {
+                return give_back(docker, container, pid, link).await;
+            }
+        } else {
+            // The plan did not look inside: find and rename in one namespace pass.
+            let r = docker
+                .give_back_inside(pid, ep.endpoint_id.clone(), ep.ipv4)
+                .await;
+            match r {
+                Ok(GaveBack::Renamed(from, to)) => {
+                    tracing::debug!(container, link = %from, engine = %to, "engine name back before a disconnect");
+                    return Ok(());
+                }
+                Ok(GaveBack::Unchanged) => return Ok(()),
+                Ok(GaveBack::NotFound) => {}
+                Err(e) => {
+                    tracing::debug!(container, error = %e, "giving the engine name back from the plan's read failed; reading the container")
+                }
+            }
         }
     }
     let Some(info) = docker

@@ -120,6 +120,15 @@ pub trait Engine: Send + Sync {
     /// no engine call).
     fn links_inside(&self, pid: u32) -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;
 
+    /// Gives the link of `endpoint` (by its alias, else by `ip`) inside `pid`'s
+    /// namespace back the engine's name, in one pass (`netns::give_back_name`).
+    fn give_back_inside(
+        &self,
+        pid: u32,
+        endpoint: String,
+        ip: Option<std::net::Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<crate::netns::GaveBack, NetnsError>>;
+
     /// Deletes a link (by ifindex) inside `pid`'s namespace; the links after.
     fn delete_inside(&self, pid: u32, index: u32)
     -> BoxFuture<'_, Result<Vec<NsLink>, NetnsError>>;

@@ -33,7 +33,8 @@ use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
 pub use names::{
-    ALIAS_PREFIX, NameWant, TEMP_PREFIX, delete_link, endpoint_of, engine_name, name_links,
+    ALIAS_PREFIX, GaveBack, NameWant, TEMP_PREFIX, delete_link, endpoint_of, engine_name,
+    give_back_name, name_links,
 };
 use rtnl::Rtnl;
 

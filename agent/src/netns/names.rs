@@ -6,6 +6,7 @@
 //! can be given back that name before the engine looks it up again.
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
 use ipc::MacAddr;
 
@@ -65,67 +66,128 @@ pub async fn name_links(ns: Netns, wants: Vec<NameWant>) -> Result<Vec<NsLink>, 
     run(ns, move || {
         let mut rtnl = Rtnl::open().map_err(|e| nl(ns, "list links", e))?;
         let links = rtnl.links().map_err(|e| nl(ns, "list links", e))?;
-        let mut changing: Vec<(&NsLink, &NameWant)> = Vec::new();
-        for w in &wants {
-            let link = links.iter().find(|l| l.index == w.index);
-            let link = link.ok_or_else(|| NetnsError::NoLink {
+        name_in(&mut rtnl, ns, links, &wants)
+    })
+    .await
+}
+
+/// The naming pass of [`name_links`] on a thread inside `ns`, from `links` as read there.
+fn name_in(
+    rtnl: &mut Rtnl,
+    ns: Netns,
+    links: Vec<NsLink>,
+    wants: &[NameWant],
+) -> Result<Vec<NsLink>, NetnsError> {
+    let mut changing: Vec<(&NsLink, &NameWant)> = Vec::new();
+    for w in wants {
+        let link = links.iter().find(|l| l.index == w.index);
+        let link = link.ok_or_else(|| NetnsError::NoLink {
+            ns,
+            name: format!("ifindex {}", w.index),
+        })?;
+        if link.name != w.name || w.mac.is_some_and(|m| link.mac != Some(m)) {
+            changing.push((link, w));
+        }
+    }
+    if changing.is_empty() {
+        return Ok(links);
+    }
+    let moving: BTreeSet<u32> = changing.iter().map(|(l, _)| l.index).collect();
+    let mut aside = Vec::new();
+    for (link, w) in &changing {
+        let holder = links
+            .iter()
+            .find(|h| h.name == w.name && !moving.contains(&h.index));
+        let Some(holder) = holder else { continue };
+        if engine_name(holder).is_none() {
+            return Err(NetnsError::NameTaken {
                 ns,
-                name: format!("ifindex {}", w.index),
-            })?;
-            if link.name != w.name || w.mac.is_some_and(|m| link.mac != Some(m)) {
-                changing.push((link, w));
-            }
+                link: link.name.clone(),
+                to: w.name.clone(),
+                holder: holder.name.clone(),
+            });
         }
-        if changing.is_empty() {
-            return Ok(links);
-        }
-        let moving: BTreeSet<u32> = changing.iter().map(|(l, _)| l.index).collect();
-        let mut aside = Vec::new();
+        aside.push(holder);
+    }
+    // The engine's name and the endpoint, kept the first time a link is renamed.
+    let alias = |link: &NsLink, w: &NameWant| {
+        let first = link.name != w.name
+            && engine_name(link).is_none()
+            && !link.name.starts_with(TEMP_PREFIX);
+        first.then(|| format!("{ALIAS_PREFIX}{}:{}", link.name, w.endpoint))
+    };
+    // Straight to the wanted names, each link in one change, when none is held by
+    // any link (a move: the old link is gone); through temporary names when some
+    // are (a swap, a holder of ours).
+    let held = |w: &NameWant| links.iter().any(|l| l.name == w.name && l.index != w.index);
+    if aside.is_empty() && !changing.iter().any(|(_, w)| held(w)) {
         for (link, w) in &changing {
-            let holder = links
-                .iter()
-                .find(|h| h.name == w.name && !moving.contains(&h.index));
-            let Some(holder) = holder else { continue };
-            if engine_name(holder).is_none() {
-                return Err(NetnsError::NameTaken {
-                    ns,
-                    link: link.name.clone(),
-                    to: w.name.clone(),
-                    holder: holder.name.clone(),
-                });
-            }
-            aside.push(holder);
+            change(rtnl, ns, link, w, alias(link, w).as_deref())?;
         }
-        // The engine's name and the endpoint, kept the first time a link is renamed.
-        let alias = |link: &NsLink, w: &NameWant| {
-            let first = link.name != w.name
-                && engine_name(link).is_none()
-                && !link.name.starts_with(TEMP_PREFIX);
-            first.then(|| format!("{ALIAS_PREFIX}{}:{}", link.name, w.endpoint))
+        return rtnl.links().map_err(|e| nl(ns, "list links", e));
+    }
+    for (link, w) in &changing {
+        if let Some(alias) = alias(link, w) {
+            rtnl.set_alias(link.index, &alias)
+                .map_err(|e| nl(ns, &format!("set the alias of {}", link.name), e))?;
+        }
+    }
+    for link in changing.iter().map(|(l, _)| *l).chain(aside) {
+        rename(rtnl, ns, link, &temp_name(link.index))?;
+    }
+    for (link, w) in &changing {
+        change(rtnl, ns, link, w, None)?;
+    }
+    rtnl.links().map_err(|e| nl(ns, "list links", e))
+}
+
+/// What [`give_back_name`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GaveBack {
+    /// The link was renamed back to the engine's name (from, to).
+    Renamed(String, String),
+    /// The link found has the engine's name (never renamed, or given back already).
+    Unchanged,
+    /// No link of that endpoint.
+    NotFound,
+}
+
+/// Before the engine disconnects an endpoint: its link inside `ns` gets back the name
+/// the engine gave it, in one pass on one thread. The link is the one whose alias
+/// names `endpoint`, else the one holding `ip` whose alias names no other endpoint
+/// (a link the engine forgot keeps its own endpoint's alias, see docs/NAMES.md).
+pub async fn give_back_name(
+    ns: Netns,
+    endpoint: String,
+    ip: Option<Ipv4Addr>,
+) -> Result<GaveBack, NetnsError> {
+    run(ns, move || {
+        let mut rtnl = Rtnl::open().map_err(|e| nl(ns, "list links", e))?;
+        let links = rtnl.links().map_err(|e| nl(ns, "list links", e))?;
+        let by_alias = links
+            .iter()
+            .find(|l| endpoint_of(l) == Some(endpoint.as_str()));
+        let by_ip = || {
+            links.iter().find(|l| {
+                ip.is_some_and(|ip| l.ipv4.contains(&ip))
+                    && endpoint_of(l).is_none_or(|e| e.is_empty() || e == endpoint)
+            })
         };
-        // Straight to the wanted names, each link in one change, when none is held by
-        // any link (a move: the old link is gone); through temporary names when some
-        // are (a swap, a holder of ours).
-        let held = |w: &NameWant| links.iter().any(|l| l.name == w.name && l.index != w.index);
-        if aside.is_empty() && !changing.iter().any(|(_, w)| held(w)) {
-            for (link, w) in &changing {
-                change(&mut rtnl, ns, link, w, alias(link, w).as_deref())?;
-            }
-            return rtnl.links().map_err(|e| nl(ns, "list links", e));
-        }
-        for (link, w) in &changing {
-            if let Some(alias) = alias(link, w) {
-                rtnl.set_alias(link.index, &alias)
-                    .map_err(|e| nl(ns, &format!("set the alias of {}", link.name), e))?;
-            }
-        }
-        for link in changing.iter().map(|(l, _)| *l).chain(aside) {
-            rename(&mut rtnl, ns, link, &temp_name(link.index))?;
-        }
-        for (link, w) in &changing {
-            change(&mut rtnl, ns, link, w, None)?;
-        }
-        rtnl.links().map_err(|e| nl(ns, "list links", e))
+        let Some(link) = by_alias.or_else(by_ip) else {
+            return Ok(GaveBack::NotFound);
+        };
+        let Some(engine) = engine_name(link).filter(|e| *e != link.name) else {
+            return Ok(GaveBack::Unchanged);
+        };
+        let (from, to) = (link.name.clone(), engine.to_string());
+        let want = NameWant {
+            index: link.index,
+            name: to.clone(),
+            endpoint: String::new(),
+            mac: None,
+        };
+        name_in(&mut rtnl, ns, links.clone(), &[want])?;
+        Ok(GaveBack::Renamed(from, to))
     })
     .await
 }

@@ -136,6 +136,22 @@ impl Engine for Docker {
         self.count_mac_check();
         netns::read_links(Netns::Pid(pid)).boxed()
     }
+    fn give_back_inside(
+        &self,
+        pid: u32,
+        endpoint: String,
+        ip: Option<std::net::Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<netns::GaveBack, NetnsError>> {
+        self.count_mac_check();
+        async move {
+            let r = netns::give_back_name(Netns::Pid(pid), endpoint, ip).await;
+            if let Ok(netns::GaveBack::Renamed(..)) = &r {
+                self.count_rename();
+            }
+            r
+        }
+        .boxed()
+    }
     fn delete_inside(
         &self,
         pid: u32,

@@ -325,6 +325,52 @@ impl Engine for FakeEngine {
         futures::future::ready(r).boxed()
     }
 
+    fn give_back_inside(
+        &self,
+        pid: u32,
+        endpoint: String,
+        ip: Option<std::net::Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<crate::netns::GaveBack, NetnsError>> {
+        use crate::netns::{GaveBack, endpoint_of, engine_name};
+        // As the kernel pass does: by alias, else by address; one call recorded, a
+        // rename when it renamed, a read otherwise.
+        let find = |links: &[NsLink]| {
+            let by_alias = links.iter().position(|l| endpoint_of(l) == Some(&endpoint));
+            by_alias.or_else(|| {
+                links.iter().position(|l| {
+                    ip.is_some_and(|ip| l.ipv4.contains(&ip))
+                        && endpoint_of(l).is_none_or(|e| e.is_empty() || e == endpoint)
+                })
+            })
+        };
+        let Some(links) = self.peek_pid(pid) else {
+            let r = self.inside(pid, Call::ReadLinks, "", |_, _| Ok(()));
+            return futures::future::ready(r.map(|_| GaveBack::NotFound)).boxed();
+        };
+        let at = find(&links);
+        let engine = at.and_then(|i| {
+            let l = &links[i];
+            engine_name(l).filter(|e| *e != l.name).map(str::to_string)
+        });
+        let r = match (at, engine) {
+            (Some(i), Some(engine)) => {
+                let from = links[i].name.clone();
+                self.links_in(pid, |links| links[i].name = engine.clone())
+                    .map(|_| GaveBack::Renamed(from, engine))
+            }
+            (found, _) => self
+                .inside(pid, Call::ReadLinks, "", |counts, _| {
+                    counts.mac_checks += 1;
+                    Ok(())
+                })
+                .map(|_| match found {
+                    Some(_) => GaveBack::Unchanged,
+                    None => GaveBack::NotFound,
+                }),
+        };
+        futures::future::ready(r).boxed()
+    }
+
     fn delete_inside(
         &self,
         pid: u32,
