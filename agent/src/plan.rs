@@ -765,7 +765,16 @@ fn plan_member(
         return;
     }
     let connect = ep.is_none() || wrong_address;
-    if ci.running && (connect || misnamed(m, ci, ep.and_then(|e| e.ipv4))) {
+    let ip = ep.and_then(|e| e.ipv4);
+    // A MAC fixed without a connect is named too: when the plan's read showed no link
+    // holding the address (read while the engine was still setting a restarted
+    // container's links up), the names could not be judged; naming after the MAC
+    // check's read costs nothing when they are right.
+    let mac_fix = m
+        .vnic
+        .stored_mac()
+        .is_some_and(|mac| !mac_is_right(ci, ip, mac));
+    if ci.running && (connect || misnamed(m, ci, ip) || mac_fix) {
         steps.names.push(Step::Name {
             parent: parent.to_string(),
             container: m.container.to_string(),
@@ -801,7 +810,7 @@ fn plan_member(
     if !ci.running {
         return;
     }
-    if connect || !mac_is_right(ci, ep.and_then(|e| e.ipv4), mac) {
+    if connect || !mac_is_right(ci, ip, mac) {
         steps.setmacs.push(Step::SetMac {
             parent: parent.to_string(),
             container: m.container.to_string(),
@@ -1436,13 +1445,18 @@ mod tests {
         half.ns_links[0].name = INTERNAL_IFNAME.into();
         let o = observed(vec![net.clone()], vec![half]);
         assert_eq!(super::plan(&d, &c, &o), Plan::default());
-        // Links not read (or unreadable): nothing is known to be wrong.
+        // Links not read (or unreadable): the names cannot be judged; the MAC check
+        // planned for them reads the links, and the naming after it judges from that.
         let mut unread = ci;
         unread.ns_links.clear();
         let o = observed(vec![net.clone()], vec![unread]);
         let p = super::plan(&d, &c, &o);
-        assert!(
-            !p.steps.iter().any(|s| matches!(s, Step::Name { .. })),
+        assert_eq!(
+            p.steps,
+            vec![
+                setmac("p1", "c1", "eth0", &net.name, MAC1),
+                name("p1", "c1", "eth0", &net.name)
+            ],
             "{p:#?}"
         );
     }
