@@ -1,7 +1,10 @@
 //! agent-bench: how fast the agent moves N runtime containers to a new MACVLAN
 //! network after their parent's subnet changes, against the real engine, compared
 //! in the same run with the engine floor (the same calls straight to the API, 16 in
-//! flight) and a shell script using the docker CLI one container at a time.
+//! flight) and a shell script using the docker CLI one container at a time. Each
+//! size runs `--rounds` rounds (3 by default) of an agent move followed by a floor
+//! move, and the ratio is taken over their totals: the engine's speed drifts between
+//! consecutive runs on a shared machine.
 //!
 //! Needs root (a veth parent in the host namespace) and the engine. Creates
 //! `agbench-*` links, containers, networks and removes them afterwards.

@@ -281,9 +281,12 @@ async fn restarted_container_gets_its_mac_back_on_the_next_reconcile() {
     let after_restart = mac_inside(&c1, &a1);
     let r = rig.reconcile().await;
     if after_restart != m1 {
-        // The engine recreated the endpoint with its own MAC (20.10 does).
-        assert_eq!(r.steps.len(), 1, "{:#?}", r.steps);
+        // The engine recreated the endpoint with its own MAC (20.10 does): the MAC is
+        // set, and the naming after it (planned with every MAC fix) finds the names.
+        assert_eq!(r.steps.len(), 2, "{:#?}", r.steps);
         assert!(matches!(r.steps[0].step, Step::SetMac { .. }));
+        assert!(matches!(r.steps[1].step, Step::Name { .. }));
+        assert!(r.steps.iter().all(|s| s.ok), "{:#?}", r.steps);
         assert_eq!(r.engine_calls.connect + r.engine_calls.disconnect, 0);
         assert_eq!(r.engine_calls.mac_sets, 1);
         assert_eq!(rig.vnic(&c1).mac_applied, Some(MacMethod::Netns));
