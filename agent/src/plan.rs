@@ -715,17 +715,21 @@ impl Replace<'_> {
     }
 }
 
-/// One vNIC of an existing container: reconnect when missing or on a wrong address,
-/// then check its MAC when it has one and runs.
-fn plan_member(
+/// What a member's address should be, and whether its endpoint has the wrong one.
+struct Addressing {
+    wanted_ip: Option<Ipv4Addr>,
+    /// A DHCP vNIC whose lease is from another LAN (or none yet): never connected.
+    leaseless: bool,
+    /// The endpoint must be reconnected (wrong or missing address, stale, reattach).
+    wrong_address: bool,
+}
+
+fn addressing(
     t: &Target<'_>,
     m: &Member<'_>,
     ci: &ContainerInfo,
-    steps: &mut ParentSteps,
-    out: &mut Plan,
-) {
-    let parent = t.parent;
-    let ep = t.matched.and_then(|net| ci.endpoint_on(net));
+    ep: Option<&crate::engine::Endpoint>,
+) -> Addressing {
     // A lease from another LAN (the parent moved; a new client is asking) is no lease.
     let lease = t.leases.map(|l| {
         l.get(&(m.container.to_string(), m.vnic.name.clone()))
@@ -754,6 +758,29 @@ fn plan_member(
         ci.running && ci.ns_error.is_none() && !ci.ns_links.is_empty() && ci.link_with(ip).is_none()
     });
     let wrong_address = wrong_address || (!leaseless && (stale || (t.reattach && ep.is_some())));
+    Addressing {
+        wanted_ip,
+        leaseless,
+        wrong_address,
+    }
+}
+
+/// One vNIC of an existing container: reconnect when missing or on a wrong address,
+/// then check its MAC when it has one and runs.
+fn plan_member(
+    t: &Target<'_>,
+    m: &Member<'_>,
+    ci: &ContainerInfo,
+    steps: &mut ParentSteps,
+    out: &mut Plan,
+) {
+    let parent = t.parent;
+    let ep = t.matched.and_then(|net| ci.endpoint_on(net));
+    let Addressing {
+        wanted_ip,
+        leaseless,
+        wrong_address,
+    } = addressing(t, m, ci, ep);
     if wrong_address {
         steps.disconnects.push(Step::Disconnect {
             parent: parent.to_string(),
