@@ -1,8 +1,12 @@
 //! Reconcile, part two: the executor. Parents run independently; within a parent the
 //! phases run in order (disconnect, remove, create, connect, set MAC), and the steps
-//! of one phase run in parallel, bounded across all parents by one semaphore so the
-//! engine never sees more than `parallelism` calls from us at once. Once every parent
-//! is done, each container's links are named in one pass (`names.rs`, docs/NAMES.md).
+//! of one phase run in parallel, bounded across all parents by one semaphore held
+//! around the engine calls (a disconnect, a connect, the MAC check's read), so the
+//! engine sees at most `parallelism` of them from us at once; namespace work runs
+//! beside them, and the rare fallback reads (a link not found from the plan's read)
+//! are bounded by the chains in progress (twice `parallelism`). A container's links
+//! are named in its own chain, or once every parent is done when its steps are on
+//! several parents (`names.rs`, docs/NAMES.md).
 
 mod names;
 
