@@ -797,10 +797,8 @@ fn plan_member(
     // holding the address (read while the engine was still setting a restarted
     // container's links up), the names could not be judged; naming after the MAC
     // check's read costs nothing when they are right.
-    let mac_fix = m
-        .vnic
-        .stored_mac()
-        .is_some_and(|mac| !mac_is_right(ci, ip, mac));
+    let stored = m.vnic.stored_mac();
+    let mac_fix = stored.is_some_and(|mac| !mac_is_right(ci, ip, mac));
     if ci.running && (connect || misnamed(m, ci, ip) || mac_fix) {
         steps.names.push(Step::Name {
             parent: parent.to_string(),
@@ -809,7 +807,6 @@ fn plan_member(
             network: t.network_name.clone(),
         });
     }
-    let stored = m.vnic.stored_mac();
     if connect {
         steps.connects.push(Step::Connect {
             parent: parent.to_string(),
@@ -837,7 +834,7 @@ fn plan_member(
     if !ci.running {
         return;
     }
-    if connect || !mac_is_right(ci, ip, mac) {
+    if connect || mac_fix {
         steps.setmacs.push(Step::SetMac {
             parent: parent.to_string(),
             container: m.container.to_string(),

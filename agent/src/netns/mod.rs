@@ -34,7 +34,7 @@ use serde::Serialize;
 
 pub use names::{
     ALIAS_PREFIX, GaveBack, NameWant, TEMP_PREFIX, delete_link, endpoint_of, engine_name,
-    give_back_name, name_links,
+    give_back_name, link_of_endpoint, name_links,
 };
 use rtnl::Rtnl;
 

@@ -66,18 +66,22 @@ pub async fn name_links(ns: Netns, wants: Vec<NameWant>) -> Result<Vec<NsLink>, 
     run(ns, move || {
         let mut rtnl = Rtnl::open().map_err(|e| nl(ns, "list links", e))?;
         let links = rtnl.links().map_err(|e| nl(ns, "list links", e))?;
-        name_in(&mut rtnl, ns, links, &wants)
+        match name_in(&mut rtnl, ns, &links, &wants)? {
+            true => rtnl.links().map_err(|e| nl(ns, "list links", e)),
+            false => Ok(links),
+        }
     })
     .await
 }
 
-/// The naming pass of [`name_links`] on a thread inside `ns`, from `links` as read there.
+/// The naming pass of [`name_links`] on a thread inside `ns`, from `links` as read
+/// there; whether it changed anything.
 fn name_in(
     rtnl: &mut Rtnl,
     ns: Netns,
-    links: Vec<NsLink>,
+    links: &[NsLink],
     wants: &[NameWant],
-) -> Result<Vec<NsLink>, NetnsError> {
+) -> Result<bool, NetnsError> {
     let mut changing: Vec<(&NsLink, &NameWant)> = Vec::new();
     for w in wants {
         let link = links.iter().find(|l| l.index == w.index);
@@ -90,7 +94,7 @@ fn name_in(
         }
     }
     if changing.is_empty() {
-        return Ok(links);
+        return Ok(false);
     }
     let moving: BTreeSet<u32> = changing.iter().map(|(l, _)| l.index).collect();
     let mut aside = Vec::new();
@@ -124,7 +128,7 @@ fn name_in(
         for (link, w) in &changing {
             change(rtnl, ns, link, w, alias(link, w).as_deref())?;
         }
-        return rtnl.links().map_err(|e| nl(ns, "list links", e));
+        return Ok(true);
     }
     for (link, w) in &changing {
         if let Some(alias) = alias(link, w) {
@@ -138,7 +142,7 @@ fn name_in(
     for (link, w) in &changing {
         change(rtnl, ns, link, w, None)?;
     }
-    rtnl.links().map_err(|e| nl(ns, "list links", e))
+    Ok(true)
 }
 
 /// What [`give_back_name`] found.
@@ -153,9 +157,8 @@ pub enum GaveBack {
 }
 
 /// Before the engine disconnects an endpoint: its link inside `ns` gets back the name
-/// the engine gave it, in one pass on one thread. The link is the one whose alias
-/// names `endpoint`, else the one holding `ip` whose alias names no other endpoint
-/// (a link the engine forgot keeps its own endpoint's alias, see docs/NAMES.md).
+/// the engine gave it, in one pass on one thread; the link is found by
+/// [`link_of_endpoint`] (docs/NAMES.md).
 pub async fn give_back_name(
     ns: Netns,
     endpoint: String,
@@ -164,16 +167,7 @@ pub async fn give_back_name(
     run(ns, move || {
         let mut rtnl = Rtnl::open().map_err(|e| nl(ns, "list links", e))?;
         let links = rtnl.links().map_err(|e| nl(ns, "list links", e))?;
-        let by_alias = links
-            .iter()
-            .find(|l| endpoint_of(l) == Some(endpoint.as_str()));
-        let by_ip = || {
-            links.iter().find(|l| {
-                ip.is_some_and(|ip| l.ipv4.contains(&ip))
-                    && endpoint_of(l).is_none_or(|e| e.is_empty() || e == endpoint)
-            })
-        };
-        let Some(link) = by_alias.or_else(by_ip) else {
+        let Some(link) = link_of_endpoint(&links, &endpoint, ip) else {
             return Ok(GaveBack::NotFound);
         };
         let Some(engine) = engine_name(link).filter(|e| *e != link.name) else {
@@ -186,10 +180,27 @@ pub async fn give_back_name(
             endpoint: String::new(),
             mac: None,
         };
-        name_in(&mut rtnl, ns, links.clone(), &[want])?;
+        name_in(&mut rtnl, ns, &links, &[want])?;
         Ok(GaveBack::Renamed(from, to))
     })
     .await
+}
+
+/// The link of the engine's `endpoint` among `links`: the one whose alias names it,
+/// else the one holding `ip` whose alias names no other endpoint (a link the engine
+/// forgot keeps its own endpoint's alias).
+pub fn link_of_endpoint<'a>(
+    links: &'a [NsLink],
+    endpoint: &str,
+    ip: Option<Ipv4Addr>,
+) -> Option<&'a NsLink> {
+    let by_alias = links.iter().find(|l| endpoint_of(l) == Some(endpoint));
+    by_alias.or_else(|| {
+        links.iter().find(|l| {
+            ip.is_some_and(|ip| l.ipv4.contains(&ip))
+                && endpoint_of(l).is_none_or(|e| e.is_empty() || e == endpoint)
+        })
+    })
 }
 
 fn rename(rtnl: &mut Rtnl, ns: Netns, link: &NsLink, to: &str) -> Result<(), NetnsError> {

@@ -331,23 +331,15 @@ impl Engine for FakeEngine {
         endpoint: String,
         ip: Option<std::net::Ipv4Addr>,
     ) -> BoxFuture<'_, Result<crate::netns::GaveBack, NetnsError>> {
-        use crate::netns::{GaveBack, endpoint_of, engine_name};
-        // As the kernel pass does: by alias, else by address; one call recorded, a
-        // rename when it renamed, a read otherwise.
-        let find = |links: &[NsLink]| {
-            let by_alias = links.iter().position(|l| endpoint_of(l) == Some(&endpoint));
-            by_alias.or_else(|| {
-                links.iter().position(|l| {
-                    ip.is_some_and(|ip| l.ipv4.contains(&ip))
-                        && endpoint_of(l).is_none_or(|e| e.is_empty() || e == endpoint)
-                })
-            })
-        };
+        use crate::netns::{GaveBack, engine_name, link_of_endpoint};
+        // As the kernel pass does; one call recorded, a rename when it renamed, a
+        // read otherwise.
         let Some(links) = self.peek_pid(pid) else {
             let r = self.inside(pid, Call::ReadLinks, "", |_, _| Ok(()));
             return futures::future::ready(r.map(|_| GaveBack::NotFound)).boxed();
         };
-        let at = find(&links);
+        let at = link_of_endpoint(&links, &endpoint, ip)
+            .and_then(|l| links.iter().position(|x| x.index == l.index));
         let engine = at.and_then(|i| {
             let l = &links[i];
             engine_name(l).filter(|e| *e != l.name).map(str::to_string)
