@@ -595,32 +595,38 @@ async fn undo(docker: &dyn Engine, made: &Made) {
     }
 }
 
-/// Removes the container, its internal network (after disconnecting the agent's own
-/// container), and each managed macvlan network on `unused_parents` that nothing
-/// uses anymore. "Not found" counts as done.
-pub async fn delete_in_engine(
-    docker: &dyn Engine,
-    name: &str,
-    unused_parents: &[String],
-) -> Result<Vec<String>, EngineError> {
-    let mut removed = Vec::new();
+/// Removes the container and its internal network (after disconnecting the agent's
+/// own container from it). "Not found" counts as done.
+pub async fn remove_runtime(docker: &dyn Engine, name: &str) -> Result<(), EngineError> {
     ok_if_gone(docker.remove_container(name).await)?;
     let internal = internal_network(name);
     if let Some(me) = own_container() {
         ok_if_gone(docker.disconnect(&me.name, &internal).await)?;
     }
-    ok_if_gone(docker.remove_network(&internal).await)?;
-    if !unused_parents.is_empty() {
-        for net in docker.list_networks().await? {
-            let managed = crate::engine::is_managed(&net.labels);
-            let on_parent = net
-                .parent
-                .as_ref()
-                .is_some_and(|p| unused_parents.contains(p));
-            if net.driver == "macvlan" && managed && on_parent {
-                ok_if_gone(docker.remove_network(&net.name).await)?;
-                removed.push(net.name);
-            }
+    ok_if_gone(docker.remove_network(&internal).await)
+}
+
+/// Removes each managed macvlan network on `unused_parents` (parents no runtime in
+/// the store uses anymore); returns their names. Call it once no other runtime's
+/// container is still being removed, or the engine refuses with "has active
+/// endpoints" (see `daemon::removals`).
+pub async fn remove_unused_networks(
+    docker: &dyn Engine,
+    unused_parents: &[String],
+) -> Result<Vec<String>, EngineError> {
+    let mut removed = Vec::new();
+    if unused_parents.is_empty() {
+        return Ok(removed);
+    }
+    for net in docker.list_networks().await? {
+        let managed = crate::engine::is_managed(&net.labels);
+        let on_parent = net
+            .parent
+            .as_ref()
+            .is_some_and(|p| unused_parents.contains(p));
+        if net.driver == "macvlan" && managed && on_parent {
+            ok_if_gone(docker.remove_network(&net.name).await)?;
+            removed.push(net.name);
         }
     }
     Ok(removed)

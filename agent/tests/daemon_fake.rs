@@ -1,6 +1,8 @@
 //! The daemon on the recording fake engine: what it answers while the engine is down
 //! (at once, or after waiting as asked), and that the same commands work once the
-//! engine is back, with the calls they made recorded. The control socket is real.
+//! engine is back, with the calls they made recorded; and that deletes side by side
+//! on one parent remove its network only once their containers are gone. The control
+//! socket is real.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -48,12 +50,15 @@ fn create(name: &str) -> Request {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_while_the_engine_is_down_and_works_once_it_is_back() {
-    e2e::require_root();
-    let dir = TempDir::new("dmf");
-    let fake = Arc::new(FakeEngine::new());
-    fake.set_unreachable(true);
+/// The daemon on `fake`, with no netmon; returns its control socket once it is bound.
+async fn start(
+    dir: &TempDir,
+    fake: Arc<FakeEngine>,
+) -> (
+    std::path::PathBuf,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), agent::daemon::DaemonError>>,
+) {
     let socket = dir.join("agent.sock");
     let config = Config {
         netmon_socket: dir.join("no-netmon.sock"),
@@ -70,13 +75,23 @@ async fn answers_while_the_engine_is_down_and_works_once_it_is_back() {
         dhcp: Default::default(),
     };
     let shutdown = CancellationToken::new();
-    let daemon = tokio::spawn(run_with(config, fake.clone(), shutdown.clone()));
+    let daemon = tokio::spawn(run_with(config, fake, shutdown.clone()));
     for _ in 0..100 {
         if socket.exists() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (socket, shutdown, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_while_the_engine_is_down_and_works_once_it_is_back() {
+    e2e::require_root();
+    let dir = TempDir::new("dmf");
+    let fake = Arc::new(FakeEngine::new());
+    fake.set_unreachable(true);
+    let (socket, shutdown, daemon) = start(&dir, fake.clone()).await;
 
     // Status and health answer at once and say what is wrong.
     let status = ask(&socket, Request::Status, Duration::ZERO).await;
@@ -148,4 +163,82 @@ async fn answers_while_the_engine_is_down_and_works_once_it_is_back() {
     shutdown.cancel();
     daemon.await.expect("join").expect("clean exit");
     assert!(!socket.exists(), "the socket file is removed on exit");
+}
+
+/// Deletes side by side on one parent: the last one removes the parent's macvlan
+/// network only after the others' containers are gone (before, it raced them and the
+/// engine refused: "has active endpoints", seen with 10 deletes at once on 20.10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_delete_on_a_parent_removes_its_network_after_the_others_containers() {
+    e2e::require_root();
+    let dir = TempDir::new("dmd");
+    let fake = Arc::new(FakeEngine::new());
+    let (socket, shutdown, daemon) = start(&dir, fake.clone()).await;
+    for rt in ["rt1", "rt2"] {
+        let r = ask(&socket, create(rt), Duration::from_secs(20)).await;
+        assert!(r.error.is_none(), "{:?}", r.error);
+    }
+    // Both on the parent's managed network, as a run on a live parent leaves them.
+    let net = "macvlan_p1_10.9.8.0_24";
+    fake.add_network(agent::engine::NetworkInfo {
+        id: String::new(),
+        name: net.into(),
+        driver: "macvlan".into(),
+        parent: Some("p1".into()),
+        pools: Vec::new(),
+        labels: agent::engine::managed_labels(),
+        containers: vec!["rt1".into(), "rt2".into()],
+    });
+
+    // rt1's container removal is held; rt2's delete is the last on p1.
+    let release = fake.pause_next_on(Call::RemoveContainer, "rt1");
+    let first = tokio::spawn({
+        let socket = socket.clone();
+        async move {
+            let d = Request::RuntimeDelete { name: "rt1".into() };
+            ask(&socket, d, Duration::from_secs(20)).await
+        }
+    });
+    // Once rt1 is out of the store, its delete is under way.
+    loop {
+        let list = ask(&socket, Request::RuntimeList, Duration::ZERO).await;
+        if list.result.expect("list").get("rt1").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = tokio::spawn({
+        let socket = socket.clone();
+        async move {
+            let d = Request::RuntimeDelete { name: "rt2".into() };
+            ask(&socket, d, Duration::from_secs(20)).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        fake.network(net).is_some(),
+        "the network is kept while rt1's container is still on it"
+    );
+    drop(release);
+
+    let first = first.await.unwrap();
+    assert_eq!(first.result.expect("rt1 deleted")["removed_networks"], serde_json::json!([]));
+    let second = second.await.unwrap();
+    let second = second.result.unwrap_or_else(|| panic!("rt2: {:?}", second.error));
+    assert_eq!(second["removed_networks"], serde_json::json!([net]), "{second}");
+    assert!(fake.network(net).is_none(), "the network is removed");
+    let calls = fake.changes();
+    let at = |call: Call, target: &str| {
+        calls
+            .iter()
+            .position(|c| c.call == call && c.target == target)
+            .unwrap_or_else(|| panic!("no {call:?} {target}: {calls:?}"))
+    };
+    assert!(
+        at(Call::RemoveContainer, "rt1") < at(Call::RemoveNetwork, net),
+        "{calls:?}"
+    );
+
+    shutdown.cancel();
+    daemon.await.expect("join").expect("clean exit");
 }

@@ -249,8 +249,18 @@ impl State {
             .collect();
         info!(runtime = %name, "runtime forgotten; removing it from the engine");
         let docker = self.docker.clone();
+        let removals = self.removals.clone();
+        let removal = removals.begin();
         tokio::spawn(async move {
-            match runtime::delete_in_engine(docker.as_ref(), &name, &unused).await {
+            let removed = async {
+                runtime::remove_runtime(docker.as_ref(), &name).await?;
+                drop(removal);
+                if !unused.is_empty() {
+                    removals.settled().await;
+                }
+                runtime::remove_unused_networks(docker.as_ref(), &unused).await
+            };
+            match removed.await {
                 Ok(removed_networks) => r.ok(&Deleted {
                     runtime: name,
                     removed_networks,

@@ -37,6 +37,7 @@ mod echoes;
 mod engine_stops;
 mod engine_watch;
 mod events;
+mod removals;
 mod running_file;
 mod runs;
 
@@ -165,6 +166,8 @@ struct State {
     /// The internal pool and the subnets creates in flight hold in it.
     internal: crate::runtime::InternalPool,
     running_file: running_file::RunningFile,
+    /// Deletes whose container is still being removed (removals.rs).
+    removals: removals::Removals,
 }
 
 /// Retries after a run that did not converge: the first within a second, then
@@ -340,6 +343,7 @@ impl State {
             dhcp: None,
             engine_stops: engine_stops::EngineStops::from_remembered(remembered),
             running_file,
+            removals: removals::Removals::new(),
         }
     }
 
