@@ -498,6 +498,16 @@ async fn runtime(socket: &Path, wait: Duration, r: RuntimeCommand) -> Result<i32
             for n in &d.removed_networks {
                 println!("  removed network {n}");
             }
+            for n in &d.left_networks {
+                let net = &n.network;
+                println!(
+                    "  left network {net}: {}\n    no runtime uses it; a container that is not the \
+                     agent's may be on it (see `docker network inspect {net}`), or the engine's count \
+                     of its endpoints is stale (Docker 20.10, moby/moby#43286: it clears when the \
+                     engine restarts); then remove it with `docker network rm {net}`",
+                    n.reason
+                );
+            }
             Ok(0)
         }
         RuntimeCommand::List { json } => {

@@ -606,17 +606,27 @@ pub async fn remove_runtime(docker: &dyn Engine, name: &str) -> Result<(), Engin
     ok_if_gone(docker.remove_network(&internal).await)
 }
 
+/// What [`remove_unused_networks`] did: the networks removed, and those the engine
+/// kept with the reason it gave.
+#[derive(Default, Debug)]
+pub struct NetworksRemoved {
+    pub removed: Vec<String>,
+    pub left: Vec<crate::control::protocol::LeftNetwork>,
+}
+
 /// Removes each managed macvlan network on `unused_parents` (parents no runtime in
-/// the store uses anymore); returns their names. Call it once no other runtime's
-/// container is still being removed, or the engine refuses with "has active
-/// endpoints" (see `daemon::removals`).
+/// the store uses anymore). Call it once no other runtime's container is still being
+/// removed (`daemon::removals`). A network the engine keeps because it "has active
+/// endpoints" is left and reported: a container that is not ours may be on it, or
+/// 20.10's count of its endpoints is stale (moby/moby#43286, cleared by an engine
+/// restart); either way it is not the agent's to force.
 pub async fn remove_unused_networks(
     docker: &dyn Engine,
     unused_parents: &[String],
-) -> Result<Vec<String>, EngineError> {
-    let mut removed = Vec::new();
+) -> Result<NetworksRemoved, EngineError> {
+    let mut out = NetworksRemoved::default();
     if unused_parents.is_empty() {
-        return Ok(removed);
+        return Ok(out);
     }
     for net in docker.list_networks().await? {
         let managed = crate::engine::is_managed(&net.labels);
@@ -624,12 +634,22 @@ pub async fn remove_unused_networks(
             .parent
             .as_ref()
             .is_some_and(|p| unused_parents.contains(p));
-        if net.driver == "macvlan" && managed && on_parent {
-            ok_if_gone(docker.remove_network(&net.name).await)?;
-            removed.push(net.name);
+        if net.driver != "macvlan" || !managed || !on_parent {
+            continue;
+        }
+        match ok_if_gone(docker.remove_network(&net.name).await) {
+            Ok(()) => out.removed.push(net.name),
+            Err(e) if e.to_string().contains("active endpoints") => {
+                tracing::warn!(network = %net.name, error = %e, "the engine keeps a network no runtime uses");
+                out.left.push(crate::control::protocol::LeftNetwork {
+                    network: net.name,
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
         }
     }
-    Ok(removed)
+    Ok(out)
 }
 
 fn ok_if_gone(r: Result<(), EngineError>) -> Result<(), EngineError> {

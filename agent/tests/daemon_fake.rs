@@ -222,10 +222,19 @@ async fn the_last_delete_on_a_parent_removes_its_network_after_the_others_contai
     drop(release);
 
     let first = first.await.unwrap();
-    assert_eq!(first.result.expect("rt1 deleted")["removed_networks"], serde_json::json!([]));
+    assert_eq!(
+        first.result.expect("rt1 deleted")["removed_networks"],
+        serde_json::json!([])
+    );
     let second = second.await.unwrap();
-    let second = second.result.unwrap_or_else(|| panic!("rt2: {:?}", second.error));
-    assert_eq!(second["removed_networks"], serde_json::json!([net]), "{second}");
+    let second = second
+        .result
+        .unwrap_or_else(|| panic!("rt2: {:?}", second.error));
+    assert_eq!(
+        second["removed_networks"],
+        serde_json::json!([net]),
+        "{second}"
+    );
     assert!(fake.network(net).is_none(), "the network is removed");
     let calls = fake.changes();
     let at = |call: Call, target: &str| {
@@ -238,6 +247,56 @@ async fn the_last_delete_on_a_parent_removes_its_network_after_the_others_contai
         at(Call::RemoveContainer, "rt1") < at(Call::RemoveNetwork, net),
         "{calls:?}"
     );
+
+    shutdown.cancel();
+    daemon.await.expect("join").expect("clean exit");
+}
+
+/// A network the engine keeps ("has active endpoints": a container that is not ours
+/// on it, or 20.10's stale count) does not fail the delete: it is named as left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_the_engine_keeps_is_reported_left_and_the_delete_succeeds() {
+    e2e::require_root();
+    let dir = TempDir::new("dml");
+    let fake = Arc::new(FakeEngine::new());
+    let (socket, shutdown, daemon) = start(&dir, fake.clone()).await;
+    let r = ask(&socket, create("rt1"), Duration::from_secs(20)).await;
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let net = "macvlan_p1_10.9.7.0_24";
+    fake.add_network(agent::engine::NetworkInfo {
+        id: String::new(),
+        name: net.into(),
+        driver: "macvlan".into(),
+        parent: Some("p1".into()),
+        pools: Vec::new(),
+        labels: agent::engine::managed_labels(),
+        containers: vec!["rt1".into(), "someone-else".into()],
+    });
+
+    let d = Request::RuntimeDelete { name: "rt1".into() };
+    let r = ask(&socket, d, Duration::from_secs(20)).await;
+    let deleted = r.result.unwrap_or_else(|| panic!("{:?}", r.error));
+    assert_eq!(
+        deleted["removed_networks"],
+        serde_json::json!([]),
+        "{deleted}"
+    );
+    let left = &deleted["left_networks"][0];
+    assert_eq!(left["network"], net, "{deleted}");
+    assert!(
+        left["reason"]
+            .as_str()
+            .unwrap()
+            .contains("active endpoints"),
+        "{deleted}"
+    );
+    assert_eq!(
+        fake.network(net).map(|n| n.containers),
+        Some(vec!["someone-else".to_string()]),
+        "the network and the other container on it stay"
+    );
+    let list = ask(&socket, Request::RuntimeList, Duration::ZERO).await;
+    assert!(list.result.expect("list").get("rt1").is_none());
 
     shutdown.cancel();
     daemon.await.expect("join").expect("clean exit");

@@ -3,7 +3,8 @@
 //! engine's default address pools, each `NAME_internal` bridge would take a /20 of
 //! its ~30 pools and the host would stop at about 29 runtimes. Every vNIC ends
 //! `attached`, every internal network comes from the pool, `health` is 0; deleting
-//! them all leaves nothing of them behind.
+//! them all (10 at once) leaves nothing of them behind, or says which network the
+//! engine would not remove.
 
 use std::time::{Duration, Instant};
 
@@ -118,9 +119,12 @@ fn forty_runtimes_fit_on_one_engine_with_the_default_internal_pool() {
         String::from_utf8_lossy(&h.stderr)
     );
 
+    let said = std::sync::Mutex::new(String::new());
     in_parallel(&names, |n| {
-        agent.must(&["--wait", "120s", "runtime", "delete", n]);
+        let out = agent.must(&["--wait", "120s", "runtime", "delete", n]);
+        said.lock().unwrap().push_str(&out);
     });
+    let said = said.into_inner().unwrap();
     let list = agent.json(&["runtime", "list"]);
     for n in &names {
         assert!(list.get(n.as_str()).is_none(), "{n} still listed: {list}");
@@ -133,9 +137,18 @@ fn forty_runtimes_fit_on_one_engine_with_the_default_internal_pool() {
             "{n}_internal is left"
         );
     }
-    assert!(
-        e2e::docker::networks_on(&p).is_empty(),
-        "the managed macvlan network on {p} is left: {:?}",
-        e2e::docker::networks_on(&p)
-    );
+    // The last delete removes the macvlan network, unless 20.10 says it "has active
+    // endpoints" with no container on it (moby/moby#43286, a stale count that only an
+    // engine restart clears): then the delete says it left it, and why.
+    for left in e2e::docker::networks_on(&p) {
+        assert!(
+            said.contains(&format!("left network {left}: ")) && said.contains("active endpoints"),
+            "the managed macvlan network {left} is left unreported: {said}"
+        );
+        let on = sh(&format!(
+            "docker network inspect -f '{{{{len .Containers}}}}' {left}"
+        ))
+        .unwrap_or_default();
+        assert_eq!(on.trim(), "0", "{left} has containers: {said}");
+    }
 }

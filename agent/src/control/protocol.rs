@@ -218,6 +218,16 @@ pub struct Created {
 pub struct Deleted {
     pub runtime: String,
     pub removed_networks: Vec<String>,
+    /// Managed networks no runtime uses anymore that the engine would not remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_networks: Vec<LeftNetwork>,
+}
+
+/// A network a delete had to leave: its name and the engine's words.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LeftNetwork {
+    pub network: String,
+    pub reason: String,
 }
 
 /// `runtime_start`, `runtime_stop`, `runtime_restart`.

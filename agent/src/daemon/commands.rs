@@ -261,9 +261,10 @@ impl State {
                 runtime::remove_unused_networks(docker.as_ref(), &unused).await
             };
             match removed.await {
-                Ok(removed_networks) => r.ok(&Deleted {
+                Ok(networks) => r.ok(&Deleted {
                     runtime: name,
-                    removed_networks,
+                    removed_networks: networks.removed,
+                    left_networks: networks.left,
                 }),
                 Err(e) => r.err(format!(
                     "runtime {name}: its vNIC records are removed but the engine said: {e}"
