@@ -217,6 +217,8 @@ pub async fn reconcile(
         observed.containers.values().map(|c| c.id.clone()).collect();
     let inspect = staying_attached(desired, cache, &observed, opts.leases.as_ref());
     docker.read_links_of(&mut observed, &inspect).await;
+    let observe_ms = t0.elapsed().as_millis() as u64;
+    let mut apply_ms = 0;
     let planned = plan::plan_with(
         desired,
         cache,
@@ -250,6 +252,7 @@ pub async fn reconcile(
                 &observed.containers,
             )
             .await;
+            apply_ms = t0.elapsed().as_millis() as u64 - observe_ms;
             report.steps = results;
             disconnected = own_disconnects(&report.steps, &observed);
             let known = known_containers(&observed, &planned.steps, &macs);
@@ -274,6 +277,8 @@ pub async fn reconcile(
         failed = report.failed(),
         changing_calls = report.engine_calls.changing(),
         duration_ms = report.duration_ms,
+        observe_ms,
+        apply_ms,
         dry_run = opts.dry_run,
         "reconcile done"
     );
