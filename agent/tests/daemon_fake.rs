@@ -50,6 +50,20 @@ fn create(name: &str) -> Request {
     })
 }
 
+/// A managed macvlan network on parent p1 with these containers on it, as a run on a
+/// live parent leaves it.
+fn managed_network_on_p1(fake: &FakeEngine, name: &str, containers: &[&str]) {
+    fake.add_network(agent::engine::NetworkInfo {
+        id: String::new(),
+        name: name.into(),
+        driver: "macvlan".into(),
+        parent: Some("p1".into()),
+        pools: Vec::new(),
+        labels: agent::engine::managed_labels(),
+        containers: containers.iter().map(|c| c.to_string()).collect(),
+    });
+}
+
 /// The daemon on `fake`, with no netmon; returns its control socket once it is bound.
 async fn start(
     dir: &TempDir,
@@ -180,15 +194,7 @@ async fn the_last_delete_on_a_parent_removes_its_network_after_the_others_contai
     }
     // Both on the parent's managed network, as a run on a live parent leaves them.
     let net = "macvlan_p1_10.9.8.0_24";
-    fake.add_network(agent::engine::NetworkInfo {
-        id: String::new(),
-        name: net.into(),
-        driver: "macvlan".into(),
-        parent: Some("p1".into()),
-        pools: Vec::new(),
-        labels: agent::engine::managed_labels(),
-        containers: vec!["rt1".into(), "rt2".into()],
-    });
+    managed_network_on_p1(&fake, net, &["rt1", "rt2"]);
 
     // rt1's container removal is held; rt2's delete is the last on p1.
     let release = fake.pause_next_on(Call::RemoveContainer, "rt1");
@@ -263,15 +269,7 @@ async fn a_network_the_engine_keeps_is_reported_left_and_the_delete_succeeds() {
     let r = ask(&socket, create("rt1"), Duration::from_secs(20)).await;
     assert!(r.error.is_none(), "{:?}", r.error);
     let net = "macvlan_p1_10.9.7.0_24";
-    fake.add_network(agent::engine::NetworkInfo {
-        id: String::new(),
-        name: net.into(),
-        driver: "macvlan".into(),
-        parent: Some("p1".into()),
-        pools: Vec::new(),
-        labels: agent::engine::managed_labels(),
-        containers: vec!["rt1".into(), "someone-else".into()],
-    });
+    managed_network_on_p1(&fake, net, &["rt1", "someone-else"]);
 
     let d = Request::RuntimeDelete { name: "rt1".into() };
     let r = ask(&socket, d, Duration::from_secs(20)).await;
