@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::docker::prefixes_free;
 use crate::{ChildGuard, Netns, bin, must, sh, wait_for};
 
 /// Fails the test unless root and the Docker engine answer (the docker rig's check).
@@ -497,15 +498,19 @@ pub fn container_networks(container: &str) -> Vec<String> {
     .unwrap_or_default()
 }
 
-/// A free-looking /24 triple: 10.<a>.<b>, 10.<a>.<b+1>, 10.<a>.<b+2>.
+/// A /24 triple free on this host ([`prefixes_free`]): 10.<a>.<b>, 10.<a>.<b+1>,
+/// 10.<a>.<b+2>, picked at random so concurrent tests rarely meet.
 pub fn subnets() -> (String, String, String) {
-    let a = fastrand::u8(160..=250);
-    let b = fastrand::u8(0..=250);
-    (
-        format!("10.{a}.{b}"),
-        format!("10.{a}.{}", b + 1),
-        format!("10.{a}.{}", b + 2),
-    )
+    let pick = || {
+        let a = fastrand::u8(160..=250);
+        let b = fastrand::u8(0..=250);
+        [0, 1, 2].map(|i| format!("10.{a}.{}", b + i))
+    };
+    let [s1, s2, s3] = (0..100)
+        .map(|_| pick())
+        .find(|t| prefixes_free(&[&t[0], &t[1], &t[2]]))
+        .expect("no free /24 triple in 10.160.0.0 - 10.250.255.0 after 100 picks");
+    (s1, s2, s3)
 }
 
 /// The stored MAC of a runtime's vNIC on `parent`, from `agent runtime list --json`.

@@ -230,14 +230,70 @@ pub struct Lan {
 }
 
 /// A /24 prefix (`a.b.c`) unique to this process and call, in 10.200.0.0 - 10.249.255.0,
-/// so concurrent tests never share a subnet.
+/// so concurrent tests never share a subnet, and free on this host ([`prefixes_free`]).
 pub fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     let a = 200 + (pid % 50);
-    let b = ((pid / 50) * 8 + n) % 256;
-    format!("10.{a}.{b}")
+    let pick = || {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        format!("10.{a}.{}", ((pid / 50) * 8 + n) % 256)
+    };
+    (0..256)
+        .map(|_| pick())
+        .find(|p| prefixes_free(&[p]))
+        .unwrap_or_else(|| panic!("no free /24 left in 10.{a}.0.0/16"))
+}
+
+/// Whether none of the /24 prefixes (`a.b.c`) overlaps a subnet of the engine's networks
+/// or a destination of the host's IPv4 routes. The engine refuses a network on a subnet
+/// it already holds ("Pool overlaps"), and a network 20.10 cannot remove (moby#43286, a
+/// stale endpoint count) keeps its subnet until the engine restarts.
+pub fn prefixes_free(prefixes: &[&str]) -> bool {
+    let taken = subnets_taken();
+    prefixes.iter().all(|p| {
+        let Some(mine) = cidr(&format!("{p}.0/24")) else {
+            return false;
+        };
+        !taken.iter().any(|t| overlaps(mine, *t))
+    })
+}
+
+/// The subnets in use on this host: the engine's networks and the IPv4 routes.
+fn subnets_taken() -> Vec<(u32, u32)> {
+    let out = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let engine = out("docker network ls -q | xargs -r docker network inspect -f \
+         '{{range .IPAM.Config}}{{.Subnet}} {{end}}' 2>/dev/null");
+    let routes = out("ip -4 route show table all");
+    let routed = routes.lines().filter_map(|l| {
+        l.split_whitespace()
+            .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+    });
+    engine
+        .split_whitespace()
+        .chain(routed)
+        .filter_map(cidr)
+        .collect()
+}
+
+/// `a.b.c.d/len` (or a bare address, a /32) as (address, prefix length).
+fn cidr(s: &str) -> Option<(u32, u32)> {
+    let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((u32::from(addr), len))
+}
+
+fn overlaps((a, alen): (u32, u32), (b, blen): (u32, u32)) -> bool {
+    let len = alen.min(blen);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    (a ^ b) & mask == 0
 }
 
 impl Lan {
@@ -411,5 +467,18 @@ mod tests {
         assert_eq!(l[1].name, "eth0");
         assert_eq!(l[1].mac, "02:aa:00:00:00:01");
         assert_eq!(l[1].ipv4, vec!["10.200.1.5/24"]);
+    }
+
+    #[test]
+    fn subnets_overlap_when_one_holds_the_other() {
+        let c = |s| cidr(s).unwrap();
+        assert!(overlaps(c("10.212.160.0/24"), c("10.212.160.0/24")));
+        assert!(overlaps(c("10.212.160.0/24"), c("10.212.0.0/16")));
+        assert!(overlaps(c("10.212.160.0/24"), c("10.212.160.7")));
+        assert!(overlaps(c("10.212.160.0/24"), c("0.0.0.0/0")));
+        assert!(!overlaps(c("10.212.160.0/24"), c("10.212.161.0/24")));
+        assert!(!overlaps(c("10.212.160.0/24"), c("10.212.161.7")));
+        assert_eq!(cidr("default"), None);
+        assert_eq!(cidr("10.0.0.0/33"), None);
     }
 }
