@@ -196,6 +196,10 @@ mod tests {
             ),
             api(400, "user specified IP address is supported only when ..."),
             api(422, "unprocessable"),
+            api(
+                500,
+                "Invalid address 10.252.7.5: It does not belong to any of this network's subnets",
+            ),
             EngineError::Permission("docker.sock: permission denied".into()),
             EngineError::BadHost("tcp://x".into()),
         ];

@@ -104,6 +104,41 @@ async fn network_connect_disconnect_and_remove_are_idempotent_and_observed() {
     assert!(missing.containers.is_empty());
 }
 
+/// 20.10 answers an address outside the network's subnets with a 500 and a taken one
+/// with a 403: the first is a refusal for good (the vNIC `failed`), the second one the
+/// next run can resolve.
+#[tokio::test]
+async fn an_address_outside_the_subnet_is_refused_for_good_a_taken_one_is_not() {
+    let d = engine();
+    let lan = Lan::new();
+    let c = Container::run();
+    let s = spec(&lan);
+    d.create_network(&s).await.expect("create");
+    let outside = "192.0.2.77".parse().expect("ip");
+    let refused = d.connect(&c.name, &s.name, Some(outside), None).await;
+    // 20.10 keeps the refused request in the container's record; it is no endpoint.
+    let seen = d
+        .observe(std::slice::from_ref(&c.name))
+        .await
+        .expect("observe");
+    let gateway = lan.gateway.parse().expect("gw");
+    let taken = d.connect(&c.name, &s.name, Some(gateway), None).await;
+    d.remove_network(&s.name).await.expect("remove");
+    let endpoints = &seen.containers[&c.name].endpoints;
+    assert!(
+        endpoints.iter().all(|e| e.network_name != s.name),
+        "{endpoints:?}"
+    );
+    let refused = refused.expect_err("an address outside the subnet is refused");
+    assert!(refused.is_permanent(), "{refused}");
+    assert!(
+        refused.to_string().contains("Invalid address 192.0.2.77"),
+        "{refused}"
+    );
+    let taken = taken.expect_err("the gateway's address is taken");
+    assert!(!taken.is_permanent(), "{taken}");
+}
+
 #[tokio::test]
 async fn mac_set_through_the_namespace_is_seen_by_ip_inside() {
     let d = engine();

@@ -230,6 +230,9 @@ pub enum EngineError {
     Protocol(String),
 }
 
+/// 20.10's words (with a 500) for a connect whose address the network cannot hold.
+const OUTSIDE_SUBNETS: &str = "does not belong to any of this network's subnets";
+
 impl EngineError {
     /// Whether retrying later (engine restart, socket appearing) can help.
     pub fn is_unreachable(&self) -> bool {
@@ -245,7 +248,9 @@ impl EngineError {
     /// the next run resolves ("has active endpoints", "endpoint ... already exists",
     /// "Address already in use", "Pool overlaps"). Permanent: every other 4xx (400
     /// "... private (none) mode", "user specified IP address is supported only ...",
-    /// 401), a permission denied on the socket, and a bad engine address.
+    /// 401), the one 500 that 20.10 gives for a refusal ("Invalid address ...: It does
+    /// not belong to any of this network's subnets", a connect with an address the
+    /// network cannot hold), a permission denied on the socket, and a bad engine address.
     pub fn is_permanent(&self) -> bool {
         match self {
             EngineError::Unreachable { .. }
@@ -253,6 +258,10 @@ impl EngineError {
             | EngineError::Conflict(_)
             | EngineError::Protocol(_) => false,
             EngineError::Permission(_) | EngineError::BadHost(_) => true,
+            EngineError::Api {
+                status: 500,
+                message,
+            } => message.contains(OUTSIDE_SUBNETS),
             EngineError::Api { status, .. } => {
                 (400..500).contains(status) && !matches!(status, 403 | 404 | 408 | 409 | 429)
             }

@@ -65,6 +65,10 @@ pub(super) fn container_info(c: ContainerInspectResponse) -> ContainerInfo {
         .and_then(|s| s.networks)
         .unwrap_or_default()
         .into_iter()
+        // A running container's network with no endpoint id is a connect the engine
+        // refused: 20.10 keeps the request (its IPAM config) after answering 500
+        // "Invalid address". It is not an attachment, and a connect still works.
+        .filter(|(_, e)| !running || e.endpoint_id.as_deref().is_some_and(|id| !id.is_empty()))
         .map(|(name, e)| Endpoint {
             endpoint_id: e.endpoint_id.unwrap_or_default(),
             network_id: e.network_id.unwrap_or_default(),
@@ -114,5 +118,50 @@ pub(super) fn event_of(m: bollard::models::EventMessage) -> EngineEvent {
             id: actor.id.unwrap_or_default(),
         },
         _ => EngineEvent::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bollard::models::{
+        ContainerInspectResponse, ContainerState, EndpointIpamConfig, EndpointSettings,
+        NetworkSettings,
+    };
+
+    use super::container_info;
+
+    fn inspected(running: bool, endpoint_id: &str) -> ContainerInspectResponse {
+        let refused = EndpointSettings {
+            ipam_config: Some(EndpointIpamConfig {
+                ipv4_address: Some("192.0.2.77".into()),
+                ..Default::default()
+            }),
+            endpoint_id: Some(endpoint_id.into()),
+            ..Default::default()
+        };
+        ContainerInspectResponse {
+            state: Some(ContainerState {
+                running: Some(running),
+                pid: Some(if running { 42 } else { 0 }),
+                ..Default::default()
+            }),
+            network_settings: Some(NetworkSettings {
+                networks: Some(HashMap::from([("lan".to_string(), refused)])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_connect_left_in_a_running_containers_record_is_no_endpoint() {
+        assert!(container_info(inspected(true, "")).endpoints.is_empty());
+        let attached = container_info(inspected(true, "ep1"));
+        assert_eq!(attached.endpoints[0].endpoint_id, "ep1");
+        // A stopped container has no endpoint ids: its requested address stands in.
+        let stopped = container_info(inspected(false, ""));
+        assert_eq!(stopped.endpoints[0].ipv4, "192.0.2.77".parse().ok());
     }
 }
