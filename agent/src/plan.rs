@@ -467,8 +467,9 @@ pub fn plan_with(
         .filter(|p| cache.lan(p).is_some())
         .collect();
 
+    let mut staying = Vec::new();
     for (parent, members) in &by_parent {
-        plan_parent(
+        staying.extend(plan_parent(
             parent,
             members,
             cache,
@@ -478,9 +479,30 @@ pub fn plan_with(
             reattach,
             leases,
             &mut out,
-        );
+        ));
     }
+    name_the_moved_aside(&mut out, staying);
     out
+}
+
+/// Names, in the same run, the staying vNICs of every container that has a vNIC
+/// disconnected: the engine's name given back before a disconnect can be held by
+/// another vNIC's link, which is then moved aside to a temporary name (docs/NAMES.md).
+/// `staying` holds a naming step for each attached vNIC not already named.
+fn name_the_moved_aside(out: &mut Plan, staying: Vec<Step>) {
+    let disconnected: BTreeSet<String> = out
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Disconnect { container, .. } => Some(container.clone()),
+            _ => None,
+        })
+        .collect();
+    out.steps.extend(
+        staying.into_iter().filter(
+            |s| matches!(s, Step::Name { container, .. } if disconnected.contains(container)),
+        ),
+    );
 }
 
 /// The steps of one parent, by phase, before they are put in order.
@@ -492,6 +514,9 @@ struct ParentSteps {
     connects: Vec<Step>,
     setmacs: Vec<Step>,
     names: Vec<Step>,
+    /// Naming steps for the attached vNICs that need none unless another vNIC of their
+    /// container is disconnected ([`name_the_moved_aside`]).
+    staying: Vec<Step>,
 }
 
 /// What one parent's members share: the parent, its LAN, and the network they go on.
@@ -517,18 +542,18 @@ fn plan_parent(
     reattach: &BTreeSet<String>,
     leases: Option<&DhcpLeases>,
     out: &mut Plan,
-) {
+) -> Vec<Step> {
     if cache.get(parent).is_none() {
         out.notes.push(Note::ParentUnknown {
             parent: parent.to_string(),
         });
-        return;
+        return Vec::new();
     }
     let Some(lan) = cache.lan(parent) else {
         out.notes.push(Note::ParentDown {
             parent: parent.to_string(),
         });
-        return;
+        return Vec::new();
     };
     let lan_subnet = normalize(lan.subnet);
     let (usable, statics) = usable_members(members, lan_subnet, out);
@@ -537,7 +562,7 @@ fn plan_parent(
         .iter()
         .any(|m| observed.containers.contains_key(m.container))
     {
-        return;
+        return Vec::new();
     }
     let mut spec = target_spec(parent, &lan, &statics);
     if leases.is_some() && spec.pools[0].gateway.is_some() {
@@ -594,6 +619,7 @@ fn plan_parent(
     out.steps.extend(steps.connects);
     out.steps.extend(steps.setmacs);
     out.steps.extend(steps.names);
+    steps.staying
 }
 
 /// The members that can be attached, and the extra pools their off-LAN static
@@ -799,13 +825,16 @@ fn plan_member(
     // check's read costs nothing when they are right.
     let stored = m.vnic.stored_mac();
     let mac_fix = stored.is_some_and(|mac| !mac_is_right(ci, ip, mac));
+    let naming = Step::Name {
+        parent: parent.to_string(),
+        container: m.container.to_string(),
+        vnic: m.vnic.name.clone(),
+        network: t.network_name.clone(),
+    };
     if ci.running && (connect || misnamed(m, ci, ip) || mac_fix) {
-        steps.names.push(Step::Name {
-            parent: parent.to_string(),
-            container: m.container.to_string(),
-            vnic: m.vnic.name.clone(),
-            network: t.network_name.clone(),
-        });
+        steps.names.push(naming);
+    } else if ci.running {
+        steps.staying.push(naming);
     }
     if connect {
         steps.connects.push(Step::Connect {
@@ -1482,6 +1511,44 @@ mod tests {
                 name("p1", "c1", "eth0", &net.name)
             ],
             "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn names_the_staying_vnics_of_a_container_with_a_vnic_moved() {
+        let old = lan_net("p1", "10.1.0.0/24", "10.1.0.1");
+        let other = lan_net("p2", "10.2.0.0/24", "10.2.0.1");
+        let c = cache(&[
+            ("p1", 2, "10.3.0.2/24", "10.3.0.1", "up"),
+            ("p2", 3, "10.2.0.2/24", "10.2.0.1", "up"),
+        ]);
+        let on_p2 = || fixed("eth1", "p2", "10.2.0.50", "10.2.0.0/24", "10.2.0.1", MAC2);
+        let d = runtimes(&[
+            ("c1", vec![dhcp("eth0", "p1", MAC1), on_p2()]),
+            ("c2", vec![on_p2()]),
+        ]);
+        // c1's eth0 moves; its eth1 stays, and so does c2's, each under its own name.
+        let c1 = container(
+            "c1",
+            true,
+            &[(&old, "10.1.0.5", MAC1), (&other, "10.2.0.50", MAC2)],
+        );
+        let mut c2 = container("c2", true, &[(&other, "10.2.0.50", MAC2)]);
+        c2.ns_links[0].name = "eth1".into();
+        let o = observed(vec![old.clone(), other.clone()], vec![c1, c2]);
+        let names: Vec<Step> = super::plan(&d, &c, &o)
+            .steps
+            .into_iter()
+            .filter(|s| matches!(s, Step::Name { .. }))
+            .collect();
+        // The give-back before eth0's disconnect may move eth1's link aside (when
+        // eth1 is eth0's engine name): eth1 is named in the same run, c2 not at all.
+        assert_eq!(
+            names,
+            vec![
+                name("p1", "c1", "eth0", "macvlan_p1_10.3.0.0_24"),
+                name("p2", "c1", "eth1", &other.name),
+            ]
         );
     }
 
