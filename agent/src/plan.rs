@@ -825,16 +825,17 @@ fn plan_member(
     // check's read costs nothing when they are right.
     let stored = m.vnic.stored_mac();
     let mac_fix = stored.is_some_and(|mac| !mac_is_right(ci, ip, mac));
-    let naming = Step::Name {
-        parent: parent.to_string(),
-        container: m.container.to_string(),
-        vnic: m.vnic.name.clone(),
-        network: t.network_name.clone(),
-    };
-    if ci.running && (connect || misnamed(m, ci, ip) || mac_fix) {
-        steps.names.push(naming);
-    } else if ci.running {
-        steps.staying.push(naming);
+    if ci.running {
+        let naming = Step::Name {
+            parent: parent.to_string(),
+            container: m.container.to_string(),
+            vnic: m.vnic.name.clone(),
+            network: t.network_name.clone(),
+        };
+        match connect || misnamed(m, ci, ip) || mac_fix {
+            true => steps.names.push(naming),
+            false => steps.staying.push(naming),
+        }
     }
     if connect {
         steps.connects.push(Step::Connect {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::docker::prefixes_free;
+use crate::docker::Taken;
 use crate::{ChildGuard, Netns, bin, must, sh, wait_for};
 
 /// Fails the test unless root and the Docker engine answer (the docker rig's check).
@@ -498,7 +498,7 @@ pub fn container_networks(container: &str) -> Vec<String> {
     .unwrap_or_default()
 }
 
-/// A /24 triple free on this host ([`prefixes_free`]): 10.<a>.<b>, 10.<a>.<b+1>,
+/// A /24 triple free on this host ([`Taken`]): 10.<a>.<b>, 10.<a>.<b+1>,
 /// 10.<a>.<b+2>, picked at random so concurrent tests rarely meet.
 pub fn subnets() -> (String, String, String) {
     let pick = || {
@@ -506,9 +506,10 @@ pub fn subnets() -> (String, String, String) {
         let b = fastrand::u8(0..=250);
         [0, 1, 2].map(|i| format!("10.{a}.{}", b + i))
     };
+    let taken = Taken::read();
     let [s1, s2, s3] = (0..100)
         .map(|_| pick())
-        .find(|t| prefixes_free(&[&t[0], &t[1], &t[2]]))
+        .find(|t| taken.leaves_free(&[&t[0], &t[1], &t[2]]))
         .expect("no free /24 triple in 10.160.0.0 - 10.250.255.0 after 100 picks");
     (s1, s2, s3)
 }

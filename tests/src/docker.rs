@@ -230,7 +230,7 @@ pub struct Lan {
 }
 
 /// A /24 prefix (`a.b.c`) unique to this process and call, in 10.200.0.0 - 10.249.255.0,
-/// so concurrent tests never share a subnet, and free on this host ([`prefixes_free`]).
+/// so concurrent tests never share a subnet, and free on this host ([`Taken`]).
 pub fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let pid = std::process::id();
@@ -239,47 +239,51 @@ pub fn unique_prefix() -> String {
         let n = N.fetch_add(1, Ordering::Relaxed);
         format!("10.{a}.{}", ((pid / 50) * 8 + n) % 256)
     };
+    let taken = Taken::read();
     (0..256)
         .map(|_| pick())
-        .find(|p| prefixes_free(&[p]))
+        .find(|p| taken.leaves_free(&[p]))
         .unwrap_or_else(|| panic!("no free /24 left in 10.{a}.0.0/16"))
 }
 
-/// Whether none of the /24 prefixes (`a.b.c`) overlaps a subnet of the engine's networks
-/// or a destination of the host's IPv4 routes. The engine refuses a network on a subnet
-/// it already holds ("Pool overlaps"), and a network 20.10 cannot remove (moby#43286, a
-/// stale endpoint count) keeps its subnet until the engine restarts.
-pub fn prefixes_free(prefixes: &[&str]) -> bool {
-    let taken = subnets_taken();
-    prefixes.iter().all(|p| {
-        let Some(mine) = cidr(&format!("{p}.0/24")) else {
-            return false;
-        };
-        !taken.iter().any(|t| overlaps(mine, *t))
-    })
-}
+/// The subnets in use on this host, read once: the engine's networks' and the IPv4
+/// routes' destinations. The engine refuses a network on a subnet it already holds
+/// ("Pool overlaps"), and a network 20.10 cannot remove (moby#43286, a stale endpoint
+/// count) keeps its subnet until the engine restarts.
+pub struct Taken(Vec<(u32, u32)>);
 
-/// The subnets in use on this host: the engine's networks and the IPv4 routes.
-fn subnets_taken() -> Vec<(u32, u32)> {
-    let out = |cmd: &str| {
-        Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    let engine = out("docker network ls -q | xargs -r docker network inspect -f \
-         '{{range .IPAM.Config}}{{.Subnet}} {{end}}' 2>/dev/null");
-    let routes = out("ip -4 route show table all");
-    let routed = routes.lines().filter_map(|l| {
-        l.split_whitespace()
-            .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
-    });
-    engine
-        .split_whitespace()
-        .chain(routed)
-        .filter_map(cidr)
-        .collect()
+impl Taken {
+    pub fn read() -> Taken {
+        let out = |cmd: &str| {
+            Command::new("sh")
+                .args(["-c", cmd])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let engine = out("docker network ls -q | xargs -r docker network inspect -f \
+             '{{range .IPAM.Config}}{{.Subnet}} {{end}}' 2>/dev/null");
+        let routes = out("ip -4 route show table all");
+        let routed = routes.lines().filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        });
+        Taken(
+            engine
+                .split_whitespace()
+                .chain(routed)
+                .filter_map(cidr)
+                .collect(),
+        )
+    }
+
+    /// Whether none of the /24 prefixes (`a.b.c`) overlaps a subnet in use.
+    pub fn leaves_free(&self, prefixes: &[&str]) -> bool {
+        prefixes.iter().all(|p| {
+            cidr(&format!("{p}.0/24"))
+                .is_some_and(|mine| !self.0.iter().any(|t| overlaps(mine, *t)))
+        })
+    }
 }
 
 /// `a.b.c.d/len` (or a bare address, a /32) as (address, prefix length).
